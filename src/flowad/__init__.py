@@ -1,0 +1,1 @@
+"""flowad: visual anomaly detection with normalizing flows."""

@@ -1,0 +1,7 @@
+"""python -m flowad"""
+
+import sys
+
+from flowad.cli import main
+
+sys.exit(main())

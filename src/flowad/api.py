@@ -1,0 +1,376 @@
+"""The verbs users call, from Python or through the CLI: train, test, predict, load.
+
+Data flows one way: image files -> features -> latents -> maps -> scores and masks -> metrics.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from flowad import metrics
+from flowad.checkpoint import atomic_write, load_run, read_config, save_run, write_json
+from flowad.data.datasets import (
+    DatasetSplits,
+    ImageDataset,
+    Sample,
+    btad_splits,
+    check_masks,
+    folder_splits,
+    list_images,
+    mvtec_splits,
+    split_validation,
+    validation_from_folder,
+)
+from flowad.data.images import is_image_file, read_image
+from flowad.engine import EngineSettings, infer, resolve_device
+from flowad.engine import train as train_head
+from flowad.errors import InputError
+from flowad.models import AnomalyModel, model_class
+from flowad.thresholds import DEFAULT_FPR, Thresholds, fixed, from_validation
+from flowad.visualize import mask_image, overlay
+
+LAYOUTS = ("mvtec", "btad", "folder")
+
+
+@dataclasses.dataclass
+class DataSpec:
+    """Where the images are. ``root`` is the data set root (mvtec, btad) or the good-images folder."""
+
+    root: str
+    category: str | None = None
+    layout: str = "mvtec"
+    abnormal_dir: str | None = None  # folder layout: anomalous test images
+    mask_dir: str | None = None  # folder layout: their masks (else <stem>_mask beside them)
+    val_dir: str | None = None  # good validation images; else a fraction of the training images
+    val_fraction: float = 0.2
+
+    def splits(self, seed: int) -> DatasetSplits:
+        if self.layout not in LAYOUTS:
+            raise InputError(f"unknown layout {self.layout!r}; expected one of {', '.join(LAYOUTS)}")
+        if self.layout in ("mvtec", "btad") and not self.category:
+            raise InputError(
+                f"layout {self.layout} needs a category (e.g. --category {'01' if self.layout == 'btad' else 'bottle'})"
+            )
+        if self.layout == "mvtec":
+            splits = mvtec_splits(self.root, self.category)
+        elif self.layout == "btad":
+            splits = btad_splits(self.root, self.category)
+        else:
+            splits = folder_splits(self.root, self.abnormal_dir, self.mask_dir, seed=seed)
+        if self.val_dir is not None:
+            splits.val = validation_from_folder(self.val_dir)
+        else:
+            splits.train, splits.val = split_validation(splits.train, self.val_fraction, seed)
+        return splits
+
+
+def _prepare_run_dir(out: str | Path, force: bool) -> Path:
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out {out} exists and is not a folder")
+    if out.exists() and any(out.iterdir()):
+        if not force:
+            raise InputError(f"run directory {out} already exists and is not empty; pass --force to overwrite it")
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def train(
+    model: str = "fastflow",
+    data: str | Path | DataSpec = "",
+    out: str | Path = "runs/run",
+    category: str | None = None,
+    layout: str = "mvtec",
+    seed: int = 0,
+    force: bool = False,
+    fpr: float = DEFAULT_FPR,
+    settings: EngineSettings | None = None,
+    **options: Any,
+) -> Path:
+    """Train ``model`` on the good images of ``data`` and write a run directory to ``out``.
+
+    ``options`` are the model's config fields (backbone, weights, image_size, epochs, batch_size, lr, ...).
+    Thresholds are chosen on the validation split (see :mod:`flowad.thresholds`). Returns the run path.
+    """
+    spec = data if isinstance(data, DataSpec) else DataSpec(root=str(data), category=category, layout=layout)
+    settings = dataclasses.replace(settings or EngineSettings(), seed=seed)
+    cls = model_class(model)
+    config = cls.config_class.from_dict(options)
+    splits = spec.splits(seed)
+    if not splits.val:
+        raise InputError("the validation split is empty; use a larger data set or --val-fraction > 0")
+    check_masks(splits.test)
+    run_dir = _prepare_run_dir(out, force)
+
+    torch.manual_seed(seed)  # the flows' initial weights
+    net = cls(config)
+    train_set = ImageDataset(splits.train, config.image_size, net.encoder.mean, net.encoder.std)
+    log = train_head(net, train_set, settings)
+    val = infer(net, ImageDataset(splits.val, config.image_size, net.encoder.mean, net.encoder.std), settings)
+    val_labels = np.array([s.label for s in splits.val])
+    thresholds = from_validation(val["scores"], val_labels, val["maps"], None, fpr)
+    save_run(
+        run_dir,
+        net,
+        {
+            "data": dataclasses.asdict(spec),
+            "seed": seed,
+            "thresholds": dataclasses.asdict(thresholds),
+            "train": {
+                "images": len(splits.train),
+                "validation_images": len(splits.val),
+                "seconds": log["train_seconds"],
+                "feature_cache": log["cache"],
+            },
+        },
+    )
+    write_json(run_dir / "train_log.json", log)
+    return run_dir
+
+
+def _thresholds(config: dict[str, Any], threshold: str | float) -> Thresholds:
+    stored = Thresholds(**config["thresholds"])
+    if threshold in ("f1", "auto", "val", None):
+        return stored
+    try:
+        value = float(threshold)
+    except (TypeError, ValueError):
+        raise InputError(f"--threshold {threshold!r} is not understood; expected f1 or a number") from None
+    return fixed(value, stored.low, stored.high)
+
+
+def test(
+    run: str | Path,
+    data: str | Path | None = None,
+    category: str | None = None,
+    threshold: str | float = "f1",
+    settings: EngineSettings | None = None,
+    write: bool = True,
+) -> dict[str, Any]:
+    """Evaluate a run on its data set's test split (or another one); writes RUN/metrics.json."""
+    run = Path(run)
+    net, config = load_run(run)
+    settings = settings or EngineSettings(seed=config.get("seed", 0))
+    spec = DataSpec(**config["data"])
+    if data is not None:
+        spec = dataclasses.replace(spec, root=str(data), category=category or spec.category)
+    elif category is not None:
+        spec = dataclasses.replace(spec, category=category)
+    splits = spec.splits(config.get("seed", 0))
+    check_masks(splits.test)
+    dataset = ImageDataset(splits.test, net.config.image_size, net.encoder.mean, net.encoder.std)
+    start = time.perf_counter()
+    out = infer(net, dataset, settings)
+    masks = np.stack([dataset[i]["mask"][0].numpy() for i in range(len(dataset))]) > 0.5
+    labels = np.array([s.label for s in splits.test])
+    result = evaluate(out["scores"], out["maps"], labels, masks, _thresholds(config, threshold))
+    result["test_seconds"] = time.perf_counter() - start
+    result["train_seconds"] = config["train"]["seconds"]
+    result["test_images"] = len(dataset)
+    result["data"] = f"{spec.layout}:{spec.root}" + (f"/{spec.category}" if spec.category else "")
+    if write:
+        write_json(run / "metrics.json", result)
+    return result
+
+
+def evaluate(
+    scores: np.ndarray, maps: np.ndarray, labels: np.ndarray, masks: np.ndarray, thresholds: Thresholds
+) -> dict[str, Any]:
+    """The field's metrics; a metric undefined on this test set (e.g. one class only) is None."""
+
+    def defined(fn, *args):
+        try:
+            return fn(*args)
+        except InputError:
+            return None
+
+    has_masks = masks.any()
+    pred_images = scores >= thresholds.image
+    pred_masks = (maps >= thresholds.pixel) & pred_images[:, None, None]
+    anomalous = labels == 1
+    result: dict[str, Any] = {
+        "image_auroc": defined(metrics.image_auroc, scores, labels),
+        "pixel_auroc": defined(metrics.pixel_auroc, maps, masks) if has_masks else None,
+        "aupro": defined(metrics.aupro, maps, masks) if has_masks else None,
+        "image_f1": metrics.f1_score(pred_images, labels),
+        "pixel_f1": metrics.f1_score(pred_masks, masks) if has_masks else None,
+        "iou": metrics.iou(pred_masks[anomalous], masks[anomalous]) if has_masks and anomalous.any() else None,
+        "image_f1_max": defined(lambda: metrics.f1_max(scores, labels)[0]),
+        "oracle_iou": (
+            metrics.oracle_iou(maps[anomalous], masks[anomalous])[0] if has_masks and anomalous.any() else None
+        ),
+        "threshold": {"image": thresholds.image, "pixel": thresholds.pixel, "method": thresholds.method},
+    }
+    return result
+
+
+def format_metrics(result: dict[str, Any]) -> str:
+    """A two-column table of the metrics that have a value."""
+    rows = [
+        "image_auroc",
+        "pixel_auroc",
+        "aupro",
+        "image_f1",
+        "pixel_f1",
+        "iou",
+        "oracle_iou",
+        "image_f1_max",
+    ]
+    lines = [f"{'metric':<14}{'value':>8}"]
+    for key in rows:
+        value = result.get(key)
+        lines.append(f"{key:<14}{'n/a' if value is None else f'{value:.4f}':>8}")
+    t = result.get("threshold", {})
+    if t:
+        lines.append(f"threshold     {t['image']:.4g} ({t['method']})")
+    return "\n".join(lines)
+
+
+class Detector:
+    """A trained run, loaded for scoring images in memory: ``Detector.load(run).predict(images)``."""
+
+    def __init__(self, model: AnomalyModel, config: dict[str, Any], threshold: str | float = "f1") -> None:
+        self.model, self.config = model, config
+        self.thresholds = _thresholds(config, threshold)
+        self.device = resolve_device("auto")
+        self.model.to(self.device).eval()
+        norm = config["normalisation"]
+        self._mean = torch.tensor(norm["mean"]).view(3, 1, 1)
+        self._std = torch.tensor(norm["std"]).view(3, 1, 1)
+
+    @classmethod
+    def load(cls, run: str | Path, threshold: str | float = "f1") -> Detector:
+        model, config = load_run(Path(run))
+        return cls(model, config, threshold)
+
+    def _tensor(self, rgb: np.ndarray) -> torch.Tensor:
+        h, w = self.model.image_size
+        resized = Image.fromarray(rgb).resize((w, h), Image.Resampling.BILINEAR)
+        x = torch.from_numpy(np.asarray(resized, dtype=np.float32) / 255.0).permute(2, 0, 1)
+        return (x - self._mean) / self._std
+
+    @torch.inference_mode()
+    def predict(self, images: Sequence[np.ndarray] | np.ndarray) -> list[dict[str, Any]]:
+        """RGB uint8 images (H, W, 3) -> per image: map and mask at the image's own size, score, decision."""
+        results = []
+        for rgb in images:
+            rgb = np.asarray(rgb)
+            if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
+                raise InputError(f"image of shape {rgb.shape} and dtype {rgb.dtype}; expected (H, W, 3) uint8 RGB")
+            maps, scores = self.model(self._tensor(rgb)[None].to(self.device))
+            full = F.interpolate(maps[:, None], size=rgb.shape[:2], mode="bilinear", align_corners=False)[0, 0]
+            score = float(scores[0])
+            anomalous = score >= self.thresholds.image
+            full_map = full.cpu().numpy()
+            results.append(
+                {
+                    "map": full_map,
+                    "mask": (full_map >= self.thresholds.pixel) & anomalous,
+                    "score": score,
+                    "normalised_score": float(self.thresholds.normalise(np.array([score]))[0]),
+                    "anomalous": bool(anomalous),
+                }
+            )
+        return results
+
+
+def _expand_inputs(inputs: Sequence[str | Path]) -> list[Path]:
+    files: list[Path] = []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            files.extend(list_images(path))
+        elif path.exists() or path.suffix:
+            files.append(path)
+        else:
+            raise InputError(f"input {path} does not exist")
+    return files
+
+
+def predict(
+    run: str | Path,
+    inputs: Sequence[str | Path],
+    out: str | Path,
+    threshold: str | float = "f1",
+    quiet: bool = False,
+) -> list[dict[str, Any]]:
+    """Score image files; write a heat-map overlay, a mask PNG and a JSON line per image to ``out``.
+
+    Unreadable files are skipped with one warning line each on stderr; the good ones are still written.
+    """
+    detector = Detector.load(run, threshold)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    lines, records, skipped, used = [], [], 0, set()
+    for path in _expand_inputs(inputs):
+        try:
+            if not is_image_file(path):
+                raise InputError(f"{path} is not an image file (expected .png, .jpg, .jpeg, .bmp, .tif or .tiff)")
+            rgb = read_image(path)
+        except InputError as err:
+            skipped += 1
+            print(f"warning: skipped {err}", file=sys.stderr)
+            continue
+        result = detector.predict([rgb])[0]
+        heat = detector.thresholds.normalise(result["map"])
+        stem = _unique_stem(used, path)
+        heat_path, mask_path = out / f"{stem}_heatmap.png", out / f"{stem}_mask.png"
+        _write_png(heat_path, overlay(rgb, heat))
+        _write_png(mask_path, mask_image(result["mask"]))
+        record = {
+            "path": str(path),
+            "score": result["score"],
+            "normalised_score": result["normalised_score"],
+            "anomalous": result["anomalous"],
+            "heatmap": str(heat_path),
+            "mask": str(mask_path),
+        }
+        records.append(record)
+        lines.append(json.dumps(record))
+    atomic_write(out / "predictions.jsonl", "".join(line + "\n" for line in lines))
+    if not quiet:
+        flagged = sum(r["anomalous"] for r in records)
+        print(
+            f"scored {len(records)} images ({flagged} anomalous), skipped {skipped}; results in {out}",
+            file=sys.stderr,
+        )
+    return records
+
+
+def _unique_stem(used: set[str], path: Path) -> str:
+    # two inputs with the same name from different folders must not overwrite each other's outputs
+    stem, n = path.stem, 1
+    while stem in used:
+        n += 1
+        stem = f"{path.stem}-{n}"
+    used.add(stem)
+    return stem
+
+
+def _write_png(path: Path, array: np.ndarray) -> None:
+    import io
+
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG")
+    atomic_write(path, buffer.getvalue())
+
+
+def load(run: str | Path, threshold: str | float = "f1") -> Detector:
+    """Load a run directory for in-memory scoring."""
+    return Detector.load(run, threshold)
+
+
+__all__ = ["DataSpec", "Detector", "Sample", "evaluate", "load", "predict", "read_config", "test", "train"]

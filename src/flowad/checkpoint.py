@@ -1,0 +1,164 @@
+"""Run directories: weights in safetensors beside a JSON config, loaded without unpickling anything.
+
+A run directory holds ``config.json`` (model, its config, input normalisation, thresholds, data,
+format and flowad versions), ``model.safetensors`` (the trained head) and, unless the backbone's
+weights ship with flowad, ``backbone.safetensors`` (so the run does not depend on a file or a download
+that may be gone later). Every file is written atomically: a temporary file, then a rename.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from flowad.backbones import OFFLINE_BACKBONE, fingerprint
+from flowad.errors import InputError
+from flowad.models import AnomalyModel, model_class
+
+FORMAT = "flowad-run"
+FORMAT_VERSION = 1
+CONFIG_FILE = "config.json"
+MODEL_FILE = "model.safetensors"
+BACKBONE_FILE = "backbone.safetensors"
+
+
+def flowad_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("flowad")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def atomic_write(path: Path, data: bytes | str) -> None:
+    """Write ``data`` to ``path`` so that a reader sees the old file or the new one, never half of one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data.encode() if isinstance(data, str) else data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: Path, value: Any) -> None:
+    atomic_write(path, json.dumps(value, indent=2, sort_keys=False) + "\n")
+
+
+def read_json(path: Path) -> Any:
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path} does not exist")
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise InputError(f"{path} is not valid JSON: {err}") from err
+
+
+def _save_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
+    from safetensors.torch import save
+
+    atomic_write(path, save({k: v.detach().cpu().contiguous() for k, v in tensors.items()}))
+
+
+def _load_tensors(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load
+
+    if not path.is_file():
+        raise InputError(f"{path} does not exist; the run directory is incomplete")
+    try:
+        return load(path.read_bytes())
+    except Exception as err:  # noqa: BLE001 - truncated or tampered files raise various errors
+        raise InputError(f"{path} is not a readable safetensors file ({err}); it may be truncated or damaged") from err
+
+
+def backbone_ships_with_flowad(model: AnomalyModel) -> bool:
+    return model.config.backbone == OFFLINE_BACKBONE and model.config.weights == "pretrained"
+
+
+def save_run(run_dir: Path, model: AnomalyModel, extra: dict[str, Any]) -> None:
+    """Write the model's weights and config (plus ``extra`` entries) into ``run_dir``."""
+    run_dir = Path(run_dir)
+    store_backbone = not backbone_ships_with_flowad(model)
+    head = model.trainable_state()
+    _save_tensors(run_dir / MODEL_FILE, head)
+    if store_backbone:
+        _save_tensors(run_dir / BACKBONE_FILE, model.encoder.state_dict())
+    config = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "flowad_version": flowad_version(),
+        "model": model.name,
+        "model_config": model.config.to_dict(),
+        "normalisation": {"mean": list(model.encoder.mean), "std": list(model.encoder.std)},
+        "backbone": {"fingerprint": fingerprint(model.encoder), "stored": store_backbone},
+        "tensors": {k: list(v.shape) for k, v in head.items()},
+        **extra,
+    }
+    write_json(run_dir / CONFIG_FILE, config)
+
+
+def read_config(run_dir: Path) -> dict[str, Any]:
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise InputError(f"run directory {run_dir} does not exist")
+    config = read_json(run_dir / CONFIG_FILE)
+    if not isinstance(config, dict) or config.get("format") != FORMAT:
+        raise InputError(f"{run_dir / CONFIG_FILE} is not a flowad run config")
+    if config.get("format_version") != FORMAT_VERSION:
+        raise InputError(
+            f"{run_dir / CONFIG_FILE} has format version {config.get('format_version')!r}; "
+            f"this flowad reads version {FORMAT_VERSION}"
+        )
+    return config
+
+
+def load_run(run_dir: Path) -> tuple[AnomalyModel, dict[str, Any]]:
+    """Rebuild the model of a run directory; every mismatch is a clear error, never a silent guess."""
+    run_dir = Path(run_dir)
+    config = read_config(run_dir)
+    cls = model_class(config["model"])
+    model_config = cls.config_class.from_dict(config["model_config"])
+    stored = config["backbone"]["stored"]
+    if stored:
+        model_config.weights = "random"  # replaced by the stored tensors just below
+    model = cls(model_config)
+    if stored:
+        _load_into(model.encoder, _load_tensors(run_dir / BACKBONE_FILE), run_dir / BACKBONE_FILE)
+        model.config.weights = config["model_config"]["weights"]
+    found = fingerprint(model.encoder)
+    if found != config["backbone"]["fingerprint"]:
+        raise InputError(
+            f"the backbone weights of {run_dir} differ from those it was trained with "
+            f"(fingerprint {found}, expected {config['backbone']['fingerprint']})"
+        )
+    head = _load_tensors(run_dir / MODEL_FILE)
+    declared = {k: list(v.shape) for k, v in head.items()}
+    if declared != config.get("tensors"):
+        raise InputError(f"{run_dir / MODEL_FILE} does not match the tensors its config lists; the run is damaged")
+    _load_into(model, head, run_dir / MODEL_FILE, partial=True)
+    model.eval()
+    return model, config
+
+
+def _load_into(module: torch.nn.Module, state: dict[str, torch.Tensor], path: Path, partial: bool = False) -> None:
+    own = module.state_dict()
+    expected = {k for k in own if not k.startswith("encoder.")} if partial else set(own)
+    if set(state) != expected:
+        missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
+        raise InputError(f"{path} does not fit its model: missing {missing[:3]}, unexpected {unexpected[:3]}")
+    for k, v in state.items():
+        if v.shape != own[k].shape:
+            raise InputError(f"{path}: tensor {k} is {tuple(v.shape)}, the model expects {tuple(own[k].shape)}")
+    module.load_state_dict(state, strict=not partial)

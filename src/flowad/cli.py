@@ -1,0 +1,229 @@
+"""The ``flowad`` command: argument parsing only; the work is done by :mod:`flowad.api`.
+
+Exit status: 0 on success, 2 on bad usage or bad input (the message goes to stderr).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from flowad.engine import EngineSettings
+from flowad.errors import FlowadError
+
+MODEL_OPTIONS = {
+    # flag: (config field, type, help)
+    "--backbone": (
+        "backbone",
+        str,
+        "timm backbone name (default: tf_efficientnet_lite0, whose weights ship with flowad)",
+    ),
+    "--weights": (
+        "weights",
+        str,
+        "backbone weights: 'pretrained' (default; offline for tf_efficientnet_lite0, else downloaded by timm), "
+        "'random', or a path to a .pth/.safetensors file",
+    ),
+    "--image-size": (
+        "image_size",
+        int,
+        "square input size in pixels (default 256; a multiple of the backbone's stride)",
+    ),
+    "--epochs": ("epochs", int, "training epochs (model default)"),
+    "--batch-size": ("batch_size", int, "training batch size (default 32)"),
+    "--lr": ("lr", float, "Adam learning rate (default 1e-3)"),
+    "--weight-decay": ("weight_decay", float, "Adam weight decay (default 1e-5)"),
+    "--flow-steps": ("flow_steps", int, "FastFlow: coupling blocks per scale (default 8)"),
+    "--hidden-ratio": (
+        "hidden_ratio",
+        float,
+        "FastFlow: subnet hidden channels / input channels (default 1.0)",
+    ),
+    "--clamp": ("clamp", float, "FastFlow: soft clamp of the coupling's log-scale (default 2.0)"),
+}
+
+
+def _add_engine_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _settings(args: argparse.Namespace, **extra) -> EngineSettings:
+    return EngineSettings(device=args.device, quiet=args.quiet, **extra)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="flowad", description="Visual anomaly detection with normalizing flows.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("demo-data", help="write the synthetic demo data set (MVTec AD layout)")
+    p.add_argument("out", type=Path, help="folder to write the data set to")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0): the same seed gives the same files")
+
+    p = sub.add_parser(
+        "demo", help="generate demo data, train, test and predict: the whole pipeline on built-in defaults"
+    )
+    p.add_argument("--out", type=Path, default=Path("runs/demo"), help="output folder (default runs/demo)")
+    p.add_argument("--model", default="fastflow", help="model to train (default fastflow)")
+    p.add_argument("--epochs", type=int, default=None, help="training epochs (model default)")
+    p.add_argument("--force", action="store_true", help="overwrite an existing output folder")
+    _add_engine_args(p)
+
+    p = sub.add_parser("train", help="train a model on good images and write a run directory")
+    p.add_argument("--model", default="fastflow", help="fastflow (default)")
+    p.add_argument(
+        "--data",
+        required=True,
+        type=Path,
+        help="data set root (mvtec, btad) or folder of good images (folder)",
+    )
+    p.add_argument("--category", help="category folder inside the data set root (mvtec, btad)")
+    p.add_argument(
+        "--layout",
+        default="mvtec",
+        choices=["mvtec", "btad", "folder"],
+        help="data set layout (default mvtec)",
+    )
+    p.add_argument("--abnormal", help="folder layout: folder of anomalous test images")
+    p.add_argument("--masks", help="folder layout: folder of their masks (default: <stem>_mask files beside them)")
+    p.add_argument("--val-dir", help="folder of good validation images (default: a fraction of the training images)")
+    p.add_argument(
+        "--val-fraction",
+        type=float,
+        default=0.2,
+        help="fraction of good training images held out to set thresholds (default 0.2)",
+    )
+    p.add_argument(
+        "--fpr",
+        type=float,
+        default=0.01,
+        help="false-positive rate on good validation images for the threshold (default 0.01)",
+    )
+    for flag, (_, typ, text) in MODEL_OPTIONS.items():
+        p.add_argument(flag, type=typ, help=text)
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument(
+        "--cache",
+        default="auto",
+        choices=["auto", "on", "off"],
+        help="feature cache: auto (default) uses it when it fits --cache-limit-gb",
+    )
+    p.add_argument("--cache-limit-gb", type=float, default=4.0, help="memory budget of the feature cache (default 4)")
+    p.add_argument("--out", required=True, type=Path, help="run directory to write")
+    p.add_argument("--force", action="store_true", help="overwrite an existing run directory")
+    _add_engine_args(p)
+
+    p = sub.add_parser("test", help="evaluate a run on a test split; prints metrics, writes RUN/metrics.json")
+    p.add_argument("--run", required=True, type=Path, help="run directory written by 'flowad train'")
+    p.add_argument("--data", type=Path, help="another data set root (default: the one the run was trained on)")
+    p.add_argument("--category", help="another category")
+    p.add_argument(
+        "--threshold", default="f1", help="f1 (default: the threshold chosen on validation data) or a number"
+    )
+    _add_engine_args(p)
+
+    p = sub.add_parser("predict", help="score images: heat map, mask and a JSON line per image")
+    p.add_argument("--run", required=True, type=Path, help="run directory written by 'flowad train'")
+    p.add_argument("--input", required=True, nargs="+", help="image files and/or folders of images")
+    p.add_argument("--out", required=True, type=Path, help="output folder")
+    p.add_argument(
+        "--threshold", default="f1", help="f1 (default: the threshold chosen on validation data) or a number"
+    )
+    p.add_argument("--quiet", action="store_true", help="no summary line")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return _run(args)
+    except FlowadError as err:
+        print(f"flowad: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("flowad: interrupted", file=sys.stderr)
+        return 130
+
+
+def _run(args: argparse.Namespace) -> int:
+    from flowad import api
+    from flowad.data.synthetic import make_demo_dataset
+
+    if args.command == "demo-data":
+        path = make_demo_dataset(args.out, seed=args.seed)
+        print(f"wrote the demo data set to {path}")
+    elif args.command == "train":
+        options = {field: getattr(args, flag[2:].replace("-", "_")) for flag, (field, _, _) in MODEL_OPTIONS.items()}
+        options = {k: v for k, v in options.items() if v is not None}
+        spec = api.DataSpec(
+            root=str(args.data),
+            category=args.category,
+            layout=args.layout,
+            abnormal_dir=args.abnormal,
+            mask_dir=args.masks,
+            val_dir=args.val_dir,
+            val_fraction=args.val_fraction,
+        )
+        settings = _settings(args, cache=args.cache, cache_limit_gb=args.cache_limit_gb)
+        run = api.train(
+            args.model,
+            spec,
+            args.out,
+            seed=args.seed,
+            force=args.force,
+            fpr=args.fpr,
+            settings=settings,
+            **options,
+        )
+        print(f"trained {args.model}; run directory: {run}")
+    elif args.command == "test":
+        result = api.test(args.run, args.data, args.category, args.threshold, _settings(args))
+        print(api.format_metrics(result))
+        print(
+            f"train {result['train_seconds']:.1f} s, test {result['test_seconds']:.1f} s; wrote {args.run / 'metrics.json'}"
+        )
+    elif args.command == "predict":
+        api.predict(args.run, args.input, args.out, args.threshold, quiet=args.quiet)
+    elif args.command == "demo":
+        _demo(args)
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> None:
+    """The README's first command: demo data -> train -> test -> predict, per demo category."""
+    from flowad import api
+    from flowad.data.synthetic import CATEGORIES, make_demo_dataset
+
+    out: Path = args.out
+    data = out / "data"
+    if not (data / CATEGORIES[0]).is_dir():
+        make_demo_dataset(data, seed=0)
+    options = {} if args.epochs is None else {"epochs": args.epochs}
+    table = {}
+    for category in CATEGORIES:
+        run = api.train(
+            args.model,
+            data,
+            out / args.model / category,
+            category=category,
+            force=args.force,
+            settings=_settings(args),
+            **options,
+        )
+        result = api.test(run, settings=_settings(args))
+        test_folders = sorted(p for p in (data / category / "test").iterdir() if p.is_dir())
+        api.predict(run, test_folders, run / "predictions", quiet=True)
+        table[category] = result
+        print(f"\n{args.model} on demo/{category}\n{api.format_metrics(result)}")
+    keys = ["image_auroc", "pixel_auroc", "aupro"]
+    print(f"\n{'category':<12}" + "".join(f"{k:>13}" for k in keys))
+    for category, result in table.items():
+        print(f"{category:<12}" + "".join(f"{result[k]:>13.4f}" for k in keys))
+    mean = {k: sum(r[k] for r in table.values()) / len(table) for k in keys}
+    print(f"{'mean':<12}" + "".join(f"{mean[k]:>13.4f}" for k in keys))
+    print(f"\nruns, metrics and predictions are in {out}/{args.model}/")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,186 @@
+"""The training and inference loop, in plain PyTorch.
+
+The backbone is frozen and no augmentation is used, so the encoder's features are computed once and
+every epoch trains the flow head on the cache. When the cache would not fit the memory budget the
+features are recomputed each epoch instead (streaming); both paths see the same batches in the same
+order for the same seed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from flowad.errors import FlowadError
+from flowad.models.base import AnomalyModel
+
+BYTES_PER_FLOAT = 4
+
+
+@dataclasses.dataclass
+class EngineSettings:
+    """How to run, not what to learn: these never change a model's results (except ``seed``)."""
+
+    seed: int = 0
+    device: str = "auto"
+    cache: str = "auto"  # "auto": cache when it fits cache_limit_gb; "on"; "off" (stream)
+    cache_limit_gb: float = 4.0
+    inference_batch_size: int = 1  # on the CPU batch 1 is the fastest per image
+    num_workers: int = 0
+    quiet: bool = False
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as err:
+        raise FlowadError(f"unknown device {name!r}; expected auto, cpu, cuda or cuda:N") from err
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise FlowadError(f"device {name!r} asked for, but no CUDA device is available")
+    return device
+
+
+def progress(iterable, total: int | None, desc: str, quiet: bool):
+    """A tqdm bar with rate and ETA on stderr, or the bare iterable when quiet."""
+    if quiet:
+        return iterable
+    from tqdm.auto import tqdm
+
+    return tqdm(iterable, total=total, desc=desc, leave=False, dynamic_ncols=True)
+
+
+def _loader(dataset: Dataset, batch_size: int, settings: EngineSettings, device: torch.device) -> DataLoader:
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=settings.num_workers,
+        pin_memory=device.type == "cuda",
+    )
+
+
+def feature_cache_bytes(model: AnomalyModel, n_images: int) -> int:
+    """Memory the feature cache of ``n_images`` needs, from the encoder's feature shapes."""
+    per_image = sum(math.prod(s) for s in model.encoder.feature_shapes(model.image_size))
+    return per_image * n_images * BYTES_PER_FLOAT
+
+
+@torch.inference_mode()
+def extract_features(
+    model: AnomalyModel, dataset: Dataset, settings: EngineSettings, device: torch.device
+) -> list[torch.Tensor]:
+    """Encoder features of every image of ``dataset``, stacked per scale, on ``device``."""
+    loader = _loader(dataset, settings.inference_batch_size, settings, device)
+    chunks: list[list[torch.Tensor]] = []
+    for batch in progress(loader, len(loader), "features", settings.quiet):
+        chunks.append(model.extract(batch["image"].to(device, non_blocking=True)))
+    return [torch.cat(scale) for scale in zip(*chunks, strict=True)]
+
+
+class _StreamedFeatures:
+    """Stands in for the cache when it does not fit: computes the features of a batch on demand."""
+
+    def __init__(self, model: AnomalyModel, dataset: Dataset, device: torch.device) -> None:
+        self.model, self.dataset, self.device = model, dataset, device
+        self.shape0 = len(dataset)
+
+    @torch.no_grad()
+    def take(self, idx: torch.Tensor) -> list[torch.Tensor]:
+        images = torch.stack([self.dataset[int(i)]["image"] for i in idx]).to(self.device)
+        return self.model.extract(images)
+
+
+def _epoch_batches(
+    model: AnomalyModel, cache: list[torch.Tensor] | _StreamedFeatures, generator: torch.Generator
+) -> Iterator[list[torch.Tensor]]:
+    if isinstance(cache, list):
+        yield from model.training_batches(cache, model.config.batch_size, generator)
+        return
+    # streaming: the same shuffled image order as the cached path, features made per batch
+    order = torch.randperm(cache.shape0, generator=generator)
+    for start in range(0, len(order), model.config.batch_size):
+        features = cache.take(order[start : start + model.config.batch_size])
+        # the model may regroup features (fibers); it shuffles within the batch with the same generator
+        yield from model.training_batches(features, features[0].shape[0], generator)
+
+
+def train(
+    model: AnomalyModel,
+    train_set: Dataset,
+    settings: EngineSettings,
+    on_epoch: Callable[[int, float], None] | None = None,
+) -> dict[str, Any]:
+    """Train the model's head on ``train_set`` (normal images only). Returns the training log."""
+    device = resolve_device(settings.device)
+    model.to(device)
+    torch.manual_seed(settings.seed)
+    generator = torch.Generator().manual_seed(settings.seed)
+
+    needed = feature_cache_bytes(model, len(train_set))
+    use_cache = settings.cache == "on" or (settings.cache == "auto" and needed <= settings.cache_limit_gb * 2**30)
+    log: dict[str, Any] = {"cache": use_cache, "cache_bytes": needed, "epochs": []}
+    start = time.perf_counter()
+    cache = extract_features(model, train_set, settings, device) if use_cache else None
+    log["feature_seconds"] = time.perf_counter() - start
+    source = cache if cache is not None else _StreamedFeatures(model, train_set, device)
+
+    optimizer = model.optimizer()
+    scheduler = model.scheduler(optimizer, model.config.epochs)  # stepped once per epoch
+    model.train()
+    epochs = progress(range(model.config.epochs), model.config.epochs, "training", settings.quiet)
+    for epoch in epochs:
+        t0 = time.perf_counter()
+        losses = []
+        for batch in _epoch_batches(model, source, generator):
+            loss = model.training_loss(batch)
+            if not torch.isfinite(loss):
+                raise FlowadError(
+                    f"training diverged at epoch {epoch + 1}: the loss is {loss.item()}; "
+                    f"try a lower learning rate (lr={model.config.lr}) or a smaller clamp"
+                )
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            losses.append(loss.item())
+        if scheduler is not None:
+            scheduler.step()
+        mean_loss = float(np.mean(losses))
+        log["epochs"].append({"epoch": epoch + 1, "loss": mean_loss, "seconds": time.perf_counter() - t0})
+        if hasattr(epochs, "set_postfix"):
+            epochs.set_postfix(loss=f"{mean_loss:.4g}")
+        if on_epoch is not None:
+            on_epoch(epoch + 1, mean_loss)
+    model.eval()
+    log["train_seconds"] = time.perf_counter() - start
+    return log
+
+
+@torch.inference_mode()
+def infer(
+    model: AnomalyModel, dataset: Dataset, settings: EngineSettings, keep_latents: bool = False
+) -> dict[str, Any]:
+    """Maps (N, H, W), scores (N,), and optionally latents, of every image of ``dataset``."""
+    device = resolve_device(settings.device)
+    model.to(device).eval()
+    loader = _loader(dataset, settings.inference_batch_size, settings, device)
+    maps, scores, latents = [], [], []
+    for batch in progress(loader, len(loader), "scoring", settings.quiet):
+        z = model.latents(batch["image"].to(device, non_blocking=True))
+        batch_maps = model.anomaly_map(z)
+        maps.append(batch_maps.cpu())
+        scores.append(batch_maps.flatten(1).amax(1).cpu())
+        if keep_latents:
+            latents.append([t.cpu() for t in z])
+    out: dict[str, Any] = {"maps": torch.cat(maps).numpy(), "scores": torch.cat(scores).numpy()}
+    if keep_latents:
+        out["latents"] = [torch.cat(scale) for scale in zip(*latents, strict=True)]
+    return out

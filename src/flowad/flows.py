@@ -1,0 +1,185 @@
+"""Invertible building blocks shared by every model: the affine coupling block and flow chains.
+
+One image (or one feature fiber) goes in, a latent of the same shape comes out, together with the
+per-sample log|det| of the Jacobian. Every block has an exact inverse, so the models can be checked
+by reconstructing their input from their latents.
+
+The coupling block is the Glow-style "all in one" block described in the project's model notes:
+an affine coupling with a soft-clamped scale, then a learned global affine and a fixed channel
+permutation (a shuffle, or a random rotation with ``permute_soft``).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+SubnetFactory = Callable[[int, int], nn.Module]
+"""Builds a subnet from (input channels, output channels)."""
+
+# softplus_beta=0.5 scaled by 0.1 is 1 at this raw value, so the global scale starts as identity.
+_GLOBAL_SCALE_INIT = 2.0 * math.log(math.exp(5.0) - 1.0)
+
+
+def conv_subnet(kernel_size: int, hidden_ratio: float) -> SubnetFactory:
+    """conv(k) -> ReLU -> conv(k) with 'same' padding; hidden channels = input channels * ratio."""
+
+    def make(in_channels: int, out_channels: int) -> nn.Module:
+        hidden = max(int(in_channels * hidden_ratio), 1)
+        return nn.Sequential(
+            nn.Conv2d(in_channels, hidden, kernel_size, padding=kernel_size // 2),
+            nn.ReLU(),
+            nn.Conv2d(hidden, out_channels, kernel_size, padding=kernel_size // 2),
+        )
+
+    return make
+
+
+def linear_subnet(hidden_ratio: float = 2.0) -> SubnetFactory:
+    """Linear -> ReLU -> Linear for flows over feature vectors (CFLOW-AD's fibers)."""
+
+    def make(in_channels: int, out_channels: int) -> nn.Module:
+        hidden = max(int(in_channels * hidden_ratio), 1)
+        return nn.Sequential(nn.Linear(in_channels, hidden), nn.ReLU(), nn.Linear(hidden, out_channels))
+
+    return make
+
+
+class AffineCoupling(nn.Module):
+    """Affine coupling + global affine + fixed permutation, exactly invertible.
+
+    Works on (B, C) vectors and on (B, C, H, W) maps alike; a condition, if given, is concatenated
+    to the untouched half before the subnet (same layout as the input).
+    """
+
+    def __init__(
+        self,
+        channels: int,
+        subnet: SubnetFactory,
+        clamp: float = 2.0,
+        permute_soft: bool = False,
+        condition_channels: int = 0,
+        seed: int | None = None,
+    ) -> None:
+        super().__init__()
+        if channels < 2:
+            raise ValueError(f"a coupling block needs at least 2 channels, got {channels}")
+        self.channels = channels
+        self.keep = channels - channels // 2  # x1: the first ceil(C/2) channels pass through
+        self.change = channels // 2
+        self.clamp = clamp
+        self.subnet = subnet(self.keep + condition_channels, 2 * self.change)
+        self.global_scale = nn.Parameter(torch.full((channels,), _GLOBAL_SCALE_INIT))
+        self.global_offset = nn.Parameter(torch.zeros(channels))
+
+        rng = np.random.default_rng(seed)
+        if permute_soft:
+            if channels > 512:
+                warnings.warn(
+                    f"permute_soft with {channels} channels: a dense {channels}x{channels} rotation "
+                    "per block is slow; consider permute_soft=False",
+                    stacklevel=2,
+                )
+            rotation = _random_rotation(channels, rng)
+            self.register_buffer("rotation", torch.from_numpy(rotation).float())
+            self.register_buffer("perm", None)
+        else:
+            perm = torch.from_numpy(rng.permutation(channels))
+            self.register_buffer("perm", perm)
+            self.register_buffer("perm_inverse", torch.argsort(perm))
+            self.register_buffer("rotation", None)
+
+    def _scale(self) -> torch.Tensor:
+        # 0.1 * softplus with beta 0.5, written with the plain softplus so it exports to ONNX
+        return 0.2 * F.softplus(0.5 * self.global_scale)
+
+    def _coefficients(self, x1: torch.Tensor, condition: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
+        inp = x1 if condition is None else torch.cat([x1, condition], dim=1)
+        a = 0.1 * self.subnet(inp)  # scaled down so a fresh block is close to the identity
+        log_scale = self.clamp * torch.tanh(a[:, : self.change])
+        return log_scale, a[:, self.change :]
+
+    def _channel_view(self, v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        return v.view(1, -1, *([1] * (like.dim() - 2)))
+
+    def _mix(self, x: torch.Tensor, inverse: bool) -> torch.Tensor:
+        if self.perm is not None:
+            return x[:, self.perm_inverse if inverse else self.perm]
+        w = self.rotation.t() if inverse else self.rotation  # orthogonal: inverse is the transpose
+        if x.dim() == 2:
+            return x @ w.t()
+        return torch.einsum("oc,bc...->bo...", w, x)
+
+    def forward(self, x: torch.Tensor, condition: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return (y, log|det J|) with log|det J| of shape (B,)."""
+        x1, x2 = x[:, : self.keep], x[:, self.keep :]
+        log_scale, shift = self._coefficients(x1, condition)
+        y2 = x2 * torch.exp(log_scale) + shift
+        log_det = log_scale.flatten(1).sum(1)
+
+        scale = self._scale()
+        y = torch.cat([x1, y2], dim=1) * self._channel_view(scale, x) + self._channel_view(self.global_offset, x)
+        pixels = x[0, 0].numel()
+        log_det = log_det + pixels * torch.log(scale).sum()
+        return self._mix(y, inverse=False), log_det
+
+    def inverse(self, y: torch.Tensor, condition: torch.Tensor | None = None) -> torch.Tensor:
+        y = self._mix(y, inverse=True)
+        y = (y - self._channel_view(self.global_offset, y)) / self._channel_view(self._scale(), y)
+        y1, y2 = y[:, : self.keep], y[:, self.keep :]
+        log_scale, shift = self._coefficients(y1, condition)
+        return torch.cat([y1, (y2 - shift) * torch.exp(-log_scale)], dim=1)
+
+
+def _random_rotation(n: int, rng: np.random.Generator) -> np.ndarray:
+    """A random orthogonal matrix (QR of a Gaussian matrix with the sign fix for uniformity)."""
+    q, r = np.linalg.qr(rng.standard_normal((n, n)))
+    return q * np.sign(np.diag(r))
+
+
+class FlowChain(nn.Module):
+    """A sequence of coupling blocks; log-determinants add up."""
+
+    def __init__(self, blocks: Sequence[AffineCoupling]) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList(blocks)
+
+    def forward(self, x: torch.Tensor, condition: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        log_det = x.new_zeros(x.shape[0])
+        for block in self.blocks:
+            x, block_log_det = block(x, condition)
+            log_det = log_det + block_log_det
+        return x, log_det
+
+    def inverse(self, z: torch.Tensor, condition: torch.Tensor | None = None) -> torch.Tensor:
+        for block in reversed(self.blocks):
+            z = block.inverse(z, condition)
+        return z
+
+
+def conv_flow(
+    channels: int,
+    steps: int,
+    clamp: float = 2.0,
+    hidden_ratio: float = 1.0,
+    conv3x3_only: bool = False,
+    permute_soft: bool = False,
+    seed: int = 0,
+) -> FlowChain:
+    """A 2D flow: ``steps`` coupling blocks whose conv subnets alternate kernels 3 and 1."""
+    blocks = []
+    for i in range(steps):
+        kernel = 3 if conv3x3_only or i % 2 == 0 else 1
+        blocks.append(AffineCoupling(channels, conv_subnet(kernel, hidden_ratio), clamp, permute_soft, seed=seed + i))
+    return FlowChain(blocks)
+
+
+def gaussian_nll(z: torch.Tensor) -> torch.Tensor:
+    """0.5 * sum(z^2) per sample: the negative log-density of N(0, I) up to its constant."""
+    return 0.5 * z.pow(2).flatten(1).sum(1)

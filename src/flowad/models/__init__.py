@@ -1,0 +1,31 @@
+"""The model registry: a name on the command line -> the model class and its config."""
+
+from __future__ import annotations
+
+from flowad.errors import InputError
+from flowad.models.base import AnomalyModel, ModelConfig
+from flowad.models.fastflow import FastFlow, FastFlowConfig
+
+MODELS: dict[str, type[AnomalyModel]] = {FastFlow.name: FastFlow}
+
+
+def model_class(name: str) -> type[AnomalyModel]:
+    if name not in MODELS:
+        raise InputError(f"unknown model {name!r}; expected one of {sorted(MODELS)}")
+    return MODELS[name]
+
+
+def build_model(name: str, **options) -> AnomalyModel:
+    cls = model_class(name)
+    return cls(cls.config_class.from_dict(options))
+
+
+__all__ = [
+    "MODELS",
+    "AnomalyModel",
+    "FastFlow",
+    "FastFlowConfig",
+    "ModelConfig",
+    "build_model",
+    "model_class",
+]

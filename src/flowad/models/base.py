@@ -1,0 +1,121 @@
+"""What every model shares: the frozen encoder, the train/infer split, and the map from latents.
+
+A model is a frozen ``encoder`` (images -> feature maps) followed by a trainable head
+(feature maps -> latents and log|det|). The engine caches the encoder's output and trains the head,
+so each model only says how features become latents, how latents become a loss, and how latents
+become an anomaly map.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from flowad.backbones import Encoder
+from flowad.errors import InputError
+
+
+@dataclasses.dataclass
+class ModelConfig:
+    """Fields every model has; each model's config adds its own."""
+
+    backbone: str = "tf_efficientnet_lite0"
+    weights: str = "pretrained"
+    image_size: int = 256
+    lr: float = 1e-3
+    weight_decay: float = 1e-5
+    batch_size: int = 32
+    epochs: int = 20
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> ModelConfig:
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - names)
+        if unknown:
+            raise InputError(f"unknown option(s) {unknown} for {cls.__name__}; expected some of {sorted(names)}")
+        return cls(**values)
+
+
+class AnomalyModel(nn.Module):
+    """Base class: subclasses set ``name``/``config_class`` and implement ``head`` and ``loss``."""
+
+    name: ClassVar[str]
+    config_class: ClassVar[type[ModelConfig]]
+    encoder: Encoder
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        return (self.config.image_size, self.config.image_size)
+
+    @torch.no_grad()
+    def extract(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """Frozen encoder features of a normalised image batch."""
+        return self.encoder(images)
+
+    def head(self, features: list[torch.Tensor]) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """Features -> (latent maps, log|det| per image)."""
+        raise NotImplementedError
+
+    def loss(self, latents: list[torch.Tensor], log_det: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def anomaly_map(self, latents: list[torch.Tensor]) -> torch.Tensor:
+        """(B, H, W) map at the input size; higher means more anomalous."""
+        return mean_probability_map(latents, self.image_size)
+
+    def training_batches(
+        self, features: list[torch.Tensor], batch_size: int, generator: torch.Generator
+    ) -> Iterator[list[torch.Tensor]]:
+        """One epoch of training batches from cached features: shuffled images."""
+        order = torch.randperm(features[0].shape[0], generator=generator)
+        for start in range(0, len(order), batch_size):
+            idx = order[start : start + batch_size]
+            yield [f[idx] for f in features]
+
+    def training_loss(self, batch: list[torch.Tensor]) -> torch.Tensor:
+        return self.loss(*self.head(batch))
+
+    def optimizer(self) -> torch.optim.Optimizer:
+        params = [p for p in self.parameters() if p.requires_grad]
+        return torch.optim.Adam(params, lr=self.config.lr, weight_decay=self.config.weight_decay)
+
+    def scheduler(self, optimizer: torch.optim.Optimizer, epochs: int) -> Any | None:
+        """A learning-rate schedule stepped once per epoch, or None."""
+        return None
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Normalised images -> (anomaly maps (B, H, W), image scores (B,))."""
+        latents = self.latents(images)
+        maps = self.anomaly_map(latents)
+        return maps, maps.flatten(1).amax(1)
+
+    def latents(self, images: torch.Tensor) -> list[torch.Tensor]:
+        return self.head(self.extract(images))[0]
+
+    def trainable_state(self) -> dict[str, torch.Tensor]:
+        """Everything but the frozen encoder: what a checkpoint must keep."""
+        return {k: v for k, v in self.state_dict().items() if not k.startswith("encoder.")}
+
+
+def mean_probability_map(latents: list[torch.Tensor], size: tuple[int, int]) -> torch.Tensor:
+    """1 - mean over scales of upsampled exp(-0.5 * mean_c z^2): 0 where normal, towards 1 where not.
+
+    (The FastFlow paper's map, -mean p, is this minus one: the same ranking and thresholds shift by 1.)
+    """
+    total = 0
+    for z in latents:
+        p = torch.exp(-0.5 * z.pow(2).mean(1, keepdim=True))
+        total = total + F.interpolate(p, size=size, mode="bilinear", align_corners=False)
+    return 1 - (total / len(latents))[:, 0]

@@ -1,0 +1,78 @@
+"""FastFlow: 2D normalizing flows over multi-scale CNN features (or one ViT scale).
+
+Yu et al., "FastFlow: Unsupervised Anomaly Detection and Localization via 2D Normalizing Flows".
+CNN path: stages at strides 4, 8, 16, each followed by a trainable LayerNorm over (C, H, W), then one
+2D flow per scale. ViT path (CaiT m48 at 448, DeiT-base-distilled at 384): one token map, one flow.
+Loss: sum over scales of mean over the batch of 0.5 * sum(z^2) - log|det|.
+Map: 1 - mean over scales of the upsampled exp(-0.5 * mean_c z^2). Image score: max of the map.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+from torch import nn
+
+from flowad.backbones import CNNEncoder, ViTEncoder
+from flowad.errors import InputError
+from flowad.flows import conv_flow, gaussian_nll
+from flowad.models.base import AnomalyModel, ModelConfig
+
+# ViT backbones of the paper: how many transformer blocks feed the flow, and their input size.
+VIT_BLOCKS = {"cait_m48_448": (41, 448), "deit_base_distilled_patch16_384": (8, 384)}
+
+
+@dataclasses.dataclass
+class FastFlowConfig(ModelConfig):
+    flow_steps: int = 8
+    conv3x3_only: bool = False
+    hidden_ratio: float = 1.0
+    clamp: float = 2.0
+    epochs: int = 20
+
+
+class FastFlow(AnomalyModel):
+    name = "fastflow"
+    config_class = FastFlowConfig
+
+    def __init__(self, config: FastFlowConfig) -> None:
+        super().__init__(config)
+        if config.backbone in VIT_BLOCKS:
+            blocks, size = VIT_BLOCKS[config.backbone]
+            if config.image_size != size:
+                raise InputError(
+                    f"backbone {config.backbone} takes {size}x{size} images; got image_size={config.image_size}"
+                )
+            self.encoder = ViTEncoder(config.backbone, blocks, config.weights)
+            self.norms = nn.ModuleList([nn.Identity()])  # the ViT's own final norm is kept
+        else:
+            self.encoder = CNNEncoder(config.backbone, (4, 8, 16), config.weights)
+            check_image_size(config.image_size, max(self.encoder.strides), config.backbone)
+            shapes = self.encoder.feature_shapes(self.image_size)
+            self.norms = nn.ModuleList([nn.LayerNorm(list(shape)) for shape in shapes])
+        self.flows = nn.ModuleList(
+            conv_flow(c, config.flow_steps, config.clamp, config.hidden_ratio, config.conv3x3_only, seed=10 * i)
+            for i, c in enumerate(self.encoder.channels)
+        )
+
+    def head(self, features: list[torch.Tensor]) -> tuple[list[torch.Tensor], torch.Tensor]:
+        latents, log_det = [], 0
+        for feature, norm, flow in zip(features, self.norms, self.flows, strict=True):
+            z, ld = flow(norm(feature))
+            latents.append(z)
+            log_det = log_det + ld
+        return latents, log_det
+
+    def loss(self, latents: list[torch.Tensor], log_det: torch.Tensor) -> torch.Tensor:
+        # the sum over scales of per-scale means equals the mean of the summed per-image terms
+        return (sum(gaussian_nll(z) for z in latents) - log_det).mean()
+
+
+def check_image_size(image_size: int, stride: int, backbone: str) -> None:
+    """The per-stage LayerNorm fixes the feature size, so the input size must be known and clean."""
+    if image_size < 2 * stride or image_size % stride:
+        raise InputError(
+            f"image_size={image_size} does not fit backbone {backbone}: expected a multiple of {stride} "
+            f"of at least {2 * stride} (e.g. 256)"
+        )

@@ -1,0 +1,101 @@
+"""End to end through the command line: demo data -> train -> test -> predict, and its errors."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from flowad.cli import main
+from flowad.data.synthetic import make_demo_dataset
+
+TINY = ["--image-size", "64", "--epochs", "2", "--batch-size", "4", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("demo")
+    return make_demo_dataset(root, seed=1, categories=("fabric",), image_size=64, n_train=10, n_test_good=3, n_test_per_defect=2)
+
+
+@pytest.fixture(scope="module")
+def run(demo: Path, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("runs") / "ff"
+    assert main(["train", "--model", "fastflow", "--data", str(demo), "--category", "fabric", "--out", str(out), *TINY]) == 0
+    return out
+
+
+def test_train_writes_a_complete_run_directory(run: Path) -> None:
+    names = {p.name for p in run.iterdir()}
+    assert {"config.json", "model.safetensors", "train_log.json"} <= names
+    assert "backbone.safetensors" not in names  # the offline backbone ships with flowad
+    config = json.loads((run / "config.json").read_text())
+    assert config["model"] == "fastflow" and config["model_config"]["image_size"] == 64
+    assert config["normalisation"] == {"mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]}
+    assert config["thresholds"]["method"] == "fpr=0.01"
+    assert config["train"]["images"] == 8 and config["train"]["validation_images"] == 2
+
+
+def test_test_prints_and_writes_metrics(run: Path, capsys) -> None:
+    assert main(["test", "--run", str(run), "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    metrics = json.loads((run / "metrics.json").read_text())
+    for key in ("image_auroc", "pixel_auroc", "aupro", "image_f1", "pixel_f1", "iou", "train_seconds", "test_seconds"):
+        assert key in metrics
+    for key in ("image_auroc", "pixel_auroc", "aupro", "image_f1"):
+        assert 0 <= metrics[key] <= 1
+        assert f"{metrics[key]:.4f}" in printed
+    assert metrics["test_images"] == 3 + 4 * 2
+
+
+def test_predict_writes_one_heatmap_mask_and_line_per_image(run: Path, demo: Path, tmp_path: Path, capsys) -> None:
+    folder = demo / "fabric" / "test" / "hole"
+    (tmp_path / "in").mkdir()
+    for p in folder.iterdir():
+        (tmp_path / "in" / p.name).write_bytes(p.read_bytes())
+    (tmp_path / "in" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    out = tmp_path / "out"
+    assert main(["predict", "--run", str(run), "--input", str(tmp_path / "in"), "--out", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert "warning: skipped" in err and "broken.png" in err
+    lines = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    assert len(lines) == 2
+    for line in lines:
+        assert 0 <= line["normalised_score"] <= 1
+        assert line["anomalous"] == (line["normalised_score"] >= 0.5)
+        heat, mask = Image.open(line["heatmap"]), np.asarray(Image.open(line["mask"]))
+        assert heat.size == (64, 64) and heat.mode == "RGB"
+        assert mask.shape == (64, 64) and set(np.unique(mask)) <= {0, 255}
+
+
+def test_existing_run_directory_needs_force(run: Path, demo: Path, capsys) -> None:
+    args = ["train", "--data", str(demo), "--category", "fabric", "--out", str(run), *TINY]
+    assert main(args) == 2
+    assert "already exists" in capsys.readouterr().err
+    assert (run / "model.safetensors").exists()  # the finished run is untouched
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["train", "--data", "/no/such/root", "--category", "x", "--out", "OUT"], "/no/such/root"),
+        (["train", "--data", "DEMO", "--category", "nope", "--out", "OUT"], "nope"),
+        (["train", "--data", "DEMO", "--category", "fabric", "--out", "OUT", "--image-size", "70"], "image_size=70"),
+        (["train", "--model", "nomodel", "--data", "DEMO", "--category", "fabric", "--out", "OUT"], "unknown model"),
+        (["test", "--run", "/no/such/run"], "/no/such/run does not exist"),
+        (["predict", "--run", "RUN", "--input", "/no/such/file", "--out", "OUT"], "/no/such/file"),
+        (["test", "--run", "RUN", "--threshold", "high"], "--threshold 'high'"),
+    ],
+)
+def test_bad_input_exits_2_with_a_message(args, message, demo, run, tmp_path, capsys) -> None:
+    subst = {"DEMO": str(demo), "OUT": str(tmp_path / "o"), "RUN": str(run)}
+    code = main([subst.get(a, a) for a in args] + ["--quiet"] * (args[0] != "predict"))
+    assert code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_same_seed_same_weights(demo: Path, run: Path, tmp_path: Path) -> None:
+    out = tmp_path / "again"
+    assert main(["train", "--data", str(demo), "--category", "fabric", "--out", str(out), *TINY]) == 0
+    assert (out / "model.safetensors").read_bytes() == (run / "model.safetensors").read_bytes()
