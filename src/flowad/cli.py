@@ -181,7 +181,8 @@ def _run(args: argparse.Namespace) -> int:
         result = api.test(args.run, args.data, args.category, args.threshold, _settings(args))
         print(api.format_metrics(result))
         print(
-            f"train {result['train_seconds']:.1f} s, test {result['test_seconds']:.1f} s; wrote {args.run / 'metrics.json'}"
+            f"train {result['train_seconds']:.1f} s, test {result['test_seconds']:.1f} s; "
+            f"wrote {args.run / 'metrics.json'}"
         )
     elif args.command == "predict":
         api.predict(args.run, args.input, args.out, args.threshold, quiet=args.quiet)

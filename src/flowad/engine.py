@@ -160,8 +160,20 @@ def train(
         if on_epoch is not None:
             on_epoch(epoch + 1, mean_loss)
     model.eval()
+    with torch.no_grad():
+        model.calibrate(_calibration_batches(model, source))
     log["train_seconds"] = time.perf_counter() - start
     return log
+
+
+def _calibration_batches(
+    model: AnomalyModel, source: list[torch.Tensor] | _StreamedFeatures
+) -> Iterator[list[torch.Tensor]]:
+    """The training features in image batches, in order, for ``AnomalyModel.calibrate``."""
+    n = source[0].shape[0] if isinstance(source, list) else source.shape0
+    for start in range(0, n, model.config.batch_size):
+        idx = torch.arange(start, min(start + model.config.batch_size, n))
+        yield [f[idx] for f in source] if isinstance(source, list) else source.take(idx)
 
 
 @torch.inference_mode()

@@ -87,6 +87,12 @@ class AnomalyModel(nn.Module):
     def training_loss(self, batch: list[torch.Tensor]) -> torch.Tensor:
         return self.loss(*self.head(batch))
 
+    def calibrate(self, batches: Iterator[list[torch.Tensor]]) -> None:
+        """Called once after training with the training set's feature batches (no grad).
+
+        Models whose maps need constants from normal data (CFLOW-AD's normalisation) store them here.
+        """
+
     def optimizer(self) -> torch.optim.Optimizer:
         params = [p for p in self.parameters() if p.requires_grad]
         return torch.optim.Adam(params, lr=self.config.lr, weight_decay=self.config.weight_decay)
@@ -119,3 +125,19 @@ def mean_probability_map(latents: list[torch.Tensor], size: tuple[int, int]) -> 
         p = torch.exp(-0.5 * z.pow(2).mean(1, keepdim=True))
         total = total + F.interpolate(p, size=size, mode="bilinear", align_corners=False)
     return 1 - (total / len(latents))[:, 0]
+
+
+def check_image_size(image_size: int, stride: int, backbone: str) -> None:
+    """Feature sizes must be whole numbers at every stage, and a per-stage LayerNorm fixes them."""
+    if image_size < 2 * stride or image_size % stride:
+        raise InputError(
+            f"image_size={image_size} does not fit backbone {backbone}: expected a multiple of {stride} "
+            f"of at least {2 * stride} (e.g. 256)"
+        )
+
+
+def stage_norms(encoder: Encoder, image_size: int, backbone: str) -> nn.ModuleList:
+    """A trainable LayerNorm over (C, H, W) per CNN stage; this locks the input size, so check it first."""
+    check_image_size(image_size, max(encoder.strides), backbone)
+    shapes = encoder.feature_shapes((image_size, image_size))
+    return nn.ModuleList([nn.LayerNorm(list(shape)) for shape in shapes])

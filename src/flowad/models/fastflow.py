@@ -17,7 +17,7 @@ from torch import nn
 from flowad.backbones import CNNEncoder, ViTEncoder
 from flowad.errors import InputError
 from flowad.flows import conv_flow, gaussian_nll
-from flowad.models.base import AnomalyModel, ModelConfig
+from flowad.models.base import AnomalyModel, ModelConfig, stage_norms
 
 # ViT backbones of the paper: how many transformer blocks feed the flow, and their input size.
 VIT_BLOCKS = {"cait_m48_448": (41, 448), "deit_base_distilled_patch16_384": (8, 384)}
@@ -48,9 +48,7 @@ class FastFlow(AnomalyModel):
             self.norms = nn.ModuleList([nn.Identity()])  # the ViT's own final norm is kept
         else:
             self.encoder = CNNEncoder(config.backbone, (4, 8, 16), config.weights)
-            check_image_size(config.image_size, max(self.encoder.strides), config.backbone)
-            shapes = self.encoder.feature_shapes(self.image_size)
-            self.norms = nn.ModuleList([nn.LayerNorm(list(shape)) for shape in shapes])
+            self.norms = stage_norms(self.encoder, config.image_size, config.backbone)
         self.flows = nn.ModuleList(
             conv_flow(c, config.flow_steps, config.clamp, config.hidden_ratio, config.conv3x3_only, seed=10 * i)
             for i, c in enumerate(self.encoder.channels)
@@ -67,12 +65,3 @@ class FastFlow(AnomalyModel):
     def loss(self, latents: list[torch.Tensor], log_det: torch.Tensor) -> torch.Tensor:
         # the sum over scales of per-scale means equals the mean of the summed per-image terms
         return (sum(gaussian_nll(z) for z in latents) - log_det).mean()
-
-
-def check_image_size(image_size: int, stride: int, backbone: str) -> None:
-    """The per-stage LayerNorm fixes the feature size, so the input size must be known and clean."""
-    if image_size < 2 * stride or image_size % stride:
-        raise InputError(
-            f"image_size={image_size} does not fit backbone {backbone}: expected a multiple of {stride} "
-            f"of at least {2 * stride} (e.g. 256)"
-        )
