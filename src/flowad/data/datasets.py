@@ -1,0 +1,358 @@
+"""Finding the images of a data set on disk and serving them to PyTorch.
+
+Three layouts are understood:
+
+* MVTec AD (:func:`mvtec_splits`), also written by :func:`flowad.data.synthetic.make_demo_dataset`;
+* BTAD (:func:`btad_splits`);
+* plain folders of good and anomalous images (:func:`folder_splits`).
+
+Each returns a :class:`DatasetSplits` of :class:`Sample` records (paths and labels, no
+pixels). Validation images are only ever taken from good training images
+(:func:`split_validation`) or from a separate folder (:func:`validation_from_folder`),
+never from the test set. :class:`ImageDataset` reads, resizes and normalises the samples.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from flowad.data.images import IMAGE_SUFFIXES, read_image, read_image_size, read_mask
+from flowad.errors import InputError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+_MASK_TAG = "_mask"
+_SUFFIX_LIST = ", ".join(IMAGE_SUFFIXES)
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One image of a data set: its path, label (0 good, 1 anomalous) and optional mask."""
+
+    path: Path
+    label: int
+    mask_path: Path | None = None
+    defect: str = "good"
+
+
+@dataclass
+class DatasetSplits:
+    """Train (good only), validation (good only) and test samples of one data set."""
+
+    train: list[Sample]
+    val: list[Sample]
+    test: list[Sample]
+    name: str
+
+
+def list_images(folder: str | Path) -> list[Path]:
+    """Image files directly in ``folder``, sorted by name.
+
+    Only :data:`~flowad.data.images.IMAGE_SUFFIXES` count (case-insensitive). Files whose
+    stem ends in ``_mask`` (masks stored beside their images) and hidden files such as
+    macOS ``._name.png`` are skipped. Raises :class:`~flowad.errors.InputError` if the
+    folder is missing, is not a folder or holds no images.
+    """
+    directory = _existing_dir(folder)
+    images = sorted(p for p in directory.iterdir() if _is_plain_image(p))
+    if not images:
+        raise InputError(f"folder {directory} contains no images (expected {_SUFFIX_LIST})")
+    return images
+
+
+def mvtec_splits(root: str | Path, category: str) -> DatasetSplits:
+    """Samples of one MVTec AD category.
+
+    Layout: ``<root>/<category>/train/good/*`` for training, ``<root>/<category>/test/<defect>/*``
+    for testing (``good`` is label 0, every other folder label 1) and masks in
+    ``<root>/<category>/ground_truth/<defect>/<stem>_mask.png``. Any image suffix and the bare
+    ``<stem>.<suffix>`` are accepted for masks too. ``val`` is empty: see :func:`split_validation`.
+    """
+    base = _category_dir(root, category, required="train")
+    train = [Sample(path, 0) for path in list_images(base / "train" / "good")]
+    test: list[Sample] = []
+    for defect_dir in _subfolders(base / "test"):
+        defect = defect_dir.name
+        if defect == "good":
+            test += [Sample(path, 0) for path in list_images(defect_dir)]
+            continue
+        masks = base / "ground_truth" / defect
+        test += [_anomalous(path, defect, masks) for path in list_images(defect_dir)]
+    return DatasetSplits(train=train, val=[], test=test, name=f"mvtec/{category}")
+
+
+def btad_splits(root: str | Path, category: str) -> DatasetSplits:
+    """Samples of one BTAD category (e.g. ``"01"``).
+
+    Layout: ``<root>/<category>/train/ok`` (training), ``test/ok`` (label 0), ``test/ko``
+    (label 1) with masks in ``ground_truth/ko/<stem>.png`` (BTAD stores ``.png`` masks even for
+    ``.bmp`` images; any image suffix and ``<stem>_mask.<suffix>`` are accepted as well).
+    """
+    base = _category_dir(root, category, required="train")
+    train = [Sample(path, 0) for path in list_images(base / "train" / "ok")]
+    test = [Sample(path, 0) for path in list_images(base / "test" / "ok")]
+    masks = base / "ground_truth" / "ko"
+    test += [_anomalous(path, "ko", masks) for path in list_images(base / "test" / "ko")]
+    return DatasetSplits(train=train, val=[], test=test, name=f"btad/{category}")
+
+
+def folder_splits(
+    normal_dir: str | Path,
+    abnormal_dir: str | Path | None = None,
+    mask_dir: str | Path | None = None,
+    test_normal_dir: str | Path | None = None,
+    test_fraction: float = 0.2,
+    seed: int = 0,
+    name: str | None = None,
+) -> DatasetSplits:
+    """Samples from plain folders of images.
+
+    * ``normal_dir``: good images. Unless ``test_normal_dir`` is given, a deterministic random
+      ``test_fraction`` of them (chosen with ``seed``) is held out for the test set and the
+      rest is used for training; with ``test_normal_dir`` all of them train and the good test
+      images come from that folder.
+    * ``abnormal_dir``: anomalous images, all in the test set (label 1, defect = folder name).
+    * Masks: looked up in ``mask_dir`` as ``<stem>_mask.<suffix>`` or ``<stem>.<suffix>``; without
+      ``mask_dir`` as ``<stem>_mask.<suffix>`` beside each anomalous image (LGG MRI style:
+      ``x.tif`` with ``x_mask.tif``). Either every anomalous image has a mask or none has
+      (image-level labels only, ``mask_path`` None); a partial set raises
+      :class:`~flowad.errors.InputError` naming the first image without a mask, and so does a
+      ``mask_dir`` that matches no image.
+    """
+    _check_fraction("test_fraction", test_fraction)
+    normal = [Sample(path, 0) for path in list_images(normal_dir)]
+    if test_normal_dir is None:
+        test_good, train = _random_split(normal, test_fraction, seed, "normal_dir", Path(normal_dir))
+    else:
+        train, test_good = normal, [Sample(path, 0) for path in list_images(test_normal_dir)]
+    anomalous = [] if abnormal_dir is None else _folder_anomalies(Path(abnormal_dir), mask_dir)
+    return DatasetSplits(train=train, val=[], test=test_good + anomalous, name=name or _full(normal_dir).name)
+
+
+def split_validation(train: list[Sample], fraction: float, seed: int) -> tuple[list[Sample], list[Sample]]:
+    """Split good training samples into ``(train, val)``; deterministic for a given ``seed``.
+
+    ``fraction`` must be in ``[0, 1)``; a positive fraction takes at least one sample, and at
+    least one training sample must remain. Both lists keep the input order.
+    """
+    _check_fraction("validation fraction", fraction)
+    bad = next((s for s in train if s.label != 0), None)
+    if bad is not None:
+        raise InputError(
+            f"training sample {bad.path} has label {bad.label}; expected only good (label 0) images "
+            "to split a validation set from"
+        )
+    val, rest = _random_split(train, fraction, seed, "validation fraction", None)
+    return rest, val
+
+
+def validation_from_folder(folder: str | Path) -> list[Sample]:
+    """Good validation samples (label 0) from a separate folder of images."""
+    return [Sample(path, 0) for path in list_images(folder)]
+
+
+def check_masks(samples: Sequence[Sample]) -> None:
+    """Check that every sample's mask exists and has the size of its image (headers only)."""
+    for sample in samples:
+        if sample.mask_path is None:
+            continue
+        if not sample.mask_path.is_file():
+            raise InputError(
+                f"mask {_full(sample.mask_path)} of image {_full(sample.path)} does not exist; "
+                "expected a mask file of the same size as the image"
+            )
+        mask_size = read_image_size(sample.mask_path)
+        image_size = read_image_size(sample.path)
+        if mask_size != image_size:
+            raise InputError(
+                f"mask {_full(sample.mask_path)} is {_wxh(mask_size)} but its image {_full(sample.path)} "
+                f"is {_wxh(image_size)}; expected the same size"
+            )
+
+
+class ImageDataset(torch.utils.data.Dataset):
+    """Resized, normalised images and masks of a list of samples.
+
+    ``image_size`` is the output ``(H, W)``, or one int for a square. Items are dicts with
+    ``"image"`` (float32 ``3xHxW``, normalised with ``mean``/``std``), ``"mask"`` (float32
+    ``1xHxW`` of 0/1, zeros without a mask), ``"label"`` (int64 tensor) and ``"index"`` (int;
+    the path is ``dataset.samples[index].path``, kept out of the dict so default collation works).
+    """
+
+    def __init__(
+        self,
+        samples: Sequence[Sample],
+        image_size: int | tuple[int, int],
+        mean: Sequence[float] = IMAGENET_MEAN,
+        std: Sequence[float] = IMAGENET_STD,
+    ) -> None:
+        self.samples = list(samples)
+        self.size = _size_hw(image_size)
+        self.mean = _channel_stats("mean", mean, positive=False)
+        self.std = _channel_stats("std", std, positive=True)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor | int]:
+        sample = self.samples[index]
+        height, width = self.size
+        rgb = read_image(sample.path)
+        resized = Image.fromarray(rgb).resize((width, height), Image.Resampling.BILINEAR)
+        image = (np.asarray(resized, dtype=np.float32) / 255.0 - self.mean) / self.std
+        mask = np.zeros((height, width), dtype=np.float32)
+        if sample.mask_path is not None:
+            defect = read_mask(sample.mask_path, expected_size=rgb.shape[:2])
+            # Nearest keeps the mask binary; bilinear would invent fractional labels.
+            small = Image.fromarray(defect.astype(np.uint8) * 255).resize((width, height), Image.Resampling.NEAREST)
+            mask = (np.asarray(small) > 127).astype(np.float32)
+        return {
+            "image": torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))),
+            "mask": torch.from_numpy(mask[None]),
+            "label": torch.tensor(sample.label, dtype=torch.int64),
+            "index": index,
+        }
+
+
+def _anomalous(image: Path, defect: str, mask_folder: Path) -> Sample:
+    """An anomalous test sample whose mask must exist in ``mask_folder``."""
+    mask = _find_mask(mask_folder, image.stem, allow_bare=True)
+    if mask is None:
+        expected = mask_folder / f"{image.stem}{_MASK_TAG}.png"
+        raise InputError(
+            f"anomalous image {_full(image)} has no mask; expected {_full(expected)} "
+            f"(or {image.stem}.png, any of {_SUFFIX_LIST})"
+        )
+    return Sample(image, 1, mask, defect)
+
+
+def _folder_anomalies(folder: Path, mask_dir: str | Path | None) -> list[Sample]:
+    """Anomalous samples of :func:`folder_splits`, with all masks or none."""
+    images = list_images(folder)
+    if mask_dir is None:
+        masks = [_find_mask(folder, path.stem, allow_bare=False) for path in images]
+    else:
+        mask_folder = _existing_dir(mask_dir)
+        masks = [_find_mask(mask_folder, path.stem, allow_bare=True) for path in images]
+        if not any(masks):
+            raise InputError(
+                f"mask folder {mask_folder} has no mask for any image in {_full(folder)}; expected "
+                f"<stem>.png or <stem>{_MASK_TAG}.png (any of {_SUFFIX_LIST})"
+            )
+    if any(masks) and not all(masks):
+        first = images[masks.index(None)]
+        where = _full(mask_dir) if mask_dir is not None else _full(folder)
+        raise InputError(
+            f"anomalous image {_full(first)} has no mask in {where} although other images do; expected "
+            f"{first.stem}{_MASK_TAG}.png (any of {_SUFFIX_LIST}) for every image, or no masks at all"
+        )
+    return [Sample(path, 1, mask, folder.name) for path, mask in zip(images, masks, strict=True)]
+
+
+def _find_mask(folder: Path, stem: str, allow_bare: bool) -> Path | None:
+    """``<stem>_mask.<suffix>`` (or, if allowed, ``<stem>.<suffix>``) in ``folder``, if any."""
+    if not folder.is_dir():
+        return None
+    names = [stem + _MASK_TAG] + ([stem] if allow_bare else [])
+    for name in names:
+        for suffix in IMAGE_SUFFIXES:
+            for candidate in (folder / (name + suffix), folder / (name + suffix.upper())):
+                if candidate.is_file():
+                    return candidate
+    return None
+
+
+def _random_split(
+    samples: list[Sample], fraction: float, seed: int, what: str, folder: Path | None
+) -> tuple[list[Sample], list[Sample]]:
+    """Deterministically pick ``fraction`` of ``samples``; returns ``(picked, rest)`` in input order."""
+    count = round(fraction * len(samples))
+    if fraction > 0:
+        count = max(count, 1)
+    if len(samples) - count < 1:
+        source = f" in {_full(folder)}" if folder is not None else ""
+        raise InputError(
+            f"{what} {fraction} of {len(samples)} good images{source} leaves no training image; "
+            "expected more good images or a smaller fraction"
+        )
+    order = np.random.default_rng(seed).permutation(len(samples))
+    picked = set(order[:count].tolist())
+    return (
+        [s for i, s in enumerate(samples) if i in picked],
+        [s for i, s in enumerate(samples) if i not in picked],
+    )
+
+
+def _category_dir(root: str | Path, category: str, required: str) -> Path:
+    """``<root>/<category>``; a missing category lists the available ones."""
+    base_root = _existing_dir(root)
+    base = base_root / category
+    if not (base / required).is_dir():
+        available = sorted(p.name for p in base_root.iterdir() if (p / required).is_dir())
+        listing = ", ".join(available) if available else "none"
+        raise InputError(
+            f"category {category!r} not found: {base} has no '{required}' folder; "
+            f"expected one of the categories in {base_root}: {listing}"
+        )
+    return base
+
+
+def _subfolders(folder: Path) -> list[Path]:
+    directory = _existing_dir(folder)
+    subfolders = sorted(p for p in directory.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not subfolders:
+        raise InputError(f"folder {directory} has no subfolders; expected one folder per defect type")
+    return subfolders
+
+
+def _existing_dir(folder: str | Path) -> Path:
+    directory = _full(folder)
+    if not directory.exists():
+        raise InputError(f"folder {directory} does not exist; expected a folder of images")
+    if not directory.is_dir():
+        raise InputError(f"{directory} is not a folder; expected a folder of images")
+    return directory
+
+
+def _is_plain_image(path: Path) -> bool:
+    return (
+        path.suffix.lower() in IMAGE_SUFFIXES
+        and not path.name.startswith(".")
+        and not path.stem.endswith(_MASK_TAG)
+        and path.is_file()
+    )
+
+
+def _check_fraction(what: str, fraction: float) -> None:
+    if not 0 <= fraction < 1:
+        raise InputError(f"{what} is {fraction}; expected a number in [0, 1)")
+
+
+def _size_hw(image_size: int | tuple[int, int]) -> tuple[int, int]:
+    size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
+    if len(size) != 2 or not all(isinstance(v, int) and v > 0 for v in size):
+        raise InputError(f"image_size is {image_size!r}; expected a positive int or (height, width)")
+    return size[0], size[1]
+
+
+def _channel_stats(what: str, values: Sequence[float], positive: bool) -> np.ndarray:
+    array = np.asarray(values, dtype=np.float32).reshape(-1)
+    if array.shape != (3,) or (positive and not np.all(array > 0)):
+        kind = "three positive numbers" if positive else "three numbers"
+        raise InputError(f"{what} is {tuple(values)!r}; expected {kind}, one per RGB channel")
+    return array
+
+
+def _wxh(hw: tuple[int, int]) -> str:
+    return f"{hw[1]}x{hw[0]}"
+
+
+def _full(path: str | Path) -> Path:
+    return Path(path).expanduser().absolute()
