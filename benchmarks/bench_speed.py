@@ -1,0 +1,131 @@
+"""Speed of flowad's models on this machine: backbone alone, end-to-end inference, training epochs.
+
+Run alone (other jobs on the same cores distort every figure):
+
+    python benchmarks/bench_speed.py --threads 2 --models fastflow --append benchmarks/RESULTS.md
+
+For each model it prints, per image: the backbone's forward time and the whole model's inference time
+at batch 1 and 16 (warm, inference mode), and the time of a training epoch on cached features versus
+recomputing the features every epoch (streaming). Medians over ``--repeats`` runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from datetime import date
+
+import torch
+
+from flowad.models import MODELS, build_model
+
+
+def median_seconds(fn: Callable[[], object], repeats: int) -> float:
+    fn()  # warm-up: allocations, kernel selection
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def machine() -> str:
+    cpu = platform.processor() or "unknown CPU"
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads"
+
+
+def bench_model(name: str, image_size: int, train_images: int, repeats: int) -> dict[str, float]:
+    torch.manual_seed(0)
+    model = build_model(name, image_size=image_size).eval()
+    images = torch.randn(16, 3, image_size, image_size)
+    out: dict[str, float] = {}
+    with torch.inference_mode():
+        for batch in (1, 16):
+            x = images[:batch]
+            out[f"backbone_b{batch}"] = median_seconds(lambda x=x: model.encoder(x), repeats) / batch
+            out[f"infer_b{batch}"] = median_seconds(lambda x=x: model(x), repeats) / batch
+
+    # training epochs: the same batches, with features from the cache or recomputed
+    data = torch.randn(train_images, 3, image_size, image_size)
+    with torch.no_grad():
+        cache = [torch.cat(parts) for parts in zip(*(model.extract(data[i : i + 1]) for i in range(train_images)))]
+    optimizer = model.optimizer()
+    model.train()
+
+    def epoch(streaming: bool) -> None:
+        generator = torch.Generator().manual_seed(0)
+        order = torch.randperm(train_images, generator=generator)
+        for start in range(0, train_images, model.config.batch_size):
+            idx = order[start : start + model.config.batch_size]
+            if streaming:
+                with torch.no_grad():
+                    features = model.extract(data[idx])
+            else:
+                features = [f[idx] for f in cache]
+            for batch in model.training_batches(features, len(idx), generator):
+                loss = model.training_loss(batch)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+
+    out["epoch_cached"] = median_seconds(lambda: epoch(False), max(repeats // 2, 1))
+    out["epoch_streamed"] = median_seconds(lambda: epoch(True), max(repeats // 2, 1))
+    return out
+
+
+def report(results: dict[str, dict[str, float]], args: argparse.Namespace) -> str:
+    lines = [
+        f"### Speed, {date.today()}: {machine()}",
+        "",
+        f"Command: `python benchmarks/bench_speed.py {' '.join(sys.argv[1:])}`; image {args.image_size} px, "
+        f"{args.train_images} training images, medians of {args.repeats} runs, random inputs.",
+        "",
+        "| model | backbone b1 ms/img | infer b1 ms/img | backbone b16 ms/img | infer b16 ms/img | "
+        "infer/backbone b16 | epoch cached s | epoch streamed s | streamed/cached |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, r in results.items():
+        lines.append(
+            f"| {name} | {1e3 * r['backbone_b1']:.1f} | {1e3 * r['infer_b1']:.1f} | {1e3 * r['backbone_b16']:.1f} | "
+            f"{1e3 * r['infer_b16']:.1f} | {r['infer_b16'] / r['backbone_b16']:.2f}x | {r['epoch_cached']:.2f} | "
+            f"{r['epoch_streamed']:.2f} | {r['epoch_streamed'] / r['epoch_cached']:.1f}x |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", default=sorted(MODELS), choices=sorted(MODELS))
+    parser.add_argument("--threads", type=int, default=2, help="torch threads (set explicitly: default 2)")
+    parser.add_argument("--image-size", type=int, default=256)
+    parser.add_argument("--train-images", type=int, default=32)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--append", help="append the Markdown table to this file")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    results = {}
+    for name in args.models:
+        results[name] = bench_model(name, args.image_size, args.train_images, args.repeats)
+        print(name, {k: round(v, 4) for k, v in results[name].items()}, flush=True)
+    text = report(results, args)
+    print(text)
+    if args.append:
+        with open(args.append, "a") as f:
+            f.write("\n" + text)
+
+
+if __name__ == "__main__":
+    main()
