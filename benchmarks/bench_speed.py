@@ -61,7 +61,8 @@ def bench_model(name: str, image_size: int, train_images: int, repeats: int) -> 
     # training epochs: the same batches, with features from the cache or recomputed
     data = torch.randn(train_images, 3, image_size, image_size)
     with torch.no_grad():
-        cache = [torch.cat(parts) for parts in zip(*(model.extract(data[i : i + 1]) for i in range(train_images)))]
+        per_image = [model.extract(data[i : i + 1]) for i in range(train_images)]
+        cache = [torch.cat(parts) for parts in zip(*per_image, strict=True)]
     optimizer = model.optimizer()
     model.train()
 

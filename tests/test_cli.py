@@ -16,13 +16,18 @@ TINY = ["--image-size", "64", "--epochs", "2", "--batch-size", "4", "--quiet"]
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("demo")
-    return make_demo_dataset(root, seed=1, categories=("fabric",), image_size=64, n_train=10, n_test_good=3, n_test_per_defect=2)
+    return make_demo_dataset(
+        root, seed=1, categories=("fabric",), image_size=64, n_train=10, n_test_good=3, n_test_per_defect=2
+    )
 
 
 @pytest.fixture(scope="module")
 def run(demo: Path, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("runs") / "ff"
-    assert main(["train", "--model", "fastflow", "--data", str(demo), "--category", "fabric", "--out", str(out), *TINY]) == 0
+    assert (
+        main(["train", "--model", "fastflow", "--data", str(demo), "--category", "fabric", "--out", str(out), *TINY])
+        == 0
+    )
     return out
 
 
