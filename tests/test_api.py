@@ -1,0 +1,59 @@
+"""The Python API: the same verbs as the CLI, plus in-memory scoring."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import flowad
+from flowad.data.images import read_image
+from flowad.data.synthetic import make_demo_dataset
+from flowad.errors import InputError
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("data")
+    sizes = {"image_size": 64, "n_train": 10, "n_test_good": 3, "n_test_per_defect": 1}
+    make_demo_dataset(root, seed=2, categories=("pill",), **sizes)
+    out = tmp_path_factory.mktemp("runs") / "api"
+    return flowad.train("fastflow", root, out=out, category="pill", image_size=64, epochs=1, batch_size=4)
+
+
+def test_test_returns_the_metrics(run: Path) -> None:
+    result = flowad.test(run)
+    assert set(result) >= {"image_auroc", "pixel_auroc", "aupro", "image_f1", "pixel_f1", "iou"}
+    assert (run / "metrics.json").exists()
+
+
+def test_detector_predicts_at_the_image_size(run: Path) -> None:
+    detector = flowad.load(run)
+    image = (np.random.default_rng(0).random((50, 70, 3)) * 255).astype(np.uint8)
+    (result,) = detector.predict([image])
+    assert result["map"].shape == (50, 70) and result["mask"].shape == (50, 70)
+    assert result["mask"].dtype == bool
+    assert result["anomalous"] == (result["score"] >= detector.thresholds.image)
+    assert result["anomalous"] or not result["mask"].any()  # a normal verdict never comes with a mask
+
+
+def test_detector_agrees_with_the_model_on_files(run: Path) -> None:
+    detector = flowad.load(run)
+    path = next((Path(detector.config["data"]["root"]) / "pill" / "test" / "good").iterdir())
+    (result,) = detector.predict([read_image(path)])
+    records = flowad.predict(run, [path], run / "one", quiet=True)
+    assert records[0]["score"] == pytest.approx(result["score"], abs=1e-6)
+
+
+def test_detector_rejects_wrong_arrays(run: Path) -> None:
+    with pytest.raises(InputError, match=r"expected \(H, W, 3\) uint8 RGB"):
+        flowad.load(run).predict([np.zeros((10, 10), dtype=np.uint8)])
+
+
+def test_scores_do_not_depend_on_the_batch(run: Path) -> None:
+    model = flowad.load(run).model
+    x = torch.randn(4, 3, 64, 64)
+    with torch.no_grad():
+        together = model(x)[0]
+        alone = torch.cat([model(x[i : i + 1])[0] for i in range(4)])
+    assert (together - alone).abs().max() < 1e-5
