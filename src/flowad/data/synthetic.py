@@ -13,7 +13,8 @@
 
 Masks are exact: a pixel is in the mask if and only if the defect changed it. Each defect is
 rendered as a full "defective" image plus a weight map (the defect's opacity); pixels whose
-weight exceeds :data:`ALPHA_THRESHOLD` *and* whose colour changes by at least one grey level
+weight exceeds :data:`ALPHA_THRESHOLD` *and* whose colour visibly changes (by at least
+:data:`MIN_VISIBLE_CHANGE` grey levels in some channel: ground truth marks what an inspector can see)
 form the mask, and every other pixel is copied unchanged from the good rendering. Sensor noise
 is drawn once per image and added to the good and the defective rendering alike, so outside the
 mask the saved defective image equals the good one byte for byte. Defect areas lie between
@@ -47,8 +48,9 @@ MAX_DEFECT_AREA = 0.08
 """Fractions of the image area a defect mask covers."""
 MIN_IMAGE_SIZE = 32
 
-# 1.5 grey levels before rounding guarantees at least 1 level of difference after it.
-_MIN_CHANGE = 1.5 / 255
+MIN_VISIBLE_CHANGE = 8
+"""Grey levels (of 255) a defect must change a pixel by for the pixel to be part of the defect."""
+_MIN_CHANGE = MIN_VISIBLE_CHANGE / 255
 _SUPERSAMPLE = 2
 _MAX_ATTEMPTS = 50
 _SPLIT_CODES = {"train": 0, "test": 1}
