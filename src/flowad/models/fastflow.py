@@ -29,7 +29,7 @@ class FastFlowConfig(ModelConfig):
     conv3x3_only: bool = False
     hidden_ratio: float = 1.0
     clamp: float = 2.0
-    epochs: int = 20
+    epochs: int = 100
 
 
 class FastFlow(AnomalyModel):
