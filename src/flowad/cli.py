@@ -12,36 +12,64 @@ from pathlib import Path
 from flowad.engine import EngineSettings
 from flowad.errors import FlowadError
 
-MODEL_OPTIONS = {
-    # flag: (config field, type, help)
-    "--backbone": (
-        "backbone",
-        str,
-        "timm backbone name (default: tf_efficientnet_lite0, whose weights ship with flowad)",
-    ),
-    "--weights": (
-        "weights",
-        str,
-        "backbone weights: 'pretrained' (default; offline for tf_efficientnet_lite0, else downloaded by timm), "
-        "'random', or a path to a .pth/.safetensors file",
-    ),
-    "--image-size": (
-        "image_size",
-        int,
-        "square input size in pixels (default 256; a multiple of the backbone's stride)",
-    ),
-    "--epochs": ("epochs", int, "training epochs (model default)"),
-    "--batch-size": ("batch_size", int, "training batch size (default 32)"),
-    "--lr": ("lr", float, "Adam learning rate (default 1e-3)"),
-    "--weight-decay": ("weight_decay", float, "Adam weight decay (default 1e-5)"),
-    "--flow-steps": ("flow_steps", int, "FastFlow: coupling blocks per scale (default 8)"),
-    "--hidden-ratio": (
-        "hidden_ratio",
-        float,
-        "FastFlow: subnet hidden channels / input channels (default 1.0)",
-    ),
-    "--clamp": ("clamp", float, "FastFlow: soft clamp of the coupling's log-scale (default 2.0)"),
+# What each model-config field means on the command line; every field of every model's config gets a
+# flag (--image-size for image_size), with the models' own defaults listed in its help.
+OPTION_HELP = {
+    "backbone": "timm backbone name (tf_efficientnet_lite0's ImageNet weights ship with flowad; U-Flow: also 'mcait')",
+    "weights": "backbone weights: 'pretrained' (offline for tf_efficientnet_lite0, else downloaded by timm), "
+    "'random', or a path to a .pth/.safetensors file",
+    "image_size": "square input size in pixels (a multiple of the backbone's largest stride)",
+    "lr": "Adam learning rate",
+    "weight_decay": "Adam weight decay",
+    "batch_size": "training batch size (images)",
+    "epochs": "training epochs",
+    "flow_steps": "coupling blocks per flow stage",
+    "conv3x3_only": "FastFlow: 3x3 kernels in every subnet (else 3 and 1 alternate)",
+    "hidden_ratio": "FastFlow: subnet hidden channels / input channels",
+    "clamp": "FastFlow: soft clamp of the coupling's log-scale",
+    "strides": "CFLOW: encoder stages to model, by stride",
+    "fiber_batch_size": "CFLOW: fibers (feature vectors) per optimiser step",
+    "condition_vector": "CFLOW: channels of the positional encoding (a multiple of 4)",
+    "coupling_blocks": "CFLOW: conditional coupling blocks per decoder",
+    "clamp_alpha": "CFLOW: soft clamp of the coupling's log-scale",
+    "permute_soft": "a random rotation instead of a channel shuffle between coupling blocks (slow above 512 channels)",
+    "affine_clamp": "U-Flow: soft clamp of the coupling's log-scale",
+    "affine_subnet_channels_ratio": "U-Flow: subnet hidden channels / input channels",
+    "lr_end_factor": "U-Flow: the learning rate decays linearly to this fraction of --lr over the run",
+    "nfa_window_size": "U-Flow: NFA window at the finest scale (pixels)",
+    "nfa_probability_threshold": "U-Flow: NFA probability threshold under the null hypothesis",
+    "nfa_high_precision": "U-Flow: exact NFA tail with extended precision (slower)",
 }
+
+
+def _model_fields() -> dict[str, dict[str, object]]:
+    """Every model-config field -> {model name: its default}."""
+    import dataclasses
+
+    from flowad.models import MODELS
+
+    fields: dict[str, dict[str, object]] = {}
+    for name, cls in MODELS.items():
+        for f in dataclasses.fields(cls.config_class):
+            fields.setdefault(f.name, {})[name] = f.default
+    return fields
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    for field, defaults in _model_fields().items():
+        values = set(map(repr, defaults.values()))
+        shown = (
+            next(iter(defaults.values())) if len(values) == 1 else ", ".join(f"{m} {v}" for m, v in defaults.items())
+        )
+        text = f"{OPTION_HELP.get(field, field)} (default: {shown})"
+        flag = "--" + field.replace("_", "-")
+        example = next(iter(defaults.values()))
+        if isinstance(example, bool):
+            p.add_argument(flag, dest=field, action="store_const", const=True, help=text)
+        elif isinstance(example, tuple):
+            p.add_argument(flag, dest=field, type=type(example[0]), nargs="+", help=text)
+        else:
+            p.add_argument(flag, dest=field, type=type(example), help=text)
 
 
 # The demo data set has 48 training images per category: at the papers' batch of 32 that is two optimiser
@@ -70,13 +98,13 @@ def build_parser() -> argparse.ArgumentParser:
         "demo", help="generate demo data, train, test and predict: the whole pipeline on built-in defaults"
     )
     p.add_argument("--out", type=Path, default=Path("runs/demo"), help="output folder (default runs/demo)")
-    p.add_argument("--model", default="fastflow", help="model to train (default fastflow)")
+    p.add_argument("--model", default="fastflow", help="model to train: fastflow (default), cflow or uflow")
     p.add_argument("--epochs", type=int, default=None, help="training epochs (model default)")
     p.add_argument("--force", action="store_true", help="overwrite an existing output folder")
     _add_engine_args(p)
 
     p = sub.add_parser("train", help="train a model on good images and write a run directory")
-    p.add_argument("--model", default="fastflow", help="fastflow (default)")
+    p.add_argument("--model", default="fastflow", help="fastflow (default), cflow or uflow")
     p.add_argument(
         "--data",
         required=True,
@@ -105,8 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=0.01,
         help="false-positive rate on good validation images for the threshold (default 0.01)",
     )
-    for flag, (_, typ, text) in MODEL_OPTIONS.items():
-        p.add_argument(flag, type=typ, help=text)
+    _add_model_args(p)
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument(
         "--cache",
@@ -159,8 +186,7 @@ def _run(args: argparse.Namespace) -> int:
         path = make_demo_dataset(args.out, seed=args.seed)
         print(f"wrote the demo data set to {path}")
     elif args.command == "train":
-        options = {field: getattr(args, flag[2:].replace("-", "_")) for flag, (field, _, _) in MODEL_OPTIONS.items()}
-        options = {k: v for k, v in options.items() if v is not None}
+        options = {k: getattr(args, k) for k in _model_fields() if getattr(args, k) is not None}
         spec = api.DataSpec(
             root=str(args.data),
             category=args.category,
