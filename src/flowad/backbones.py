@@ -238,3 +238,52 @@ class ViTEncoder(Encoder):
         x = vit.norm(x)[:, extra_tokens:]
         h, w = images.shape[-2] // self.strides[0], images.shape[-1] // self.strides[0]
         return [x.transpose(1, 2).reshape(x.shape[0], -1, h, w)]
+
+
+class MSCaiTEncoder(Encoder):
+    """U-Flow's multi-scale CaiT: two frozen ViTs looking at the image at two resolutions.
+
+    ``large`` (cait_m48_448, blocks 0..40 + norm) sees the image at its own input size (448) -> 768x28x28;
+    ``small`` (cait_s24_224, blocks 0..20 + norm) sees it resized (bilinear) to its own size (224) ->
+    384x14x14. Outputs are fine first, coarse last, like every encoder. The model names and block counts
+    are arguments only so that tests can use small stand-ins.
+
+    ``weights``: "pretrained" or "random" for both models, or one file (.pth/.safetensors) holding both
+    state dicts, each key prefixed by its model's name: ``"cait_m48_448.<key>"``, ``"cait_s24_224.<key>"``.
+    """
+
+    def __init__(
+        self,
+        weights: str = "pretrained",
+        large: str = "cait_m48_448",
+        small: str = "cait_s24_224",
+        blocks: tuple[int, int] = (41, 21),
+    ) -> None:
+        super().__init__()
+        from_file = weights not in ("pretrained", "random")
+        self.large = ViTEncoder(large, blocks[0], "random" if from_file else weights)
+        self.small = ViTEncoder(small, blocks[1], "random" if from_file else weights)
+        if from_file:
+            state = read_weights_file(weights)
+            for name, encoder in ((large, self.large), (small, self.small)):
+                prefix = f"{name}."
+                part = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+                if not part:
+                    raise InputError(
+                        f"weights file {weights} holds no tensors prefixed {prefix!r}; expected the state dicts "
+                        f"of {large} and {small} with keys '{large}.<key>' and '{small}.<key>'"
+                    )
+                _load_strict(encoder.vit, part, source=f"{weights} ({name})")
+        self.image_size = self.large.image_size
+        self.small_size = self.small.image_size
+        ratio = self.image_size[0] // self.small_size[0]
+        if self.image_size != (ratio * self.small_size[0], ratio * self.small_size[1]):
+            raise InputError(f"{large} takes {self.image_size}, not a multiple of {small}'s {self.small_size}")
+        self.channels = self.large.channels + self.small.channels
+        self.strides = [self.large.strides[0], self.small.strides[0] * ratio]
+        self.mean, self.std = self.large.mean, self.large.std  # both CaiTs share the ImageNet statistics
+        self.freeze()
+
+    def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
+        resized = torch.nn.functional.interpolate(images, size=self.small_size, mode="bilinear", align_corners=False)
+        return self.large(images) + self.small(resized)

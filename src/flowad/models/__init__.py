@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from flowad.errors import InputError
 from flowad.models.base import AnomalyModel, ModelConfig
+from flowad.models.cflow import CFlow, CFlowConfig
 from flowad.models.fastflow import FastFlow, FastFlowConfig
+from flowad.models.uflow import UFlow, UFlowConfig
 
-MODELS: dict[str, type[AnomalyModel]] = {FastFlow.name: FastFlow}
+MODELS: dict[str, type[AnomalyModel]] = {FastFlow.name: FastFlow, CFlow.name: CFlow, UFlow.name: UFlow}
 
 
 def model_class(name: str) -> type[AnomalyModel]:
@@ -23,9 +25,13 @@ def build_model(name: str, **options) -> AnomalyModel:
 __all__ = [
     "MODELS",
     "AnomalyModel",
+    "CFlow",
+    "CFlowConfig",
     "FastFlow",
     "FastFlowConfig",
     "ModelConfig",
+    "UFlow",
+    "UFlowConfig",
     "build_model",
     "model_class",
 ]

@@ -1,0 +1,198 @@
+"""CFLOW-AD: conditional normalizing flows over the feature vectors ("fibers") of a frozen CNN.
+
+Gudovskiy et al., "CFLOW-AD: Real-Time Unsupervised Anomaly Detection with Localization via Conditional
+Normalizing Flows". The encoder's three deepest stages (strides 8, 16, 32) are used as they are (no
+LayerNorm). Each position of each stage is one fiber: a C-vector, conditioned on a 2D sin/cos positional
+encoding of its (x, y). One decoder per stage, a chain of conditional coupling blocks with Linear subnets,
+maps fibers to N(0, I) latents.
+
+Per fiber: lp = (C * -0.5 ln 2pi - 0.5 * sum_c z^2 + log|det|) / C (the log-likelihood per channel);
+the loss is -logsigmoid(lp), averaged over a fiber batch, one Adam step per fiber batch.
+
+The map is p_l = exp(lp_l - M_l) per layer, upsampled bilinearly and summed over layers into S, then
+map = S_max - S, image score = max of the map. The reference takes both maxima (M_l and S_max) over the
+test batch, so an image's score depends on its batch-mates. Here both are constants of the model, set by
+``calibrate`` from the training images after training and saved with the checkpoint:
+
+- ``max_log_likelihood[l]`` = M_l, the largest lp over every position of every training image at layer l;
+- ``max_score`` = S_max, the largest S over every pixel of every training image (with those M_l).
+
+A map is then a function of its image alone; both constants only shift and scale it (exp(-M_l) weighs the
+layers against each other as the reference's batch maxima do), and on training images it lies in [0, S_max].
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from flowad.backbones import CNNEncoder
+from flowad.errors import InputError
+from flowad.flows import AffineCoupling, FlowChain, linear_subnet
+from flowad.models.base import AnomalyModel, ModelConfig, check_image_size
+
+FiberBatch = tuple[int, torch.Tensor, torch.Tensor]
+"""(layer index, fibers (N, C), their conditions (N, condition_vector))."""
+
+
+@dataclasses.dataclass
+class CFlowConfig(ModelConfig):
+    strides: tuple[int, ...] = (8, 16, 32)  # the three deepest stages (layer2..4 of a ResNet)
+    fiber_batch_size: int = 64
+    condition_vector: int = 128
+    coupling_blocks: int = 8
+    clamp_alpha: float = 1.9
+    permute_soft: bool = False
+    lr: float = 1e-4
+    weight_decay: float = 0.0  # the reference's Adam has none
+    batch_size: int = 32
+    epochs: int = 8  # ~800 fiber steps an epoch for 48 images at 256 px: ~3 min on 2 shared CPU cores
+
+    def __post_init__(self) -> None:
+        self.strides = tuple(self.strides)  # JSON gives a list
+        if self.condition_vector <= 0 or self.condition_vector % 4:
+            raise InputError(f"condition_vector={self.condition_vector}: expected a positive multiple of 4")
+        if self.fiber_batch_size < 1:
+            raise InputError(f"fiber_batch_size={self.fiber_batch_size}: expected at least 1")
+
+
+def positional_encoding_2d(channels: int, height: int, width: int) -> torch.Tensor:
+    """(channels, H, W) sin/cos encoding: the first half encodes x (the column), the second half y (the row).
+
+    Within each half, channel 2k is sin(pos * f_k) and 2k + 1 is cos(pos * f_k), f_k = 10000^(-2k / (channels/2)).
+    """
+    if channels <= 0 or channels % 4:
+        raise InputError(f"a 2D positional encoding needs a positive multiple of 4 channels, got {channels}")
+    half = channels // 2
+    freq = torch.exp(torch.arange(0, half, 2, dtype=torch.float32) * -(math.log(10000.0) / half))
+    x = torch.arange(width, dtype=torch.float32)[:, None] * freq  # (W, half / 2)
+    y = torch.arange(height, dtype=torch.float32)[:, None] * freq  # (H, half / 2)
+    pe = torch.zeros(channels, height, width)
+    pe[0:half:2] = x.sin().t()[:, None, :]
+    pe[1:half:2] = x.cos().t()[:, None, :]
+    pe[half::2] = y.sin().t()[:, :, None]
+    pe[half + 1 :: 2] = y.cos().t()[:, :, None]
+    return pe
+
+
+def cflow_decoder(
+    channels: int, condition: int, blocks: int, clamp: float, permute_soft: bool, seed: int = 0
+) -> FlowChain:
+    """``blocks`` conditional coupling blocks; subnet Linear(in -> 2 in) -> ReLU -> Linear, in = ceil(C/2) + cond."""
+    return FlowChain(
+        [
+            AffineCoupling(channels, linear_subnet(2.0), clamp, permute_soft, condition, seed=seed + i)
+            for i in range(blocks)
+        ]
+    )
+
+
+def log_likelihood(z: torch.Tensor, log_det: torch.Tensor) -> torch.Tensor:
+    """log p(x) / C under N(0, I) through the flow; channels on dim 1: (N, C) -> (N,), (B, C, H, W) -> (B, H, W)."""
+    c = z.shape[1]
+    return (-0.5 * c * math.log(2 * math.pi) - 0.5 * z.pow(2).sum(1) + log_det) / c
+
+
+class FlowLatents(list):
+    """The z maps (B, C, H, W) per layer, as every model's ``latents`` returns, plus the per-position
+    log|det| maps (B, H, W) in ``log_det``, which CFLOW's likelihood map needs beside z."""
+
+    def __init__(self, latents: list[torch.Tensor], log_det: list[torch.Tensor]) -> None:
+        super().__init__(latents)
+        self.log_det = log_det
+
+
+class CFlow(AnomalyModel):
+    name = "cflow"
+    config_class = CFlowConfig
+
+    def __init__(self, config: CFlowConfig) -> None:
+        super().__init__(config)
+        check_image_size(config.image_size, max(config.strides), config.backbone)
+        self.encoder = CNNEncoder(config.backbone, config.strides, config.weights)
+        blocks = config.coupling_blocks
+        self.decoders = nn.ModuleList(
+            cflow_decoder(c, config.condition_vector, blocks, config.clamp_alpha, config.permute_soft, seed=i * blocks)
+            for i, c in enumerate(self.encoder.channels)
+        )
+        # the map's normalising constants (see the module docstring); 0 until calibrate
+        self.register_buffer("max_log_likelihood", torch.zeros(len(self.decoders)))
+        self.register_buffer("max_score", torch.zeros(()))
+
+    def _conditions(self, height: int, width: int, like: torch.Tensor) -> torch.Tensor:
+        """(H * W, condition_vector), row-major positions like a flattened (H, W) map."""
+        return positional_encoding_2d(self.config.condition_vector, height, width).to(like).flatten(1).t()
+
+    def head(self, features: list[torch.Tensor]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Features -> (z maps (B, C, H, W), log|det| maps (B, H, W)) per layer: all fibers in one pass."""
+        latents, log_dets = [], []
+        for feature, decoder in zip(features, self.decoders, strict=True):
+            b, c, h, w = feature.shape
+            conditions = self._conditions(h, w, feature).repeat(b, 1)
+            z, log_det = decoder(feature.permute(0, 2, 3, 1).reshape(-1, c), conditions)
+            latents.append(z.view(b, h, w, c).permute(0, 3, 1, 2))
+            log_dets.append(log_det.view(b, h, w))
+        return latents, log_dets
+
+    def latents(self, images: torch.Tensor) -> FlowLatents:
+        return FlowLatents(*self.head(self.extract(images)))
+
+    def loss(self, z: torch.Tensor, log_det: torch.Tensor) -> torch.Tensor:
+        return -F.logsigmoid(log_likelihood(z, log_det)).mean()
+
+    def training_batches(
+        self, features: list[torch.Tensor], batch_size: int, generator: torch.Generator
+    ) -> Iterator[FiberBatch]:
+        """Every fiber of ``features`` once, shuffled per layer, in batches of ``fiber_batch_size``.
+
+        ``batch_size`` (images) does not apply: fibers are batched. Layers come one after the other, as in
+        the reference; the decoders share no parameter and Adam skips parameters without a gradient, so
+        the order of layers does not change what any decoder learns.
+        """
+        size = self.config.fiber_batch_size
+        for layer, feature in enumerate(features):
+            n, _, h, w = feature.shape
+            conditions = self._conditions(h, w, feature)
+            order = torch.randperm(n * h * w, generator=generator).to(feature.device)
+            for start in range(0, len(order), size):
+                idx = order[start : start + size]
+                image, pos = idx // (h * w), idx % (h * w)
+                yield layer, feature[image, :, pos // w, pos % w], conditions[pos]
+
+    def training_loss(self, batch: FiberBatch) -> torch.Tensor:
+        layer, fibers, conditions = batch
+        return self.loss(*self.decoders[layer](fibers, conditions))
+
+    def _likelihood_sum(self, log_likelihoods: list[torch.Tensor]) -> torch.Tensor:
+        """S: sum over layers of the upsampled exp(lp - M_l), (B, H, W) at the input size."""
+        total = 0
+        for layer, lp in enumerate(log_likelihoods):
+            p = torch.exp(lp - self.max_log_likelihood[layer])[:, None]
+            total = total + F.interpolate(p, size=self.image_size, mode="bilinear", align_corners=False)
+        return total[:, 0]
+
+    def anomaly_map(self, latents: FlowLatents) -> torch.Tensor:
+        log_dets = getattr(latents, "log_det", None)
+        if log_dets is None:
+            raise InputError("CFLOW's anomaly map needs the log-determinants: pass what CFlow.latents returns")
+        lps = [log_likelihood(z, log_det) for z, log_det in zip(latents, log_dets, strict=True)]
+        return self.max_score - self._likelihood_sum(lps)
+
+    @torch.no_grad()
+    def calibrate(self, batches: Iterator[list[torch.Tensor]]) -> None:
+        """Set M_l and S_max from the training images' features (see the module docstring)."""
+        per_layer: list[list[torch.Tensor]] = [[] for _ in self.decoders]
+        for features in batches:
+            for layer, (z, log_det) in enumerate(zip(*self.head(features), strict=True)):
+                per_layer[layer].append(log_likelihood(z, log_det))
+        lps = [torch.cat(chunks) for chunks in per_layer]
+        self.max_log_likelihood.copy_(torch.stack([lp.amax() for lp in lps]))
+        step = self.config.batch_size  # S is at full resolution: compute it a batch at a time
+        self.max_score.copy_(
+            max(self._likelihood_sum([lp[i : i + step] for lp in lps]).amax() for i in range(0, len(lps[0]), step))
+        )

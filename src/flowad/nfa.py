@@ -1,0 +1,174 @@
+"""A contrario segmentation of latent maps: the number of false alarms (NFA) of U-Flow.
+
+Under the null hypothesis (a normal pixel) every latent value is N(0, 1), so z^2 ~ chi-square(1) and
+``z^2 >= tau`` with ``tau = chi2(1).ppf(thr)`` happens with probability ``1 - thr``. Around each latent
+position we count such "candidates" in a window and ask how unlikely that many would be by chance:
+
+- scale s is the resolution ratio to the finest latent: s = log2(H_finest / H_s). The finest scale gets
+  the full ``window_size``; scale s gets ``window_size / 2^s`` (so every window covers about the same
+  image area), with half-width ``max(w_s // 2, 1)``. The latents may come in any order.
+- count rule (as the reference): the candidates in the window, summed over channels and divided by the
+  number of channels (the mean count per channel); ``n`` = window pixels. The binomial needs a whole
+  number, so ``k = ceil(mean count)``, and the test is P[Bin(n, 1 - thr) >= k]: the probability of a
+  mean count at least this large if the count were binomial. (The reference takes scipy's
+  ``binom.logsf(mean, n, p)`` = log P[X > mean], strict, which is -inf when every entry is a candidate;
+  ours is never below log P[X = n], so log NFA is always finite.)
+- borders: the window is cut at the image border and ``n`` counts only the pixels inside (the reference
+  pads by reflection, which counts some entries twice and breaks the independence the test assumes).
+- scales combine by bilinear upsampling of each log10 P to ``size`` and summing; then
+  log NFA = sum_s log10 P_s + log10(N_tests), N_tests = number of latent positions over all scales.
+  A pixel is detected as anomalous iff log NFA < 0, i.e. fewer than one such event is expected per image
+  by chance. (As in the reference, the per-scale probabilities simply multiply, and the mean count over
+  channels is more concentrated than one binomial count, which makes the test conservative on noise.)
+
+The binomial tails are exact: ``n`` is small (window pixels), so a table of log10 P[Bin(n, p) >= k] for
+every (n, k) that occurs is computed once per call, in log space with a log-sum-exp of the pmf terms
+(float64, ~1e-13 relative), or with ``high_precision`` as exact integers (log10 taken at the end).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy.special import gammaln
+from scipy.stats import chi2
+
+from flowad.errors import InputError
+
+
+def log_nfa(
+    latents: list[torch.Tensor],
+    size: tuple[int, int],
+    window_size: int = 7,
+    probability_threshold: float = 0.5,
+    high_precision: bool = False,
+) -> torch.Tensor:
+    """log10 NFA per pixel, float64 (B, H, W) at ``size``; a pixel is anomalous iff its log NFA < 0.
+
+    ``latents``: (B, C_s, H_s, W_s) maps, any order (e.g. ``model.latents(images)``).
+    """
+    _check(latents, size, window_size, probability_threshold)
+    tau = float(chi2.ppf(probability_threshold, 1))
+    q = 1.0 - probability_threshold  # P(z^2 >= tau) under H0
+    finest = max(z.shape[-2] for z in latents)
+
+    counts, sizes = [], []
+    for z in latents:
+        half = max(int((window_size * z.shape[-2] / finest) // 2), 1)  # w_s = window / 2^s
+        total, n = _window_counts(z, tau, half)
+        channels = z.shape[1]
+        counts.append((total + channels - 1) // channels)  # k = ceil(total / C), in integers
+        sizes.append(n)
+
+    n_values = np.unique(np.concatenate([n.ravel() for n in sizes]))
+    table = _tail_table(n_values, q, high_precision)  # (len(n_values), n_max + 1)
+    total_log_p = 0
+    for k, n in zip(counts, sizes, strict=True):
+        row = torch.from_numpy(np.searchsorted(n_values, n.numpy())).to(k.device)
+        log_p = table.to(k.device)[row, k]  # row (H, W) broadcasts against k (B, H, W)
+        up = F.interpolate(log_p[:, None], size=tuple(size), mode="bilinear", align_corners=False)
+        total_log_p = total_log_p + up[:, 0]
+    n_tests = sum(z.shape[-2] * z.shape[-1] for z in latents)
+    return total_log_p + math.log10(n_tests)
+
+
+def nfa_mask(
+    latents: list[torch.Tensor],
+    size: tuple[int, int],
+    window_size: int = 7,
+    probability_threshold: float = 0.5,
+    high_precision: bool = False,
+) -> torch.Tensor:
+    """Boolean (B, H, W) segmentation at ``size``: True where log NFA < 0 (anomalous)."""
+    return log_nfa(latents, size, window_size, probability_threshold, high_precision) < 0
+
+
+def _check(latents: list[torch.Tensor], size: tuple[int, int], window_size: int, threshold: float) -> None:
+    if not isinstance(latents, (list, tuple)) or len(latents) == 0:
+        raise InputError("latents is empty; expected a list of (B, C, H, W) latent maps")
+    for i, z in enumerate(latents):
+        if not isinstance(z, torch.Tensor) or z.dim() != 4:
+            shape = tuple(z.shape) if isinstance(z, torch.Tensor) else type(z).__name__
+            raise InputError(f"latents[{i}] is {shape}; expected a 4D (B, C, H, W) tensor")
+        if z.shape[0] != latents[0].shape[0]:
+            raise InputError(f"latents[{i}] has batch {z.shape[0]}, latents[0] has {latents[0].shape[0]}")
+        if z.numel() == 0:
+            raise InputError(f"latents[{i}] is empty {tuple(z.shape)}")
+    if not isinstance(size, (tuple, list)) or len(size) != 2 or min(size) < 1:
+        raise InputError(f"size is {size}; expected (height, width) of positive integers")
+    if not 0 < threshold < 1:
+        raise InputError(f"probability_threshold is {threshold}; expected a probability strictly between 0 and 1")
+    if int(window_size) != window_size or window_size < 1:
+        raise InputError(f"window_size is {window_size}; expected a whole number of at least 1")
+
+
+def _window_counts(z: torch.Tensor, tau: float, half: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Candidates in each (2 half + 1)^2 window cut at the border, summed over channels: (B, H, W) int64,
+    and the number of window pixels inside the image: (H, W) int64. Integral images keep the counts exact."""
+    per_pixel = (z.detach().float().pow(2) >= tau).sum(1, dtype=torch.int64)  # (B, H, W)
+    integral = F.pad(per_pixel.cumsum(1).cumsum(2), (1, 0, 1, 0))
+    h, w = per_pixel.shape[-2:]
+    rows = torch.arange(h, device=z.device)
+    cols = torch.arange(w, device=z.device)
+    top, bottom = (rows - half).clamp(min=0), (rows + half + 1).clamp(max=h)
+    left, right = (cols - half).clamp(min=0), (cols + half + 1).clamp(max=w)
+    t, b, lf, r = top[:, None], bottom[:, None], left[None, :], right[None, :]
+    total = integral[:, b, r] - integral[:, t, r] - integral[:, b, lf] + integral[:, t, lf]
+    n = (b - t) * (r - lf)
+    return total, n.cpu()
+
+
+def _tail_table(n_values: np.ndarray, q: float, high_precision: bool) -> torch.Tensor:
+    """Row i, column k: log10 P[Bin(n_values[i], q) >= k] (k <= n; columns past n are unused)."""
+    n_max = int(n_values.max())
+    table = np.zeros((len(n_values), n_max + 1))
+    for i, n in enumerate(n_values.tolist()):
+        table[i, : n + 1] = _cached_tail(n, q, high_precision)
+    return torch.from_numpy(table)
+
+
+def log10_binomial_tail(n: int, q: float, high_precision: bool = False) -> np.ndarray:
+    """log10 P[Bin(n, q) >= k] for k = 0..n, accurate to rounding (never -inf for 0 < q < 1)."""
+    return _cached_tail(int(n), float(q), bool(high_precision)).copy()
+
+
+@functools.lru_cache(maxsize=1024)
+def _cached_tail(n: int, q: float, high_precision: bool) -> np.ndarray:
+    # a few window sizes recur for every image: compute each table row once
+    if high_precision:
+        return _exact_log10_tail(n, q)
+    j = np.arange(n + 1)
+    log_pmf = gammaln(n + 1) - gammaln(j + 1) - gammaln(n - j + 1) + j * math.log(q) + (n - j) * math.log1p(-q)
+    upper = np.logaddexp.accumulate(log_pmf[::-1])[::-1]  # log P[X >= k]: running log-sum-exp from the top
+    lower = np.concatenate([[-np.inf], np.logaddexp.accumulate(log_pmf)[:-1]])  # log P[X < k]
+    # near 1 the tail's log is tiny and log(1 - P[X < k]) keeps its relative precision
+    near_one = upper > math.log(0.5)
+    tail = upper.copy()
+    tail[near_one] = np.log1p(-np.exp(lower[near_one]))
+    return np.minimum(tail, 0.0) / math.log(10)
+
+
+def _exact_log10_tail(n: int, q: float) -> np.ndarray:
+    """The same in integers: q is a binary float a / d, so P[X >= k] = S_k / d^n with S_k an exact integer."""
+    a, d = q.as_integer_ratio()
+    b, total = d - a, d**n  # 1 - q = b / d, and sum_j comb(n, j) a^j b^(n - j) = d^n
+    out = np.empty(n + 1)
+    acc = 0
+    for j in range(n, -1, -1):
+        acc += math.comb(n, j) * a**j * b ** (n - j)
+        if 2 * acc > total:  # near 1: log1p of the exact complement
+            out[j] = math.log1p(-((total - acc) / total)) / math.log(10)
+        else:
+            out[j] = _log10_ratio(acc, total)
+    return out
+
+
+def _log10_ratio(num: int, den: int) -> float:
+    """log10(num / den) for big integers, without underflow: scale by a power of two first."""
+    t = num.bit_length() - den.bit_length()
+    scaled = (num << max(-t, 0)) / (den << max(t, 0))  # int / int is correctly rounded, in [0.5, 2]
+    return math.log10(scaled) + t * math.log10(2)

@@ -1,0 +1,144 @@
+"""The a contrario NFA segmentation: exact tails, few false alarms on noise, planted regions found."""
+
+import math
+from fractions import Fraction
+
+import numpy as np
+import pytest
+import torch
+
+from flowad.errors import InputError
+from flowad.nfa import log10_binomial_tail, log_nfa, nfa_mask
+
+SIZE = (448, 448)  # MS-CaiT's input size
+FINE, COARSE = (816, 28, 28), (192, 14, 14)  # U-Flow's latents at 448
+
+
+def _noise(n: int, seed: int) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(n, *COARSE, generator=g), torch.randn(n, *FINE, generator=g)]
+
+
+def _plant(latents: list[torch.Tensor], shift: float) -> list[torch.Tensor]:
+    # a square a quarter of the side at 28x28 (7x7 cells, pixels 128..240 at 448), the cells covering it at 14x14
+    coarse, fine = (z.clone() for z in latents)
+    fine[:, :, 8:15, 8:15] += shift
+    coarse[:, :, 4:8, 4:8] += shift
+    return [coarse, fine]
+
+
+def _planted_truth() -> torch.Tensor:
+    truth = torch.zeros(SIZE, dtype=torch.bool)
+    truth[128:240, 128:240] = True
+    return truth
+
+
+def _slow_log10_tail(n: int, q: float, k: int) -> float:
+    """P[Bin(n, q) >= k] as an exact fraction, then its log10 (via the complement when near 1)."""
+    p = Fraction(q)
+    tail = sum(math.comb(n, j) * p**j * (1 - p) ** (n - j) for j in range(k, n + 1))
+    if tail > Fraction(1, 2):
+        return math.log1p(-float(1 - tail)) / math.log(10)
+    return math.log10(tail.numerator) - math.log10(tail.denominator)
+
+
+@pytest.mark.parametrize("high_precision", [False, True])
+@pytest.mark.parametrize(("n", "q"), [(1, 0.5), (9, 0.5), (16, 0.5), (49, 0.5), (49, 0.1), (25, 0.95), (49, 1e-3)])
+def test_tail_is_exact(n: int, q: float, high_precision: bool) -> None:
+    fast = log10_binomial_tail(n, q, high_precision)
+    for k in range(n + 1):
+        slow = _slow_log10_tail(n, q, k)
+        assert fast[k] == pytest.approx(slow, rel=1e-9, abs=1e-300), (n, q, k)
+
+
+def test_tail_never_underflows() -> None:
+    # 0.001^961 is far below the smallest double, its log10 (-2883) is not
+    for high_precision in (False, True):
+        tail = log10_binomial_tail(961, 1e-3, high_precision)
+        assert np.isfinite(tail).all()
+        assert tail[-1] == pytest.approx(961 * math.log10(1e-3), rel=1e-9)
+        assert (np.diff(tail) <= 0).all() and tail[0] == 0
+
+
+def test_pure_noise_is_almost_never_detected() -> None:
+    detected, pixels = 0, 0
+    for chunk in range(4):  # 100 images in chunks, to keep memory modest
+        latents = _noise(25, seed=chunk)
+        lnfa = log_nfa(latents, SIZE)
+        assert torch.isfinite(lnfa).all()
+        detected += int((lnfa < 0).sum())
+        pixels += lnfa.numel()
+    assert detected / pixels < 1e-3
+
+
+def test_planted_region_is_found() -> None:
+    latents = _plant(_noise(4, seed=10), shift=2.0)
+    lnfa = log_nfa(latents, SIZE)
+    assert torch.isfinite(lnfa).all()
+    mask, truth = lnfa < 0, _planted_truth()
+    for m in mask:
+        iou = (m & truth).sum() / (m | truth).sum()
+        assert iou >= 0.6
+
+
+def test_sign_convention_negative_log_nfa_is_anomalous() -> None:
+    clean = _noise(1, seed=20)
+    planted = _plant(clean, shift=3.0)
+    assert log_nfa(clean, SIZE).min() > 0  # nothing is surprising in noise: NFA above 1
+    lnfa = log_nfa(planted, SIZE)
+    assert lnfa[0, 184, 184] < 0 and lnfa[0, 10, 10] > 0  # the square's centre vs a far corner
+    mask = nfa_mask(planted, SIZE)
+    assert mask.dtype == torch.bool and mask[0, 184, 184] and not mask[0, 10, 10]
+    assert torch.equal(mask, lnfa < 0)
+
+
+def test_larger_shift_gives_lower_minimum() -> None:
+    clean = _noise(2, seed=30)
+    minima = [float(log_nfa(_plant(clean, s), SIZE).min()) for s in (0.0, 0.5, 1.0, 1.5, 2.0, 3.0)]
+    assert all(b <= a for a, b in zip(minima, minima[1:], strict=False)), minima
+
+
+def test_order_of_scales_does_not_matter_and_windows_follow_resolution() -> None:
+    latents = _plant(_noise(1, seed=40), shift=1.5)
+    assert torch.equal(log_nfa(latents, (64, 64)), log_nfa(latents[::-1], (64, 64)))
+    assert torch.allclose(log_nfa(latents, (64, 64)), log_nfa(latents, (64, 64), high_precision=True), atol=1e-9)
+
+
+def test_one_scale_by_hand() -> None:
+    # one 1-channel 3x3 latent, window 3 (half 1), threshold 0.5: a hand count at the centre and a corner
+    z = torch.zeros(1, 1, 3, 3)
+    z[0, 0, 0, :] = 5.0  # the top row exceeds tau = 0.455
+    lnfa = log_nfa([z], (3, 3), window_size=3)
+    tail9 = log10_binomial_tail(9, 0.5)
+    tail4 = log10_binomial_tail(4, 0.5)
+    assert float(lnfa[0, 1, 1]) == pytest.approx(tail9[3] + math.log10(9))  # 3 of 9
+    assert float(lnfa[0, 2, 2]) == pytest.approx(tail4[0] + math.log10(9))  # corner: 0 of 4 inside
+    assert float(lnfa[0, 0, 0]) == pytest.approx(tail4[2] + math.log10(9))  # corner: 2 of 4 inside
+
+
+def test_count_is_averaged_over_channels_and_rounded_up() -> None:
+    # two channels, one of which has every value above tau: mean count 4.5 of 9 -> k = 5
+    z = torch.zeros(1, 2, 3, 3)
+    z[0, 0] = 5.0
+    z[0, 1, 1, 1] = 5.0  # a tenth candidate: 10 / 2 = 5
+    lnfa = log_nfa([z], (3, 3), window_size=3)
+    assert float(lnfa[0, 1, 1]) == pytest.approx(log10_binomial_tail(9, 0.5)[5] + math.log10(9))
+    z[0, 1, 1, 1] = 0.0  # 9 / 2 = 4.5 -> still k = 5
+    lnfa = log_nfa([z], (3, 3), window_size=3)
+    assert float(lnfa[0, 1, 1]) == pytest.approx(log10_binomial_tail(9, 0.5)[5] + math.log10(9))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"latents": []}, "latents is empty"),
+        ({"latents": [torch.zeros(2, 3, 4)]}, r"latents\[0\] is \(2, 3, 4\); expected a 4D"),
+        ({"probability_threshold": 1.0}, "probability_threshold is 1.0"),
+        ({"probability_threshold": 0.0}, "probability_threshold is 0.0"),
+        ({"window_size": 0}, "window_size is 0"),
+    ],
+)
+def test_bad_inputs_are_clear_errors(kwargs: dict, message: str) -> None:
+    args = {"latents": [torch.zeros(1, 2, 4, 4)], "size": (8, 8), **kwargs}
+    with pytest.raises(InputError, match=message):
+        log_nfa(**args)
