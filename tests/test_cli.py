@@ -104,3 +104,18 @@ def test_same_seed_same_weights(demo: Path, run: Path, tmp_path: Path) -> None:
     out = tmp_path / "again"
     assert main(["train", "--data", str(demo), "--category", "fabric", "--out", str(out), *TINY]) == 0
     assert (out / "model.safetensors").read_bytes() == (run / "model.safetensors").read_bytes()
+
+
+def test_nfa_threshold_for_test_and_predict(run: Path, demo: Path, tmp_path: Path, capsys) -> None:
+    assert main(["test", "--run", str(run), "--threshold", "nfa", "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["threshold"]["method"] == "nfa" and "log NFA < 0" in printed
+    assert 0 <= metrics["iou_nfa"] <= 1 and metrics["iou"] == metrics["iou_nfa"]
+    out = tmp_path / "nfa"
+    folder = demo / "fabric" / "test" / "good"
+    assert main(["predict", "--run", str(run), "--input", str(folder), "--out", str(out), "--threshold", "nfa"]) == 0
+    for line in (out / "predictions.jsonl").read_text().splitlines():
+        record = json.loads(line)
+        mask = np.asarray(Image.open(record["mask"])) > 0
+        assert record["anomalous"] == bool(mask.any()) == (record["log_nfa_min"] < 0)

@@ -142,14 +142,21 @@ def train(
 
 
 def _thresholds(config: dict[str, Any], threshold: str | float) -> Thresholds:
+    """The stored (validation) thresholds, or a user's value. ``nfa`` keeps the stored ones for scores."""
     stored = Thresholds(**config["thresholds"])
-    if threshold in ("f1", "auto", "val", None):
+    if threshold in ("f1", "auto", "val", "nfa", None):
         return stored
     try:
         value = float(threshold)
     except (TypeError, ValueError):
-        raise InputError(f"--threshold {threshold!r} is not understood; expected f1 or a number") from None
+        raise InputError(f"--threshold {threshold!r} is not understood; expected f1, nfa or a number") from None
     return fixed(value, stored.low, stored.high)
+
+
+def _nfa_masks(net: AnomalyModel, latents: list[torch.Tensor], batch: int = 16) -> np.ndarray:
+    """log NFA < 0 for every image, a batch at a time (the NFA needs no threshold)."""
+    n = latents[0].shape[0]
+    return np.concatenate([(net.log_nfa([z[i : i + batch] for z in latents]) < 0).numpy() for i in range(0, n, batch)])
 
 
 def test(
@@ -173,10 +180,20 @@ def test(
     check_masks(splits.test)
     dataset = ImageDataset(splits.test, net.config.image_size, net.encoder.mean, net.encoder.std)
     start = time.perf_counter()
-    out = infer(net, dataset, settings)
+    out = infer(net, dataset, settings, keep_latents=True)
+    nfa = _nfa_masks(net, out["latents"])
     masks = np.stack([dataset[i]["mask"][0].numpy() for i in range(len(dataset))]) > 0.5
     labels = np.array([s.label for s in splits.test])
-    result = evaluate(out["scores"], out["maps"], labels, masks, _thresholds(config, threshold))
+    thresholds = _thresholds(config, threshold)
+    if threshold == "nfa":
+        pred_masks, pred_images, method = nfa, nfa.any(axis=(1, 2)), "nfa"
+    else:
+        pred_images = out["scores"] >= thresholds.image
+        pred_masks, method = (out["maps"] >= thresholds.pixel) & pred_images[:, None, None], thresholds.method
+    result = evaluate(out["scores"], out["maps"], labels, masks, pred_images, pred_masks)
+    anomalous = (labels == 1) & masks.any(axis=(1, 2))
+    result["iou_nfa"] = metrics.iou(nfa[anomalous], masks[anomalous]) if anomalous.any() else None
+    result["threshold"] = {"image": thresholds.image, "pixel": thresholds.pixel, "method": method}
     result["test_seconds"] = time.perf_counter() - start
     result["train_seconds"] = config["train"]["seconds"]
     result["test_images"] = len(dataset)
@@ -187,9 +204,18 @@ def test(
 
 
 def evaluate(
-    scores: np.ndarray, maps: np.ndarray, labels: np.ndarray, masks: np.ndarray, thresholds: Thresholds
+    scores: np.ndarray,
+    maps: np.ndarray,
+    labels: np.ndarray,
+    masks: np.ndarray,
+    pred_images: np.ndarray,
+    pred_masks: np.ndarray,
 ) -> dict[str, Any]:
-    """The field's metrics; a metric undefined on this test set (e.g. one class only) is None."""
+    """The field's metrics; a metric undefined on this test set (e.g. one class only) is None.
+
+    IoU is the mean over the anomalous test images (those with a defect mask), as U-Flow reports it; the
+    oracle IoU beside it uses the best threshold on the test set itself, so it is a bound, not a result.
+    """
 
     def defined(fn, *args):
         try:
@@ -197,24 +223,18 @@ def evaluate(
         except InputError:
             return None
 
-    has_masks = masks.any()
-    pred_images = scores >= thresholds.image
-    pred_masks = (maps >= thresholds.pixel) & pred_images[:, None, None]
-    anomalous = labels == 1
-    result: dict[str, Any] = {
+    has_masks = bool(masks.any())
+    anomalous = (labels == 1) & masks.any(axis=(1, 2))
+    return {
         "image_auroc": defined(metrics.image_auroc, scores, labels),
         "pixel_auroc": defined(metrics.pixel_auroc, maps, masks) if has_masks else None,
         "aupro": defined(metrics.aupro, maps, masks) if has_masks else None,
         "image_f1": metrics.f1_score(pred_images, labels),
         "pixel_f1": metrics.f1_score(pred_masks, masks) if has_masks else None,
-        "iou": metrics.iou(pred_masks[anomalous], masks[anomalous]) if has_masks and anomalous.any() else None,
+        "iou": metrics.iou(pred_masks[anomalous], masks[anomalous]) if anomalous.any() else None,
         "image_f1_max": defined(lambda: metrics.f1_max(scores, labels)[0]),
-        "oracle_iou": (
-            metrics.oracle_iou(maps[anomalous], masks[anomalous])[0] if has_masks and anomalous.any() else None
-        ),
-        "threshold": {"image": thresholds.image, "pixel": thresholds.pixel, "method": thresholds.method},
+        "oracle_iou": metrics.oracle_iou(maps[anomalous], masks[anomalous])[0] if anomalous.any() else None,
     }
-    return result
 
 
 def format_metrics(result: dict[str, Any]) -> str:
@@ -235,7 +255,11 @@ def format_metrics(result: dict[str, Any]) -> str:
         lines.append(f"{key:<14}{'n/a' if value is None else f'{value:.4f}':>8}")
     t = result.get("threshold", {})
     if t:
-        lines.append(f"threshold     {t['image']:.4g} ({t['method']})")
+        lines.append(
+            "threshold     log NFA < 0 (nfa)"
+            if t["method"] == "nfa"
+            else f"threshold     {t['image']:.4g} ({t['method']})"
+        )
     return "\n".join(lines)
 
 
@@ -245,6 +269,7 @@ class Detector:
     def __init__(self, model: AnomalyModel, config: dict[str, Any], threshold: str | float = "f1") -> None:
         self.model, self.config = model, config
         self.thresholds = _thresholds(config, threshold)
+        self.use_nfa = threshold == "nfa"
         self.device = resolve_device("auto")
         self.model.to(self.device).eval()
         norm = config["normalisation"]
@@ -264,27 +289,42 @@ class Detector:
 
     @torch.inference_mode()
     def predict(self, images: Sequence[np.ndarray] | np.ndarray) -> list[dict[str, Any]]:
-        """RGB uint8 images (H, W, 3) -> per image: map and mask at the image's own size, score, decision."""
+        """RGB uint8 images (H, W, 3) -> per image: map and mask at the image's own size, score, decision.
+
+        With the ``nfa`` threshold the mask is log NFA < 0 and the image is anomalous iff its mask is not empty.
+        """
         results = []
         for rgb in images:
             rgb = np.asarray(rgb)
             if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
                 raise InputError(f"image of shape {rgb.shape} and dtype {rgb.dtype}; expected (H, W, 3) uint8 RGB")
-            maps, scores = self.model(self._tensor(rgb)[None].to(self.device))
-            full = F.interpolate(maps[:, None], size=rgb.shape[:2], mode="bilinear", align_corners=False)[0, 0]
-            score = float(scores[0])
-            anomalous = score >= self.thresholds.image
-            full_map = full.cpu().numpy()
-            results.append(
-                {
-                    "map": full_map,
-                    "mask": (full_map >= self.thresholds.pixel) & anomalous,
-                    "score": score,
-                    "normalised_score": float(self.thresholds.normalise(np.array([score]))[0]),
-                    "anomalous": bool(anomalous),
-                }
-            )
+            latents = self.model.latents(self._tensor(rgb)[None].to(self.device))
+            maps = self.model.anomaly_map(latents)
+            score = float(maps.amax())
+            full_map = _resize(maps, rgb.shape[:2]).numpy()
+            if self.use_nfa:
+                log_nfa = _resize(self.model.log_nfa(latents).float(), rgb.shape[:2]).numpy()
+                mask = log_nfa < 0
+                anomalous = bool(mask.any())
+            else:
+                anomalous = score >= self.thresholds.image
+                mask = (full_map >= self.thresholds.pixel) & anomalous
+            result = {
+                "map": full_map,
+                "mask": mask,
+                "score": score,
+                "normalised_score": float(self.thresholds.normalise(np.array([score]))[0]),
+                "anomalous": bool(anomalous),
+            }
+            if self.use_nfa:
+                result["log_nfa_min"] = float(log_nfa.min())
+            results.append(result)
         return results
+
+
+def _resize(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """A (1, h, w) map resized bilinearly to (H, W), on the CPU."""
+    return F.interpolate(maps[:, None], size=size, mode="bilinear", align_corners=False)[0, 0].cpu()
 
 
 def _expand_inputs(inputs: Sequence[str | Path]) -> list[Path]:
@@ -335,6 +375,7 @@ def predict(
             "score": result["score"],
             "normalised_score": result["normalised_score"],
             "anomalous": result["anomalous"],
+            **({"log_nfa_min": result["log_nfa_min"]} if "log_nfa_min" in result else {}),
             "heatmap": str(heat_path),
             "mask": str(mask_path),
         }

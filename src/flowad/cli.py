@@ -36,9 +36,9 @@ OPTION_HELP = {
     "affine_clamp": "U-Flow: soft clamp of the coupling's log-scale",
     "affine_subnet_channels_ratio": "U-Flow: subnet hidden channels / input channels",
     "lr_end_factor": "U-Flow: the learning rate decays linearly to this fraction of --lr over the run",
-    "nfa_window_size": "U-Flow: NFA window at the finest scale (pixels)",
-    "nfa_probability_threshold": "U-Flow: NFA probability threshold under the null hypothesis",
-    "nfa_high_precision": "U-Flow: exact NFA tail with extended precision (slower)",
+    "nfa_window_size": "--threshold nfa: window at the finest latent scale (pixels)",
+    "nfa_probability_threshold": "--threshold nfa: a latent value is a candidate when P(chi2(1) >= z^2) < 1 - this",
+    "nfa_high_precision": "--threshold nfa: binomial tails in exact integer arithmetic (slower)",
 }
 
 
@@ -151,7 +151,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", type=Path, help="another data set root (default: the one the run was trained on)")
     p.add_argument("--category", help="another category")
     p.add_argument(
-        "--threshold", default="f1", help="f1 (default: the threshold chosen on validation data) or a number"
+        "--threshold",
+        default="f1",
+        help="f1 (default: the threshold chosen on validation data), nfa (log NFA < 0, no calibration) or a number",
     )
     _add_engine_args(p)
 
@@ -160,7 +162,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input", required=True, nargs="+", help="image files and/or folders of images")
     p.add_argument("--out", required=True, type=Path, help="output folder")
     p.add_argument(
-        "--threshold", default="f1", help="f1 (default: the threshold chosen on validation data) or a number"
+        "--threshold",
+        default="f1",
+        help="f1 (default: the threshold chosen on validation data), nfa (log NFA < 0, no calibration) or a number",
     )
     p.add_argument("--quiet", action="store_true", help="no summary line")
     return parser

@@ -31,6 +31,10 @@ class ModelConfig:
     weight_decay: float = 1e-5
     batch_size: int = 32
     epochs: int = 20
+    # the a contrario segmentation (flowad.nfa) on the model's latents; U-Flow's paper defaults
+    nfa_window_size: int = 7
+    nfa_probability_threshold: float = 0.5
+    nfa_high_precision: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -109,6 +113,13 @@ class AnomalyModel(nn.Module):
 
     def latents(self, images: torch.Tensor) -> list[torch.Tensor]:
         return self.head(self.extract(images))[0]
+
+    def log_nfa(self, latents: list[torch.Tensor]) -> torch.Tensor:
+        """log10 NFA per pixel (B, H, W) at the input size: < 0 means anomalous, with no threshold to tune."""
+        from flowad.nfa import log_nfa
+
+        c = self.config
+        return log_nfa(latents, self.image_size, c.nfa_window_size, c.nfa_probability_threshold, c.nfa_high_precision)
 
     def trainable_state(self) -> dict[str, torch.Tensor]:
         """Everything but the frozen encoder: what a checkpoint must keep."""

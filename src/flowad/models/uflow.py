@@ -40,9 +40,6 @@ class UFlowConfig(ModelConfig):
     permute_soft: bool = False
     epochs: int = 120  # ~2 minutes on 2 CPU cores for 48 images at 256 (lite0); the paper trains 200-500
     lr_end_factor: float = 0.4  # LinearLR from 1.0 to this factor of lr over the run
-    nfa_window_size: int = 7  # the a contrario threshold (flowad.nfa) on model.latents; paper defaults
-    nfa_probability_threshold: float = 0.5
-    nfa_high_precision: bool = False
 
 
 def upsampled_channels(channels: int) -> int:
