@@ -238,7 +238,7 @@ def evaluate(
 
 
 def format_metrics(result: dict[str, Any]) -> str:
-    """A two-column table of the metrics that have a value."""
+    """A two-column table of the metrics; iou_nfa is the IoU of the log NFA < 0 masks, always reported."""
     rows = [
         "image_auroc",
         "pixel_auroc",
@@ -246,6 +246,7 @@ def format_metrics(result: dict[str, Any]) -> str:
         "image_f1",
         "pixel_f1",
         "iou",
+        "iou_nfa",
         "oracle_iou",
         "image_f1_max",
     ]
