@@ -18,6 +18,7 @@ from torch import nn
 
 from flowad.backbones import Encoder
 from flowad.errors import InputError
+from flowad.flows import gaussian_nll
 
 
 @dataclasses.dataclass
@@ -73,7 +74,9 @@ class AnomalyModel(nn.Module):
         raise NotImplementedError
 
     def loss(self, latents: list[torch.Tensor], log_det: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        """Negative log-likelihood under N(0, I) up to its constant: mean over the batch of
+        sum over scales of 0.5 * sum(z^2), minus log|det| (FastFlow's and U-Flow's loss)."""
+        return (sum(gaussian_nll(z) for z in latents) - log_det).mean()
 
     def anomaly_map(self, latents: list[torch.Tensor]) -> torch.Tensor:
         """(B, H, W) map at the input size; higher means more anomalous."""

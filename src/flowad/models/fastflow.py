@@ -16,7 +16,7 @@ from torch import nn
 
 from flowad.backbones import CNNEncoder, ViTEncoder
 from flowad.errors import InputError
-from flowad.flows import conv_flow, gaussian_nll
+from flowad.flows import conv_flow
 from flowad.models.base import AnomalyModel, ModelConfig, stage_norms
 
 # ViT backbones of the paper: how many transformer blocks feed the flow, and their input size.
@@ -61,7 +61,3 @@ class FastFlow(AnomalyModel):
             latents.append(z)
             log_det = log_det + ld
         return latents, log_det
-
-    def loss(self, latents: list[torch.Tensor], log_det: torch.Tensor) -> torch.Tensor:
-        # the sum over scales of per-scale means equals the mean of the summed per-image terms
-        return (sum(gaussian_nll(z) for z in latents) - log_det).mean()

@@ -26,7 +26,7 @@ from torch import nn
 
 from flowad.backbones import CNNEncoder, MSCaiTEncoder
 from flowad.errors import InputError
-from flowad.flows import conv_flow, gaussian_nll
+from flowad.flows import conv_flow
 from flowad.models.base import AnomalyModel, ModelConfig, stage_norms
 
 MCAIT_SIZE = 448  # MS-CaiT's input size: cait_m48_448's fixed positional embedding
@@ -140,9 +140,6 @@ class UFlow(AnomalyModel):
     def inverse(self, latents: list[torch.Tensor]) -> list[torch.Tensor]:
         """Latents -> the normalised features they came from (the inverse of ``head``)."""
         return self.flow.inverse(latents)
-
-    def loss(self, latents: list[torch.Tensor], log_det: torch.Tensor) -> torch.Tensor:
-        return (sum(gaussian_nll(z) for z in latents) - log_det).mean()
 
     def scheduler(self, optimizer: torch.optim.Optimizer, epochs: int) -> torch.optim.lr_scheduler.LinearLR:
         return torch.optim.lr_scheduler.LinearLR(
