@@ -25,14 +25,17 @@ import torch
 from flowad.models import MODELS, build_model
 
 
-def median_seconds(fn: Callable[[], object], repeats: int) -> float:
-    fn()  # warm-up: allocations, kernel selection
-    times = []
+def alternating_medians(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
+    """Median time of each function, their runs interleaved so that drifts of the machine hit all alike."""
+    for fn in fns.values():
+        fn()  # warm-up
+    times: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(ts) for name, ts in times.items()}
 
 
 def machine() -> str:
@@ -55,8 +58,11 @@ def bench_model(name: str, image_size: int, train_images: int, repeats: int) -> 
     with torch.inference_mode():
         for batch in (1, 16):
             x = images[:batch]
-            out[f"backbone_b{batch}"] = median_seconds(lambda x=x: model.encoder(x), repeats) / batch
-            out[f"infer_b{batch}"] = median_seconds(lambda x=x: model(x), repeats) / batch
+            pair = alternating_medians(
+                {"backbone": lambda x=x: model.encoder(x), "infer": lambda x=x: model(x)}, repeats
+            )
+            out[f"backbone_b{batch}"] = pair["backbone"] / batch
+            out[f"infer_b{batch}"] = pair["infer"] / batch
 
     # training epochs: the same batches, with features from the cache or recomputed
     data = torch.randn(train_images, 3, image_size, image_size)
@@ -82,12 +88,34 @@ def bench_model(name: str, image_size: int, train_images: int, repeats: int) -> 
                 loss.backward()
                 optimizer.step()
 
-    out["epoch_cached"] = median_seconds(lambda: epoch(False), max(repeats // 2, 1))
-    out["epoch_streamed"] = median_seconds(lambda: epoch(True), max(repeats // 2, 1))
+    epochs = alternating_medians(
+        {"cached": lambda: epoch(False), "streamed": lambda: epoch(True)}, max(repeats // 2, 1)
+    )
+    out["epoch_cached"], out["epoch_streamed"] = epochs["cached"], epochs["streamed"]
     return out
 
 
-def report(results: dict[str, dict[str, float]], args: argparse.Namespace) -> str:
+def bench_nfa(repeats: int) -> dict[str, float]:
+    """Seconds per image of the log NFA map, on latents of U-Flow's shapes (random N(0, 1) values)."""
+    from flowad.nfa import log_nfa
+
+    shapes = {
+        "lite0 U-Flow latents -> 256": ([(30, 64, 64), (30, 32, 32), (56, 16, 16)], (256, 256)),
+        "lite0 U-Flow latents -> 448": ([(30, 112, 112), (30, 56, 56), (56, 28, 28)], (448, 448)),
+        "MS-CaiT latents -> 448": ([(816, 28, 28), (192, 14, 14)], (448, 448)),
+    }
+    out = {}
+    for name, (latent_shapes, size) in shapes.items():
+        latents = [torch.randn(1, *shape) for shape in latent_shapes]
+        for precise in (False, True):
+            key = f"{name}{' (high precision)' if precise else ''}"
+            out[key] = alternating_medians(
+                {key: lambda lt=latents, sz=size, p=precise: log_nfa(lt, sz, high_precision=p)}, repeats
+            )[key]
+    return out
+
+
+def report(results: dict[str, dict[str, float]], nfa: dict[str, float], args: argparse.Namespace) -> str:
     lines = [
         f"### Speed, {date.today()}: {machine()}",
         "",
@@ -104,6 +132,9 @@ def report(results: dict[str, dict[str, float]], args: argparse.Namespace) -> st
             f"{1e3 * r['infer_b16']:.1f} | {r['infer_b16'] / r['backbone_b16']:.2f}x | {r['epoch_cached']:.2f} | "
             f"{r['epoch_streamed']:.2f} | {r['epoch_streamed'] / r['epoch_cached']:.1f}x |"
         )
+    if nfa:
+        lines += ["", "| NFA step (log NFA map, one image) | ms |", "|---|---|"]
+        lines += [f"| {name} | {1e3 * t:.1f} |" for name, t in nfa.items()]
     return "\n".join(lines) + "\n"
 
 
@@ -121,7 +152,8 @@ def main() -> None:
     for name in args.models:
         results[name] = bench_model(name, args.image_size, args.train_images, args.repeats)
         print(name, {k: round(v, 4) for k, v in results[name].items()}, flush=True)
-    text = report(results, args)
+    nfa = bench_nfa(args.repeats) if "uflow" in args.models else {}
+    text = report(results, nfa, args)
     print(text)
     if args.append:
         with open(args.append, "a") as f:

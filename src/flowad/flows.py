@@ -120,11 +120,13 @@ class AffineCoupling(nn.Module):
         """Return (y, log|det J|) with log|det J| of shape (B,)."""
         x1, x2 = x[:, : self.keep], x[:, self.keep :]
         log_scale, shift = self._coefficients(x1, condition)
-        y2 = x2 * torch.exp(log_scale) + shift
+        y2 = torch.addcmul(shift, x2, torch.exp(log_scale))  # fused x2 * exp(s) + t
         log_det = log_scale.flatten(1).sum(1)
 
         scale = self._scale()
-        y = torch.cat([x1, y2], dim=1) * self._channel_view(scale, x) + self._channel_view(self.global_offset, x)
+        y = torch.addcmul(
+            self._channel_view(self.global_offset, x), torch.cat([x1, y2], dim=1), self._channel_view(scale, x)
+        )
         pixels = x[0, 0].numel()
         log_det = log_det + pixels * torch.log(scale).sum()
         return self._mix(y, inverse=False), log_det
