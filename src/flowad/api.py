@@ -20,7 +20,16 @@ import torch.nn.functional as F
 from PIL import Image
 
 from flowad import metrics
-from flowad.checkpoint import atomic_write, load_run, read_config, save_run, write_json
+from flowad.checkpoint import (
+    TRAIN_STATE_JSON,
+    TRAIN_STATE_TENSORS,
+    atomic_write,
+    load_run,
+    read_config,
+    read_json,
+    save_run,
+    write_json,
+)
 from flowad.data.datasets import (
     DatasetSplits,
     ImageDataset,
@@ -34,9 +43,9 @@ from flowad.data.datasets import (
     validation_from_folder,
 )
 from flowad.data.images import is_image_file, read_image
-from flowad.engine import EngineSettings, infer, resolve_device
+from flowad.engine import EngineSettings, divergence_message, infer, resolve_device
 from flowad.engine import train as train_head
-from flowad.errors import InputError
+from flowad.errors import FlowadError, InputError
 from flowad.models import AnomalyModel, model_class
 from flowad.thresholds import DEFAULT_FPR, Thresholds, fixed, from_validation
 from flowad.visualize import mask_image, overlay
@@ -88,6 +97,9 @@ def _prepare_run_dir(out: str | Path, force: bool) -> Path:
     return out
 
 
+REQUEST_FILE = "request.json"  # what was asked for: lets --resume restart an interrupted run
+
+
 def train(
     model: str = "fastflow",
     data: str | Path | DataSpec = "",
@@ -104,40 +116,62 @@ def train(
 
     ``options`` are the model's config fields (backbone, weights, image_size, epochs, batch_size, lr, ...).
     Thresholds are chosen on the validation split (see :mod:`flowad.thresholds`). Returns the run path.
+    The training state is saved after every epoch: :func:`resume` continues an interrupted run.
     """
     spec = data if isinstance(data, DataSpec) else DataSpec(root=str(data), category=category, layout=layout)
     settings = dataclasses.replace(settings or EngineSettings(), seed=seed)
-    cls = model_class(model)
-    config = cls.config_class.from_dict(options)
+    model_class(model).config_class.from_dict(options)  # bad options fail before anything is written
+    spec.splits(seed)
+    run_dir = _prepare_run_dir(out, force)
+    request = {"model": model, "options": options, "data": dataclasses.asdict(spec), "seed": seed, "fpr": fpr}
+    write_json(run_dir / REQUEST_FILE, {**request, "settings": dataclasses.asdict(settings)})
+    return _train_run(run_dir, request, settings, resume=False)
+
+
+def resume(run: str | Path, settings: EngineSettings | None = None) -> Path:
+    """Continue an interrupted ``train`` from its last finished epoch; ends with the same weights."""
+    run_dir = Path(run)
+    request = read_json(run_dir / REQUEST_FILE)
+    saved = EngineSettings(**request.pop("settings"))
+    settings = dataclasses.replace(saved, device=settings.device, quiet=settings.quiet) if settings else saved
+    return _train_run(run_dir, request, settings, resume=True)
+
+
+def _train_run(run_dir: Path, request: dict[str, Any], settings: EngineSettings, resume: bool) -> Path:
+    cls = model_class(request["model"])
+    config = cls.config_class.from_dict(request["options"])
+    spec, seed = DataSpec(**request["data"]), request["seed"]
     splits = spec.splits(seed)
     if not splits.val:
         raise InputError("the validation split is empty; use a larger data set or --val-fraction > 0")
     check_masks(splits.test)
-    run_dir = _prepare_run_dir(out, force)
 
     torch.manual_seed(seed)  # the flows' initial weights
     net = cls(config)
     train_set = ImageDataset(splits.train, config.image_size, net.encoder.mean, net.encoder.std)
-    log = train_head(net, train_set, settings)
+    log = train_head(net, train_set, settings, state_dir=run_dir, resume=resume)
     val = infer(net, ImageDataset(splits.val, config.image_size, net.encoder.mean, net.encoder.std), settings)
     val_labels = np.array([s.label for s in splits.val])
-    thresholds = from_validation(val["scores"], val_labels, val["maps"], None, fpr)
-    save_run(
-        run_dir,
-        net,
-        {
-            "data": dataclasses.asdict(spec),
-            "seed": seed,
-            "thresholds": dataclasses.asdict(thresholds),
-            "train": {
-                "images": len(splits.train),
-                "validation_images": len(splits.val),
-                "seconds": log["train_seconds"],
-                "feature_cache": log["cache"],
-            },
-        },
-    )
+    thresholds = from_validation(val["scores"], val_labels, val["maps"], None, request["fpr"])
+    summary = {
+        "images": len(splits.train),
+        "validation_images": len(splits.val),
+        "epochs_completed": len(log["epochs"]),
+        "seconds": log["train_seconds"],
+        "feature_cache": log["cache"],
+    }
+    if "diverged" in log:
+        summary["stopped"] = divergence_message(log, config.lr)
+    extra = {"data": request["data"], "seed": seed, "thresholds": dataclasses.asdict(thresholds), "train": summary}
+    save_run(run_dir, net, extra)
     write_json(run_dir / "train_log.json", log)
+    if "diverged" not in log:  # finished: the per-epoch state has nothing left to resume
+        for name in (TRAIN_STATE_TENSORS, TRAIN_STATE_JSON):
+            (run_dir / name).unlink(missing_ok=True)
+    if "diverged" in log:
+        raise FlowadError(
+            f"{summary['stopped']}. The weights of the last good epoch ({len(log['epochs'])}) are saved in {run_dir}"
+        )
     return run_dir
 
 
@@ -415,4 +449,4 @@ def load(run: str | Path, threshold: str | float = "f1") -> Detector:
     return Detector.load(run, threshold)
 
 
-__all__ = ["DataSpec", "Detector", "Sample", "evaluate", "load", "predict", "read_config", "test", "train"]
+__all__ = ["DataSpec", "Detector", "Sample", "evaluate", "load", "predict", "read_config", "resume", "test", "train"]

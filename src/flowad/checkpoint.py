@@ -20,6 +20,9 @@ from flowad.backbones import OFFLINE_BACKBONE, fingerprint
 from flowad.errors import InputError
 from flowad.models import AnomalyModel, model_class
 
+TRAIN_STATE_TENSORS = "train_state.safetensors"
+TRAIN_STATE_JSON = "train_state.json"
+
 FORMAT = "flowad-run"
 FORMAT_VERSION = 1
 CONFIG_FILE = "config.json"
@@ -162,3 +165,67 @@ def _load_into(module: torch.nn.Module, state: dict[str, torch.Tensor], path: Pa
         if v.shape != own[k].shape:
             raise InputError(f"{path}: tensor {k} is {tuple(v.shape)}, the model expects {tuple(own[k].shape)}")
     module.load_state_dict(state, strict=not partial)
+
+
+def save_train_state(
+    run_dir: Path,
+    model: AnomalyModel,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any | None,
+    generator: torch.Generator,
+    log: dict[str, Any],
+) -> None:
+    """Everything needed to continue training after the last finished epoch, without pickle.
+
+    Tensors (head, optimiser moments, generator state) go to safetensors, the rest to JSON; the JSON is
+    written last, so a state is only ever read whole.
+    """
+    optim = optimizer.state_dict()
+    tensors = {f"model.{k}": v for k, v in model.trainable_state().items()}
+    plain_state: dict[str, dict[str, Any]] = {}
+    for pid, state in optim["state"].items():
+        for key, value in state.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"optim.{pid}.{key}"] = value
+            else:
+                plain_state.setdefault(str(pid), {})[key] = value
+    tensors["generator"] = generator.get_state()
+    _save_tensors(Path(run_dir) / TRAIN_STATE_TENSORS, tensors)
+    write_json(
+        Path(run_dir) / TRAIN_STATE_JSON,
+        {
+            "format_version": FORMAT_VERSION,
+            "param_groups": optim["param_groups"],
+            "optim_plain": plain_state,
+            "scheduler": None if scheduler is None else scheduler.state_dict(),
+            "log": log,
+        },
+    )
+
+
+def load_train_state(
+    run_dir: Path | None,
+    model: AnomalyModel,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any | None,
+    generator: torch.Generator,
+) -> dict[str, Any]:
+    """Restore what :func:`save_train_state` wrote; returns the training log up to that epoch."""
+    if run_dir is None or not (Path(run_dir) / TRAIN_STATE_JSON).is_file():
+        raise InputError(f"{run_dir} holds no training state to resume from ({TRAIN_STATE_JSON} is missing)")
+    meta = read_json(Path(run_dir) / TRAIN_STATE_JSON)
+    tensors = _load_tensors(Path(run_dir) / TRAIN_STATE_TENSORS)
+    head = {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
+    _load_into(model, head, Path(run_dir) / TRAIN_STATE_TENSORS, partial=True)
+    state: dict[int, dict[str, Any]] = {}
+    for key, value in tensors.items():
+        if key.startswith("optim."):
+            _, pid, name = key.split(".", 2)
+            state.setdefault(int(pid), {})[name] = value
+    for pid, values in meta["optim_plain"].items():
+        state.setdefault(int(pid), {}).update(values)
+    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    if scheduler is not None and meta["scheduler"] is not None:
+        scheduler.load_state_dict(meta["scheduler"])
+    generator.set_state(tensors["generator"])
+    return meta["log"]

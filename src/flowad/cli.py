@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from flowad.engine import EngineSettings
-from flowad.errors import FlowadError
+from flowad.errors import FlowadError, InputError
 
 # What each model-config field means on the command line; every field of every model's config gets a
 # flag (--image-size for image_size), with the models' own defaults listed in its help.
@@ -105,12 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train a model on good images and write a run directory")
     p.add_argument("--model", default="fastflow", help="fastflow (default), cflow or uflow")
-    p.add_argument(
-        "--data",
-        required=True,
-        type=Path,
-        help="data set root (mvtec, btad) or folder of good images (folder)",
-    )
+    p.add_argument("--data", type=Path, help="data set root (mvtec, btad) or folder of good images (folder)")
     p.add_argument("--category", help="category folder inside the data set root (mvtec, btad)")
     p.add_argument(
         "--layout",
@@ -142,8 +137,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="feature cache: auto (default) uses it when it fits --cache-limit-gb",
     )
     p.add_argument("--cache-limit-gb", type=float, default=4.0, help="memory budget of the feature cache (default 4)")
-    p.add_argument("--out", required=True, type=Path, help="run directory to write")
+    p.add_argument("--out", type=Path, help="run directory to write")
     p.add_argument("--force", action="store_true", help="overwrite an existing run directory")
+    p.add_argument(
+        "--resume",
+        type=Path,
+        metavar="RUN_DIR",
+        help="continue an interrupted run from its last finished epoch (every other option comes from RUN_DIR)",
+    )
     _add_engine_args(p)
 
     p = sub.add_parser("test", help="evaluate a run on a test split; prints metrics, writes RUN/metrics.json")
@@ -189,7 +190,12 @@ def _run(args: argparse.Namespace) -> int:
     if args.command == "demo-data":
         path = make_demo_dataset(args.out, seed=args.seed)
         print(f"wrote the demo data set to {path}")
+    elif args.command == "train" and args.resume is not None:
+        run = api.resume(args.resume, _settings(args))
+        print(f"resumed and finished {run}")
     elif args.command == "train":
+        if args.data is None or args.out is None:
+            raise InputError("train needs --data and --out (or --resume RUN_DIR)")
         options = {k: getattr(args, k) for k in _model_fields() if getattr(args, k) is not None}
         spec = api.DataSpec(
             root=str(args.data),

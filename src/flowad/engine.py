@@ -11,13 +11,15 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from flowad.checkpoint import load_train_state, save_train_state
 from flowad.errors import FlowadError
 from flowad.models.base import AnomalyModel
 
@@ -117,53 +119,87 @@ def train(
     model: AnomalyModel,
     train_set: Dataset,
     settings: EngineSettings,
-    on_epoch: Callable[[int, float], None] | None = None,
+    state_dir: Path | None = None,
+    resume: bool = False,
 ) -> dict[str, Any]:
-    """Train the model's head on ``train_set`` (normal images only). Returns the training log."""
+    """Train the model's head on ``train_set`` (normal images only). Returns the training log.
+
+    With ``state_dir`` the training state (head, optimiser, schedule, shuffling generator) is saved
+    atomically after every epoch, so ``resume=True`` continues an interrupted run from its last finished
+    epoch and ends with the same weights as an uninterrupted run. A non-finite loss stops training at
+    once: the head goes back to the last finished epoch's weights, and the log says where it stopped
+    (``log["diverged"]``); without any finished epoch, :class:`TrainingDiverged` is raised.
+    """
     device = resolve_device(settings.device)
     model.to(device)
     torch.manual_seed(settings.seed)
     generator = torch.Generator().manual_seed(settings.seed)
+    optimizer = model.optimizer()
+    scheduler = model.scheduler(optimizer, model.config.epochs)  # stepped once per epoch
+    log: dict[str, Any] = {"epochs": []}
+    if resume:
+        log = load_train_state(state_dir, model, optimizer, scheduler, generator)
 
     needed = feature_cache_bytes(model, len(train_set))
     use_cache = settings.cache == "on" or (settings.cache == "auto" and needed <= settings.cache_limit_gb * 2**30)
-    log: dict[str, Any] = {"cache": use_cache, "cache_bytes": needed, "epochs": []}
+    log.update(cache=use_cache, cache_bytes=needed)
     start = time.perf_counter()
     cache = extract_features(model, train_set, settings, device) if use_cache else None
     log["feature_seconds"] = time.perf_counter() - start
     source = cache if cache is not None else _StreamedFeatures(model, train_set, device)
 
-    optimizer = model.optimizer()
-    scheduler = model.scheduler(optimizer, model.config.epochs)  # stepped once per epoch
     model.train()
-    epochs = progress(range(model.config.epochs), model.config.epochs, "training", settings.quiet)
+    first = len(log["epochs"])
+    epochs = progress(range(first, model.config.epochs), model.config.epochs - first, "training", settings.quiet)
     for epoch in epochs:
         t0 = time.perf_counter()
         losses = []
         for batch in _epoch_batches(model, source, generator):
             loss = model.training_loss(batch)
             if not torch.isfinite(loss):
-                raise FlowadError(
-                    f"training diverged at epoch {epoch + 1}: the loss is {loss.item()}; "
-                    f"try a lower learning rate (lr={model.config.lr}) or a smaller clamp"
-                )
+                log["diverged"] = {"epoch": epoch + 1, "loss": loss.item()}
+                break
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             losses.append(loss.item())
+        if "diverged" in log:
+            _back_to_last_good(log, model, state_dir, optimizer, scheduler, generator)
+            break
         if scheduler is not None:
             scheduler.step()
         mean_loss = float(np.mean(losses))
         log["epochs"].append({"epoch": epoch + 1, "loss": mean_loss, "seconds": time.perf_counter() - t0})
         if hasattr(epochs, "set_postfix"):
             epochs.set_postfix(loss=f"{mean_loss:.4g}")
-        if on_epoch is not None:
-            on_epoch(epoch + 1, mean_loss)
+        if state_dir is not None:
+            save_train_state(state_dir, model, optimizer, scheduler, generator, log)
     model.eval()
     with torch.no_grad():
         model.calibrate(_calibration_batches(model, source))
     log["train_seconds"] = time.perf_counter() - start
     return log
+
+
+class TrainingDiverged(FlowadError):
+    """The loss became NaN or infinite before any epoch finished."""
+
+
+def divergence_message(log: dict[str, Any], lr: float) -> str:
+    d = log["diverged"]
+    return (
+        f"training diverged at epoch {d['epoch']}: the loss became {d['loss']}; the learning rate (lr={lr}) "
+        "is likely too high for this data, or the coupling's clamp too loose: lower --lr (or the clamp)"
+    )
+
+
+def _back_to_last_good(log, model, state_dir, optimizer, scheduler, generator) -> None:
+    if not log["epochs"] or state_dir is None:
+        raise TrainingDiverged(divergence_message(log, model.config.lr) + "; no epoch had finished, nothing was kept")
+    diverged = log.pop("diverged")
+    kept = load_train_state(state_dir, model, optimizer, scheduler, generator)
+    log.clear()
+    log.update(kept, diverged=diverged)
 
 
 def _calibration_batches(

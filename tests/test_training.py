@@ -1,0 +1,102 @@
+"""Training runs that stop: divergence keeps the last good epoch, and an interrupted run resumes exactly."""
+
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import flowad
+from flowad import engine
+from flowad.checkpoint import load_run
+from flowad.cli import main
+from flowad.data.synthetic import make_demo_dataset
+from flowad.errors import FlowadError
+from flowad.models.fastflow import FastFlow
+
+TINY = {"image_size": 64, "epochs": 4, "batch_size": 4, "flow_steps": 2}
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("data")
+    sizes = {"image_size": 64, "n_train": 10, "n_test_good": 2, "n_test_per_defect": 1}
+    return make_demo_dataset(root, seed=3, categories=("fabric",), **sizes)
+
+
+def _train(data: Path, out: Path, **extra):
+    return flowad.train(
+        "fastflow", data, out=out, category="fabric", settings=engine.EngineSettings(quiet=True), **{**TINY, **extra}
+    )
+
+
+def test_interrupted_run_resumes_to_the_same_weights(data: Path, tmp_path: Path, monkeypatch) -> None:
+    whole = _train(data, tmp_path / "whole")
+
+    real_save = engine.save_train_state
+
+    def save_then_interrupt(run_dir, model, optimizer, scheduler, generator, log):
+        real_save(run_dir, model, optimizer, scheduler, generator, log)
+        if len(log["epochs"]) == 2:
+            raise KeyboardInterrupt  # as a Ctrl-C right after epoch 2 was saved
+
+    monkeypatch.setattr(engine, "save_train_state", save_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        _train(data, tmp_path / "cut")
+    monkeypatch.setattr(engine, "save_train_state", real_save)
+    assert not (tmp_path / "cut" / "model.safetensors").exists()
+
+    assert main(["train", "--resume", str(tmp_path / "cut"), "--quiet"]) == 0
+    a, b = load_file(str(whole / "model.safetensors")), load_file(str(tmp_path / "cut" / "model.safetensors"))
+    assert a.keys() == b.keys()
+    assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-5
+    log = flowad.api.read_json(tmp_path / "cut" / "train_log.json")
+    assert [e["epoch"] for e in log["epochs"]] == [1, 2, 3, 4]
+
+
+def test_resume_without_state_is_a_clear_error(tmp_path: Path, capsys) -> None:
+    (tmp_path / "empty").mkdir()
+    assert main(["train", "--resume", str(tmp_path / "empty"), "--quiet"]) == 2
+    assert "request.json does not exist" in capsys.readouterr().err
+
+
+def test_divergence_keeps_the_last_good_epoch(data: Path, tmp_path: Path, monkeypatch) -> None:
+    calls = {"n": 0}
+    real_loss = FastFlow.training_loss
+
+    def loss_that_blows_up(self, batch):
+        calls["n"] += 1
+        loss = real_loss(self, batch)
+        return loss * float("nan") if calls["n"] > 5 else loss  # 2 steps per epoch: epoch 3 diverges
+
+    monkeypatch.setattr(FastFlow, "training_loss", loss_that_blows_up)
+    with pytest.raises(FlowadError, match=r"diverged at epoch 3.*learning rate.*last good epoch \(2\)"):
+        _train(data, tmp_path / "nan")
+    model, config = load_run(tmp_path / "nan")  # the last good checkpoint loads ...
+    assert config["train"]["epochs_completed"] == 2 and "diverged" in config["train"]["stopped"]
+    records = flowad.predict(tmp_path / "nan", [data / "fabric" / "test" / "good"], tmp_path / "pred", quiet=True)
+    assert len(records) == 2 and all(torch.isfinite(torch.tensor(r["score"])) for r in records)  # ... and predicts
+
+
+def test_huge_learning_rate_stops_with_a_clear_message(data: Path, tmp_path: Path, capsys) -> None:
+    args = [
+        "train",
+        "--data",
+        str(data),
+        "--category",
+        "fabric",
+        "--out",
+        str(tmp_path / "lr"),
+        "--quiet",
+        "--image-size",
+        "64",
+        "--epochs",
+        "3",
+        "--batch-size",
+        "4",
+        "--lr",
+        "1e9",
+    ]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "training diverged at epoch" in err and "lr=1000000000.0" in err
