@@ -9,7 +9,7 @@ from __future__ import annotations
 from importlib import import_module
 from typing import Any
 
-_API = {"train", "test", "predict", "load", "Detector", "DataSpec"}
+_API = {"train", "resume", "test", "predict", "load", "Detector", "DataSpec"}
 _MODELS = {"FastFlow", "CFlow", "UFlow", "build_model"}
 
 __all__ = sorted(_API | _MODELS)
