@@ -234,7 +234,31 @@ def test(
     result["data"] = f"{spec.layout}:{spec.root}" + (f"/{spec.category}" if spec.category else "")
     if write:
         write_json(run / "metrics.json", result)
+        _save_test_outputs(run / TEST_OUTPUTS, splits.test, out, labels, masks, pred_images, pred_masks, nfa)
     return result
+
+
+TEST_OUTPUTS = "test_outputs.npz"  # what the report is drawn from, so that it can be re-rendered
+
+
+def _save_test_outputs(path: Path, samples, out, labels, masks, pred_images, pred_masks, nfa) -> None:
+    """Per test image: path, label, score, decision; maps (float16) and masks at the model's input size."""
+    import io
+
+    buffer = io.BytesIO()
+    np.savez_compressed(
+        buffer,
+        paths=np.array([str(s.path) for s in samples]),
+        defects=np.array([s.defect for s in samples]),
+        labels=labels,
+        scores=out["scores"],
+        maps=out["maps"].astype(np.float16),
+        masks=masks,
+        pred_images=pred_images,
+        pred_masks=pred_masks,
+        nfa_masks=nfa,
+    )
+    atomic_write(path, buffer.getvalue())
 
 
 def evaluate(

@@ -25,13 +25,14 @@ Files larger than :data:`MAX_IMAGE_PIXELS` pixels are refused before they are de
 from __future__ import annotations
 
 import os
+import struct
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps
 
 from flowad.errors import InputError
 
@@ -48,6 +49,10 @@ _SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 # EXIF orientations 5-8 rotate by 90 degrees, which swaps width and height.
 _SWAPPING_ORIENTATIONS = (5, 6, 7, 8)
 _EXIF_ORIENTATION = 0x0112
+
+# What Pillow raises on malformed files: besides its documented OSError/ValueError, corrupt TIFF tags reach
+# TypeError (a float or bytes where an offset belongs), and broken headers struct.error, EOFError or KeyError.
+_DECODE_ERRORS = (OSError, SyntaxError, ValueError, IndexError, TypeError, KeyError, EOFError, struct.error)
 
 _pil_limit_lock = threading.Lock()
 _pil_limit_users = 0
@@ -107,7 +112,7 @@ def read_image_size(path: str | Path) -> tuple[int, int]:
             with Image.open(file) as img:
                 height, width = _hw(img)
                 orientation = img.getexif().get(_EXIF_ORIENTATION, 1)
-        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        except _DECODE_ERRORS as exc:
             raise _decode_error(file, "image", exc) from exc
     if orientation in _SWAPPING_ORIENTATIONS:
         return width, height
@@ -135,7 +140,7 @@ def _open_decoded(path: str | Path, kind: str) -> Iterator[Image.Image]:
     with _pil_limit_disabled():
         try:
             img = Image.open(file)
-        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        except _DECODE_ERRORS as exc:
             raise _decode_error(file, kind, exc) from exc
         with img:
             _check_size(file, kind, img)
@@ -143,7 +148,7 @@ def _open_decoded(path: str | Path, kind: str) -> Iterator[Image.Image]:
                 # load() forces the decode here, so a truncated file fails now and not later.
                 img.load()
                 oriented = ImageOps.exif_transpose(img)
-            except (OSError, SyntaxError, ValueError, IndexError) as exc:
+            except _DECODE_ERRORS as exc:
                 raise _decode_error(file, kind, exc) from exc
             yield oriented
 
