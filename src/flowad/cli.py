@@ -86,7 +86,7 @@ def _settings(args: argparse.Namespace, **extra) -> EngineSettings:
     return EngineSettings(device=args.device, quiet=args.quiet, **extra)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(train_defaults: dict[str, object] | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="flowad", description="Visual anomaly detection with normalizing flows.")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -103,7 +103,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="overwrite an existing output folder")
     _add_engine_args(p)
 
-    p = sub.add_parser("train", help="train a model on good images and write a run directory")
+    p = train = sub.add_parser("train", help="train a model on good images and write a run directory")
+    p.add_argument(
+        "--config",
+        type=Path,
+        help="a YAML or JSON file of train options (keys as the flags, e.g. image_size: 256); flags override it",
+    )
     p.add_argument("--model", default="fastflow", help="fastflow (default), cflow or uflow")
     p.add_argument("--data", type=Path, help="data set root (mvtec, btad) or folder of good images (folder)")
     p.add_argument("--category", help="category folder inside the data set root (mvtec, btad)")
@@ -168,12 +173,45 @@ def build_parser() -> argparse.ArgumentParser:
         help="f1 (default: the threshold chosen on validation data), nfa (log NFA < 0, no calibration) or a number",
     )
     p.add_argument("--quiet", action="store_true", help="no summary line")
+    if train_defaults:
+        train.set_defaults(**train_defaults)
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def read_options_file(path: Path, parser: argparse.ArgumentParser) -> dict[str, object]:
+    """Train options from a YAML or JSON file, checked against the train flags."""
+    if not path.is_file():
+        raise InputError(f"config file {path} does not exist")
     try:
+        import yaml
+
+        values = yaml.safe_load(path.read_text())  # YAML is a superset of JSON
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        raise InputError(f"config file {path} is not valid YAML or JSON: {err}") from err
+    if not isinstance(values, dict):
+        raise InputError(f"config file {path} must hold a mapping of option: value")
+    train = _subparser(parser, "train")
+    known = {a.dest for a in train._actions} - {"help", "config"}
+    options = {str(k).replace("-", "_"): v for k, v in values.items()}
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise InputError(
+            f"config file {path}: unknown option(s) {unknown}; expected train options such as {sorted(known)[:6]}"
+        )
+    return options
+
+
+def _subparser(parser: argparse.ArgumentParser, name: str) -> argparse.ArgumentParser:
+    action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return action.choices[name]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        if getattr(args, "config", None) is not None:  # the file's values become defaults; flags still win
+            args = build_parser(read_options_file(args.config, parser)).parse_args(argv)
         return _run(args)
     except FlowadError as err:
         print(f"flowad: error: {err}", file=sys.stderr)

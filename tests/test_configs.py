@@ -1,0 +1,64 @@
+"""Train options from YAML/JSON files: flags override them, shipped configs are valid, runs repeat."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from flowad.cli import build_parser, main, read_options_file
+from flowad.data.synthetic import make_demo_dataset
+from flowad.models import model_class
+
+CONFIGS = sorted((Path(__file__).parent.parent / "configs").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
+def test_shipped_configs_are_valid_options_of_their_model(path: Path) -> None:
+    options = read_options_file(path, build_parser())
+    cls = model_class(options.pop("model"))
+    cls.config_class.from_dict(options)  # raises on a field the model does not have
+
+
+def test_a_config_file_reproduces_a_run_and_flags_override_it(tmp_path: Path) -> None:
+    data = make_demo_dataset(
+        tmp_path / "data", seed=4, categories=("pill",), image_size=64, n_train=10, n_test_good=3, n_test_per_defect=1
+    )
+    config = tmp_path / "run.json"
+    config.write_text(
+        json.dumps(
+            {
+                "model": "fastflow",
+                "data": str(data),
+                "category": "pill",
+                "image-size": 64,
+                "epochs": 3,
+                "batch_size": 4,
+                "flow_steps": 2,
+                "seed": 7,
+            }
+        )
+    )
+    results = []
+    for name in ("a", "b"):
+        assert main(["train", "--config", str(config), "--out", str(tmp_path / name), "--quiet"]) == 0
+        assert main(["test", "--run", str(tmp_path / name), "--quiet"]) == 0
+        results.append(json.loads((tmp_path / name / "metrics.json").read_text()))
+    for key in ("image_auroc", "pixel_auroc", "aupro", "iou"):
+        assert results[0][key] == pytest.approx(results[1][key], abs=1e-6)
+    request = json.loads((tmp_path / "a" / "request.json").read_text())
+    assert request["seed"] == 7 and request["options"]["epochs"] == 3  # the resolved config is kept
+    assert main(["train", "--config", str(config), "--epochs", "1", "--out", str(tmp_path / "c"), "--quiet"]) == 0
+    assert json.loads((tmp_path / "c" / "request.json").read_text())["options"]["epochs"] == 1
+
+
+def test_bad_config_files(tmp_path: Path, capsys) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("epochs: 3\nnot_an_option: 1\n")
+    assert main(["train", "--config", str(bad), "--out", str(tmp_path / "o")]) == 2
+    assert "unknown option(s) ['not_an_option']" in capsys.readouterr().err
+    assert main(["train", "--config", str(tmp_path / "missing.yaml")]) == 2
+    assert "missing.yaml does not exist" in capsys.readouterr().err
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("epochs: [3\n")
+    assert main(["train", "--config", str(broken)]) == 2
+    assert "is not valid YAML or JSON" in capsys.readouterr().err
