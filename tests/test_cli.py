@@ -119,3 +119,18 @@ def test_nfa_threshold_for_test_and_predict(run: Path, demo: Path, tmp_path: Pat
         record = json.loads(line)
         mask = np.asarray(Image.open(record["mask"])) > 0
         assert record["anomalous"] == bool(mask.any()) == (record["log_nfa_min"] < 0)
+
+
+def test_benchmark_prints_and_writes_the_category_table(tmp_path: Path, capsys) -> None:
+    sizes = {"image_size": 64, "n_train": 10, "n_test_good": 2, "n_test_per_defect": 1}
+    data = make_demo_dataset(tmp_path / "data", seed=5, **sizes)  # both demo categories
+    out = tmp_path / "bench"
+    assert main(["benchmark", "--data", str(data), "--out", str(out), *TINY]) == 0
+    printed = capsys.readouterr().out
+    csv = (out / "table.csv").read_text().splitlines()
+    assert csv[0] == "category,image_auroc,pixel_auroc,aupro,iou"
+    assert [line.split(",")[0] for line in csv[1:]] == ["fabric", "pill", "mean"]
+    per_category = [json.loads((out / c / "metrics.json").read_text()) for c in ("fabric", "pill")]
+    mean = sum(m["pixel_auroc"] for m in per_category) / 2
+    assert csv[3].split(",")[2] == f"{mean:.4f}" and f"{mean:.4f}" in printed
+    assert (out / "table.md").read_text().startswith("| category | image_auroc")

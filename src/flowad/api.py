@@ -322,6 +322,77 @@ def format_metrics(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+TABLE_KEYS = ("image_auroc", "pixel_auroc", "aupro", "iou")
+
+
+def category_table(results: dict[str, dict[str, Any]], keys: Sequence[str] = TABLE_KEYS) -> list[dict[str, Any]]:
+    """Rows of the papers' table: one per category, then the mean over categories (undefined cells skipped)."""
+    rows = [{"category": c, **{k: r.get(k) for k in keys}} for c, r in results.items()]
+    mean: dict[str, Any] = {"category": "mean"}
+    for k in keys:
+        values = [r[k] for r in rows if r[k] is not None]
+        mean[k] = sum(values) / len(values) if values else None
+    return [*rows, mean]
+
+
+def format_table(rows: list[dict[str, Any]], style: str = "text") -> str:
+    """The category table as aligned text, Markdown or CSV."""
+    keys = [k for k in rows[0] if k != "category"]
+
+    def cell(v: Any) -> str:
+        return "n/a" if v is None else f"{v:.4f}"
+
+    if style == "csv":
+        return (
+            "\n".join(
+                [",".join(["category", *keys])] + [",".join([r["category"], *(cell(r[k]) for k in keys)]) for r in rows]
+            )
+            + "\n"
+        )
+    if style == "markdown":
+        head = "| category | " + " | ".join(keys) + " |\n|---" + "|---" * len(keys) + "|\n"
+        return head + "".join("| " + " | ".join([r["category"], *(cell(r[k]) for k in keys)]) + " |\n" for r in rows)
+    lines = [f"{'category':<16}" + "".join(f"{k:>13}" for k in keys)]
+    lines += [f"{r['category']:<16}" + "".join(f"{cell(r[k]):>13}" for k in keys) for r in rows]
+    return "\n".join(lines)
+
+
+def list_categories(root: str | Path, layout: str = "mvtec") -> list[str]:
+    """The category folders of an MVTec AD (``train/good``) or BTAD (``train/ok``) root, sorted."""
+    good = "good" if layout == "mvtec" else "ok"
+    root = Path(root)
+    if not root.is_dir():
+        raise InputError(f"data set root {root} does not exist")
+    found = sorted(p.name for p in root.iterdir() if (p / "train" / good).is_dir())
+    if not found:
+        raise InputError(f"{root} holds no category folder with train/{good}; expected the {layout} layout")
+    return found
+
+
+def benchmark(
+    model: str,
+    data: str | Path,
+    out: str | Path,
+    categories: Sequence[str] | None = None,
+    layout: str = "mvtec",
+    force: bool = False,
+    settings: EngineSettings | None = None,
+    **options: Any,
+) -> list[dict[str, Any]]:
+    """Train and test ``model`` on every category of a data set; writes OUT/table.csv and OUT/table.md."""
+    out = Path(out)
+    results = {}
+    for category in categories or list_categories(data, layout):
+        run = train(
+            model, data, out / category, category=category, layout=layout, force=force, settings=settings, **options
+        )
+        results[category] = test(run, settings=settings)
+    rows = category_table(results)
+    atomic_write(out / "table.csv", format_table(rows, "csv"))
+    atomic_write(out / "table.md", format_table(rows, "markdown"))
+    return rows
+
+
 class Detector:
     """A trained run, loaded for scoring images in memory: ``Detector.load(run).predict(images)``."""
 
@@ -473,4 +544,16 @@ def load(run: str | Path, threshold: str | float = "f1") -> Detector:
     return Detector.load(run, threshold)
 
 
-__all__ = ["DataSpec", "Detector", "Sample", "evaluate", "load", "predict", "read_config", "resume", "test", "train"]
+__all__ = [
+    "DataSpec",
+    "Detector",
+    "Sample",
+    "benchmark",
+    "evaluate",
+    "load",
+    "predict",
+    "read_config",
+    "resume",
+    "test",
+    "train",
+]

@@ -152,6 +152,16 @@ def build_parser(train_defaults: dict[str, object] | None = None) -> argparse.Ar
     )
     _add_engine_args(p)
 
+    p = sub.add_parser("benchmark", help="train and test one model on every category of a data set: the papers' table")
+    p.add_argument("--data", required=True, type=Path, help="MVTec AD (or BTAD) root folder")
+    p.add_argument("--model", default="fastflow", help="fastflow (default), cflow or uflow")
+    p.add_argument("--layout", default="mvtec", choices=["mvtec", "btad"], help="data set layout (default mvtec)")
+    p.add_argument("--categories", nargs="+", help="only these categories (default: every category folder)")
+    p.add_argument("--out", type=Path, default=Path("runs/benchmark"), help="runs and tables (default runs/benchmark)")
+    p.add_argument("--force", action="store_true", help="overwrite existing runs")
+    _add_model_args(p)
+    _add_engine_args(p)
+
     p = sub.add_parser("test", help="evaluate a run on a test split; prints metrics, writes RUN/metrics.json")
     p.add_argument("--run", required=True, type=Path, help="run directory written by 'flowad train'")
     p.add_argument("--data", type=Path, help="another data set root (default: the one the run was trained on)")
@@ -267,6 +277,8 @@ def _run(args: argparse.Namespace) -> int:
         api.predict(args.run, args.input, args.out, args.threshold, quiet=args.quiet)
     elif args.command == "demo":
         _demo(args)
+    elif args.command == "benchmark":
+        _benchmark(args)
     return 0
 
 
@@ -282,29 +294,26 @@ def _demo(args: argparse.Namespace) -> None:
     options = dict(DEMO_PRESETS.get(args.model, {}))
     if args.epochs is not None:
         options["epochs"] = args.epochs
-    table = {}
+    runs = out / args.model
+    rows = api.benchmark(args.model, data, runs, CATEGORIES, force=args.force, settings=_settings(args), **options)
     for category in CATEGORIES:
-        run = api.train(
-            args.model,
-            data,
-            out / args.model / category,
-            category=category,
-            force=args.force,
-            settings=_settings(args),
-            **options,
-        )
-        result = api.test(run, settings=_settings(args))
         test_folders = sorted(p for p in (data / category / "test").iterdir() if p.is_dir())
-        api.predict(run, test_folders, run / "predictions", quiet=True)
-        table[category] = result
+        api.predict(runs / category, test_folders, runs / category / "predictions", quiet=True)
+        result = api.read_json(runs / category / "metrics.json")
         print(f"\n{args.model} on demo/{category}\n{api.format_metrics(result)}")
-    keys = ["image_auroc", "pixel_auroc", "aupro"]
-    print(f"\n{'category':<12}" + "".join(f"{k:>13}" for k in keys))
-    for category, result in table.items():
-        print(f"{category:<12}" + "".join(f"{result[k]:>13.4f}" for k in keys))
-    mean = {k: sum(r[k] for r in table.values()) / len(table) for k in keys}
-    print(f"{'mean':<12}" + "".join(f"{mean[k]:>13.4f}" for k in keys))
-    print(f"\nruns, metrics and predictions are in {out}/{args.model}/")
+    print("\n" + api.format_table(rows))
+    print(f"\nruns, metrics and predictions are in {runs}/")
+
+
+def _benchmark(args: argparse.Namespace) -> None:
+    from flowad import api
+
+    options = {k: getattr(args, k) for k in _model_fields() if getattr(args, k, None) is not None}
+    rows = api.benchmark(
+        args.model, args.data, args.out, args.categories, args.layout, args.force, _settings(args), **options
+    )
+    print(api.format_table(rows))
+    print(f"\nwrote {args.out / 'table.csv'} and {args.out / 'table.md'}")
 
 
 if __name__ == "__main__":
