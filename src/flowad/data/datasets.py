@@ -57,8 +57,10 @@ def list_images(folder: str | Path) -> list[Path]:
 
     Only :data:`~flowad.data.images.IMAGE_SUFFIXES` count (case-insensitive). Files whose
     stem ends in ``_mask`` (masks stored beside their images) and hidden files such as
-    macOS ``._name.png`` are skipped. Raises :class:`~flowad.errors.InputError` if the
-    folder is missing, is not a folder or holds no images.
+    macOS ``._name.png`` are skipped, and so is every entry that is not a file: folders,
+    broken or looping symbolic links (symbolic links to image files count). Subfolders are
+    never searched, so a directory symlink loop cannot hang it. Raises
+    :class:`~flowad.errors.InputError` if the folder is missing, is not a folder or holds no images.
     """
     directory = _existing_dir(folder)
     images = sorted(p for p in directory.iterdir() if _is_plain_image(p))
@@ -83,8 +85,7 @@ def mvtec_splits(root: str | Path, category: str) -> DatasetSplits:
         if defect == "good":
             test += [Sample(path, 0) for path in list_images(defect_dir)]
             continue
-        masks = base / "ground_truth" / defect
-        test += [_anomalous(path, defect, masks) for path in list_images(defect_dir)]
+        test += _anomalous(list_images(defect_dir), defect, base / "ground_truth" / defect)
     return DatasetSplits(train=train, val=[], test=test, name=f"mvtec/{category}")
 
 
@@ -98,8 +99,7 @@ def btad_splits(root: str | Path, category: str) -> DatasetSplits:
     base = _category_dir(root, category, required="train")
     train = [Sample(path, 0) for path in list_images(base / "train" / "ok")]
     test = [Sample(path, 0) for path in list_images(base / "test" / "ok")]
-    masks = base / "ground_truth" / "ko"
-    test += [_anomalous(path, "ko", masks) for path in list_images(base / "test" / "ko")]
+    test += _anomalous(list_images(base / "test" / "ko"), "ko", base / "ground_truth" / "ko")
     return DatasetSplits(train=train, val=[], test=test, name=f"btad/{category}")
 
 
@@ -221,26 +221,32 @@ class ImageDataset(torch.utils.data.Dataset):
         }
 
 
-def _anomalous(image: Path, defect: str, mask_folder: Path) -> Sample:
-    """An anomalous test sample whose mask must exist in ``mask_folder``."""
-    mask = _find_mask(mask_folder, image.stem, allow_bare=True)
-    if mask is None:
-        expected = mask_folder / f"{image.stem}{_MASK_TAG}.png"
-        raise InputError(
-            f"anomalous image {_full(image)} has no mask; expected {_full(expected)} "
-            f"(or {image.stem}.png, any of {_SUFFIX_LIST})"
-        )
-    return Sample(image, 1, mask, defect)
+def _anomalous(images: list[Path], defect: str, mask_folder: Path) -> list[Sample]:
+    """Anomalous test samples whose masks must exist in ``mask_folder``."""
+    index = _mask_index(mask_folder)
+    samples = []
+    for image in images:
+        mask = _find_mask(index, image, allow_bare=True)
+        if mask is None:
+            expected = mask_folder / f"{image.stem}{_MASK_TAG}.png"
+            raise InputError(
+                f"anomalous image {_full(image)} has no mask; expected {_full(expected)} "
+                f"(or {image.stem}.png, any of {_SUFFIX_LIST})"
+            )
+        samples.append(Sample(image, 1, mask, defect))
+    return samples
 
 
 def _folder_anomalies(folder: Path, mask_dir: str | Path | None) -> list[Sample]:
     """Anomalous samples of :func:`folder_splits`, with all masks or none."""
     images = list_images(folder)
     if mask_dir is None:
-        masks = [_find_mask(folder, path.stem, allow_bare=False) for path in images]
+        index = _mask_index(folder)
+        masks = [_find_mask(index, path, allow_bare=False) for path in images]
     else:
         mask_folder = _existing_dir(mask_dir)
-        masks = [_find_mask(mask_folder, path.stem, allow_bare=True) for path in images]
+        index = _mask_index(mask_folder)
+        masks = [_find_mask(index, path, allow_bare=True) for path in images]
         if not any(masks):
             raise InputError(
                 f"mask folder {mask_folder} has no mask for any image in {_full(folder)}; expected "
@@ -256,17 +262,31 @@ def _folder_anomalies(folder: Path, mask_dir: str | Path | None) -> list[Sample]
     return [Sample(path, 1, mask, folder.name) for path, mask in zip(images, masks, strict=True)]
 
 
-def _find_mask(folder: Path, stem: str, allow_bare: bool) -> Path | None:
-    """``<stem>_mask.<suffix>`` (or, if allowed, ``<stem>.<suffix>``) in ``folder``, if any."""
-    if not folder.is_dir():
-        return None
-    names = [stem + _MASK_TAG] + ([stem] if allow_bare else [])
-    for name in names:
-        for suffix in IMAGE_SUFFIXES:
-            for candidate in (folder / (name + suffix), folder / (name + suffix.upper())):
-                if candidate.is_file():
-                    return candidate
-    return None
+def _mask_index(folder: Path) -> dict[str, list[Path]]:
+    """The image files in ``folder`` (any suffix case, hidden files skipped) by stem; empty if no folder."""
+    index: dict[str, list[Path]] = {}
+    if folder.is_dir():
+        for path in sorted(_full(folder).iterdir()):
+            if path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".") and path.is_file():
+                index.setdefault(path.stem, []).append(path)
+    return index
+
+
+def _find_mask(index: dict[str, list[Path]], image: Path, allow_bare: bool) -> Path | None:
+    """The one ``<stem>_mask.<suffix>`` (or, if allowed, ``<stem>.<suffix>``) of ``index``, if any.
+
+    Two candidates (``a_mask.png`` and ``a.png``, or ``a_mask.png`` and ``a_mask.tif``) are an error
+    naming both; the image itself never counts as its own mask.
+    """
+    names = [image.stem + _MASK_TAG] + ([image.stem] if allow_bare else [])
+    found = [path for name in names for path in index.get(name, []) if path != _full(image)]
+    if len(found) > 1:
+        listing = " and ".join(str(path) for path in found)
+        raise InputError(
+            f"image {_full(image)} has {len(found)} candidate masks: {listing}; expected exactly one "
+            "mask per image (remove or rename the others)"
+        )
+    return found[0] if found else None
 
 
 def _random_split(

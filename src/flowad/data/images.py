@@ -178,7 +178,8 @@ def _pil_limit_disabled() -> Iterator[None]:
 def _check_file(path: str | Path, kind: str) -> Path:
     file = _full(path)
     if not file.exists():
-        raise InputError(f"{kind} {file} does not exist; {_EXPECTED_FORMATS}")
+        problem = "is a broken or looping symbolic link" if file.is_symlink() else "does not exist"
+        raise InputError(f"{kind} {file} {problem}; {_EXPECTED_FORMATS}")
     if not file.is_file():
         raise InputError(f"{kind} {file} is not a file; {_EXPECTED_FORMATS}")
     if file.stat().st_size == 0:
