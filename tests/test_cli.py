@@ -134,3 +134,13 @@ def test_benchmark_prints_and_writes_the_category_table(tmp_path: Path, capsys) 
     mean = sum(m["pixel_auroc"] for m in per_category) / 2
     assert csv[3].split(",")[2] == f"{mean:.4f}" and f"{mean:.4f}" in printed
     assert (out / "table.md").read_text().startswith("| category | image_auroc")
+
+
+def test_test_writes_the_report_and_report_re_renders_it(run: Path, capsys) -> None:
+    assert main(["test", "--run", str(run), "--quiet"]) == 0
+    report = run / "report.html"
+    assert report.exists() and str(report) in capsys.readouterr().out
+    report.unlink()
+    assert main(["report", str(run)]) == 0
+    assert report.exists() and "id=\"metrics\"" in report.read_text()
+    assert (report.stat().st_mode & 0o777) != 0o600  # written atomically, but readable like any output

@@ -173,6 +173,9 @@ def build_parser(train_defaults: dict[str, object] | None = None) -> argparse.Ar
     )
     _add_engine_args(p)
 
+    p = sub.add_parser("report", help="re-render RUN/report.html from the outputs of the last 'flowad test'")
+    p.add_argument("run", type=Path, help="run directory")
+
     p = sub.add_parser("predict", help="score images: heat map, mask and a JSON line per image")
     p.add_argument("--run", required=True, type=Path, help="run directory written by 'flowad train'")
     p.add_argument("--input", required=True, nargs="+", help="image files and/or folders of images")
@@ -267,8 +270,11 @@ def _run(args: argparse.Namespace) -> int:
         )
         print(f"trained {args.model}; run directory: {run}")
     elif args.command == "test":
+        from flowad.report import render_report
+
         result = api.test(args.run, args.data, args.category, args.threshold, _settings(args))
         print(api.format_metrics(result))
+        print(f"report: {render_report(args.run)}")
         print(
             f"train {result['train_seconds']:.1f} s, test {result['test_seconds']:.1f} s; "
             f"wrote {args.run / 'metrics.json'}"
@@ -279,6 +285,10 @@ def _run(args: argparse.Namespace) -> int:
         _demo(args)
     elif args.command == "benchmark":
         _benchmark(args)
+    elif args.command == "report":
+        from flowad.report import render_report
+
+        print(f"wrote {render_report(args.run)}")
     return 0
 
 
