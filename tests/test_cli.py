@@ -144,3 +144,16 @@ def test_test_writes_the_report_and_report_re_renders_it(run: Path, capsys) -> N
     assert main(["report", str(run)]) == 0
     assert report.exists() and "id=\"metrics\"" in report.read_text()
     assert (report.stat().st_mode & 0o777) != 0o600  # written atomically, but readable like any output
+
+
+def test_export_and_predict_with_onnxruntime_give_the_same_masks(run: Path, demo: Path, tmp_path: Path) -> None:
+    assert main(["export", "--run", str(run), "--format", "onnx"]) == 0
+    folder = str(demo / "fabric" / "test" / "hole")
+    outputs = {}
+    for engine in ("torch", "onnx"):
+        out = tmp_path / engine
+        assert main(["predict", "--run", str(run), "--input", folder, "--out", str(out), "--engine", engine]) == 0
+        outputs[engine] = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    for a, b in zip(outputs["torch"], outputs["onnx"], strict=True):
+        assert a["score"] == pytest.approx(b["score"], abs=1e-4) and a["anomalous"] == b["anomalous"]
+        assert np.array_equal(np.asarray(Image.open(a["mask"])), np.asarray(Image.open(b["mask"])))

@@ -233,8 +233,11 @@ def test(
     result["test_images"] = len(dataset)
     result["data"] = f"{spec.layout}:{spec.root}" + (f"/{spec.category}" if spec.category else "")
     if write:
+        from flowad.report import render_report
+
         write_json(run / "metrics.json", result)
         _save_test_outputs(run / TEST_OUTPUTS, splits.test, out, labels, masks, pred_images, pred_masks, nfa)
+        render_report(run)
     return result
 
 
@@ -394,28 +397,53 @@ def benchmark(
 
 
 class Detector:
-    """A trained run, loaded for scoring images in memory: ``Detector.load(run).predict(images)``."""
+    """A trained run, loaded for scoring images in memory: ``Detector.load(run).predict(images)``.
 
-    def __init__(self, model: AnomalyModel, config: dict[str, Any], threshold: str | float = "f1") -> None:
-        self.model, self.config = model, config
+    ``engine="onnx"`` scores with onnxruntime on the run's exported ``model.onnx`` instead of torch
+    (``flowad export``); it gives maps and scores, so the ``nfa`` threshold, which needs latents, is torch-only.
+    """
+
+    def __init__(
+        self, model: AnomalyModel | None, config: dict[str, Any], threshold: str | float = "f1", onnx: Any = None
+    ) -> None:
+        self.model, self.config, self.onnx = model, config, onnx
         self.thresholds = _thresholds(config, threshold)
         self.use_nfa = threshold == "nfa"
+        if self.use_nfa and model is None:
+            raise InputError("--threshold nfa needs the latents: use the torch engine (--engine torch)")
         self.device = resolve_device("auto")
-        self.model.to(self.device).eval()
+        if model is not None:
+            model.to(self.device).eval()
+        size = config["model_config"]["image_size"]
+        self.image_size = (size, size)
         norm = config["normalisation"]
         self._mean = torch.tensor(norm["mean"]).view(3, 1, 1)
         self._std = torch.tensor(norm["std"]).view(3, 1, 1)
 
     @classmethod
-    def load(cls, run: str | Path, threshold: str | float = "f1") -> Detector:
+    def load(cls, run: str | Path, threshold: str | float = "f1", engine: str = "torch") -> Detector:
+        if engine == "onnx":
+            from flowad.export import OnnxDetector
+
+            onnx = OnnxDetector.load(run)
+            return cls(None, onnx.config, threshold, onnx=onnx)
+        if engine != "torch":
+            raise InputError(f"--engine {engine!r} is not known; expected torch or onnx")
         model, config = load_run(Path(run))
         return cls(model, config, threshold)
 
     def _tensor(self, rgb: np.ndarray) -> torch.Tensor:
-        h, w = self.model.image_size
+        h, w = self.image_size
         resized = Image.fromarray(rgb).resize((w, h), Image.Resampling.BILINEAR)
         x = torch.from_numpy(np.asarray(resized, dtype=np.float32) / 255.0).permute(2, 0, 1)
         return (x - self._mean) / self._std
+
+    def _maps_and_latents(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor] | None]:
+        if self.onnx is not None:
+            maps, _ = self.onnx.maps_and_scores(x.numpy())
+            return torch.from_numpy(maps), None
+        latents = self.model.latents(x.to(self.device))
+        return self.model.anomaly_map(latents), latents
 
     @torch.inference_mode()
     def predict(self, images: Sequence[np.ndarray] | np.ndarray) -> list[dict[str, Any]]:
@@ -428,8 +456,7 @@ class Detector:
             rgb = np.asarray(rgb)
             if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
                 raise InputError(f"image of shape {rgb.shape} and dtype {rgb.dtype}; expected (H, W, 3) uint8 RGB")
-            latents = self.model.latents(self._tensor(rgb)[None].to(self.device))
-            maps = self.model.anomaly_map(latents)
+            maps, latents = self._maps_and_latents(self._tensor(rgb)[None])
             score = float(maps.amax())
             full_map = _resize(maps, rgb.shape[:2]).numpy()
             if self.use_nfa:
@@ -476,12 +503,13 @@ def predict(
     out: str | Path,
     threshold: str | float = "f1",
     quiet: bool = False,
+    engine: str = "torch",
 ) -> list[dict[str, Any]]:
     """Score image files; write a heat-map overlay, a mask PNG and a JSON line per image to ``out``.
 
     Unreadable files are skipped with one warning line each on stderr; the good ones are still written.
     """
-    detector = Detector.load(run, threshold)
+    detector = Detector.load(run, threshold, engine)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     lines, records, skipped, used = [], [], 0, set()

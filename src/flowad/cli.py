@@ -186,6 +186,17 @@ def build_parser(train_defaults: dict[str, object] | None = None) -> argparse.Ar
         help="f1 (default: the threshold chosen on validation data), nfa (log NFA < 0, no calibration) or a number",
     )
     p.add_argument("--quiet", action="store_true", help="no summary line")
+    p.add_argument(
+        "--engine",
+        default="torch",
+        choices=["torch", "onnx"],
+        help="torch (default) or onnx: onnxruntime on RUN/model.onnx written by 'flowad export'",
+    )
+
+    p = sub.add_parser("export", help="export a run for deployment: one ONNX graph, image batch -> map and score")
+    p.add_argument("--run", required=True, type=Path, help="run directory")
+    p.add_argument("--format", default="onnx", choices=["onnx"], help="onnx (default)")
+    p.add_argument("--out", type=Path, help="output file (default RUN/model.onnx)")
     if train_defaults:
         train.set_defaults(**train_defaults)
     return parser
@@ -270,17 +281,19 @@ def _run(args: argparse.Namespace) -> int:
         )
         print(f"trained {args.model}; run directory: {run}")
     elif args.command == "test":
-        from flowad.report import render_report
-
         result = api.test(args.run, args.data, args.category, args.threshold, _settings(args))
         print(api.format_metrics(result))
-        print(f"report: {render_report(args.run)}")
+        print(f"report: {args.run / 'report.html'}")
         print(
             f"train {result['train_seconds']:.1f} s, test {result['test_seconds']:.1f} s; "
             f"wrote {args.run / 'metrics.json'}"
         )
     elif args.command == "predict":
-        api.predict(args.run, args.input, args.out, args.threshold, quiet=args.quiet)
+        api.predict(args.run, args.input, args.out, args.threshold, quiet=args.quiet, engine=args.engine)
+    elif args.command == "export":
+        from flowad.export import export_onnx
+
+        print(f"wrote {export_onnx(args.run, args.out)}")
     elif args.command == "demo":
         _demo(args)
     elif args.command == "benchmark":

@@ -75,7 +75,9 @@ def mvtec_splits(root: str | Path, category: str) -> DatasetSplits:
     Layout: ``<root>/<category>/train/good/*`` for training, ``<root>/<category>/test/<defect>/*``
     for testing (``good`` is label 0, every other folder label 1) and masks in
     ``<root>/<category>/ground_truth/<defect>/<stem>_mask.png``. Any image suffix and the bare
-    ``<stem>.<suffix>`` are accepted for masks too. ``val`` is empty: see :func:`split_validation`.
+    ``<stem>.<suffix>`` are accepted for masks too; two candidates for one image (e.g. ``000_mask.png``
+    and ``000.png``) raise :class:`~flowad.errors.InputError` naming both. ``val`` is empty: see
+    :func:`split_validation`.
     """
     base = _category_dir(root, category, required="train")
     train = [Sample(path, 0) for path in list_images(base / "train" / "good")]
@@ -124,7 +126,8 @@ def folder_splits(
       ``x.tif`` with ``x_mask.tif``). Either every anomalous image has a mask or none has
       (image-level labels only, ``mask_path`` None); a partial set raises
       :class:`~flowad.errors.InputError` naming the first image without a mask, and so does a
-      ``mask_dir`` that matches no image.
+      ``mask_dir`` that matches no image, and two candidate masks for one image (an image is
+      never its own mask, so ``mask_dir`` may be ``abnormal_dir``).
     """
     _check_fraction("test_fraction", test_fraction)
     normal = [Sample(path, 0) for path in list_images(normal_dir)]

@@ -1,0 +1,120 @@
+"""ONNX export of a trained run, and inference on the exported graph with onnxruntime.
+
+The graph takes what the model takes: a batch of images already resized and normalised the way the run
+says (see :func:`export_onnx`), and returns the anomaly maps and image scores that ``model(images)`` returns.
+Thresholds, resizing to the caller's image size and the a contrario (NFA) masks stay in Python.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import io
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from flowad.checkpoint import atomic_write, load_run, read_config
+from flowad.errors import InputError
+from flowad.models import AnomalyModel
+
+ONNX_FILE = "model.onnx"
+INPUT_NAME = "image"
+OUTPUT_NAMES = ("anomaly_map", "score")
+INSTALL_HINT = "pip install 'flowad[onnx]'"
+
+
+class _MapsAndScores(nn.Module):
+    """The exported graph: normalised images (N, 3, H, W) -> (maps (N, H, W), scores (N,))."""
+
+    def __init__(self, model: AnomalyModel) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.model(image)
+
+
+def export_onnx(run_dir: str | Path, out: str | Path | None = None, opset: int = 17) -> Path:
+    """Export the run's model to one ONNX graph (default ``RUN/model.onnx``, written atomically).
+
+    Input ``image``: float32 (N, 3, image_size, image_size), any N. Each image is resized (bilinear) to
+    ``config["model_config"]["image_size"]``, scaled to [0, 1] (/255) and normalised per channel as
+    (x - mean) / std with ``config["normalisation"]["mean"]`` and ``["std"]`` of the run's config.json,
+    exactly as :class:`flowad.api.Detector` does before the model.
+    Outputs ``anomaly_map``: float32 (N, image_size, image_size), higher is more anomalous, and ``score``:
+    float32 (N,), the maximum of each map: the same values as ``model(images)`` in PyTorch.
+    """
+    if importlib.util.find_spec("onnx") is None:
+        raise InputError(f"ONNX export needs the 'onnx' package: {INSTALL_HINT}")
+    run_dir = Path(run_dir)
+    out = run_dir / ONNX_FILE if out is None else Path(out)
+    model, _ = load_run(run_dir)
+    graph = _MapsAndScores(model).eval()
+    example = torch.zeros(2, 3, *model.image_size)  # batch 2: the tracer must not specialise on 1
+    batch_axis = {0: "batch"}
+    buffer = io.BytesIO()
+    with torch.no_grad(), warnings.catch_warnings():
+        # shape checks (e.g. U-Flow's) become constants: right, as a run's input size is fixed
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        # the TorchScript exporter is deprecated in favour of one that needs onnxscript; it still works
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.onnx.export(
+            graph,
+            (example,),
+            buffer,
+            dynamo=False,  # the TorchScript exporter: needs only 'onnx', and takes dynamic_axes
+            input_names=[INPUT_NAME],
+            output_names=list(OUTPUT_NAMES),
+            dynamic_axes={name: batch_axis for name in (INPUT_NAME, *OUTPUT_NAMES)},
+            opset_version=opset,
+        )
+    atomic_write(out, buffer.getvalue())
+    return out
+
+
+class OnnxDetector:
+    """An exported run on onnxruntime (CPU): ``OnnxDetector.load(run).maps_and_scores(batch)``."""
+
+    def __init__(self, session: Any, config: dict[str, Any]) -> None:
+        self.session, self.config = session, config
+        size = config["model_config"]["image_size"]
+        self.image_size: tuple[int, int] = (size, size)
+        self.mean = np.asarray(config["normalisation"]["mean"], dtype=np.float32)
+        self.std = np.asarray(config["normalisation"]["std"], dtype=np.float32)
+
+    @classmethod
+    def load(cls, run_dir: str | Path, onnx_path: str | Path | None = None, threads: int | None = None) -> OnnxDetector:
+        """Open ``onnx_path`` (default ``RUN/model.onnx``) with the run's config; ``threads`` caps intra-op threads."""
+        try:
+            import onnxruntime as ort
+        except ImportError as err:
+            raise InputError(f"the ONNX engine needs onnxruntime: {INSTALL_HINT}") from err
+        run_dir = Path(run_dir)
+        config = read_config(run_dir)
+        path = run_dir / ONNX_FILE if onnx_path is None else Path(onnx_path)
+        if not path.is_file():
+            raise InputError(
+                f"{path} does not exist; export it first with: flowad export --run {run_dir} --format onnx"
+            )
+        options = ort.SessionOptions()
+        if threads is not None:
+            options.intra_op_num_threads = threads
+        try:
+            session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        except Exception as err:  # noqa: BLE001 - onnxruntime raises its own error types for bad files
+            raise InputError(f"{path} is not a readable ONNX model ({err})") from err
+        return cls(session, config)
+
+    def maps_and_scores(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Normalised float32 images (N, 3, H, W) -> (anomaly maps (N, H, W), scores (N,)), as ``model(images)``."""
+        batch = np.asarray(batch)
+        if batch.ndim != 4 or batch.shape[1:] != (3, *self.image_size):
+            raise InputError(
+                f"batch of shape {batch.shape}; expected (N, 3, {self.image_size[0]}, {self.image_size[1]})"
+            )
+        maps, scores = self.session.run(list(OUTPUT_NAMES), {INPUT_NAME: np.ascontiguousarray(batch, np.float32)})
+        return maps, scores
