@@ -64,6 +64,17 @@ def bench_model(name: str, image_size: int, train_images: int, repeats: int) -> 
             out[f"backbone_b{batch}"] = pair["backbone"] / batch
             out[f"infer_b{batch}"] = pair["infer"] / batch
 
+    onnx = _onnx_session(model)
+    if onnx is not None:
+        for batch in (1, 16):
+            x, xn = images[:batch], images[:batch].numpy()
+            with torch.inference_mode():
+                pair = alternating_medians(
+                    {"torch": lambda x=x: model(x), "ort": lambda xn=xn: onnx.maps_and_scores(xn)}, repeats
+                )
+            out[f"onnx_b{batch}"] = pair["ort"] / batch
+            out[f"torch_vs_onnx_b{batch}"] = pair["torch"] / batch
+
     # training epochs: the same batches, with features from the cache or recomputed
     data = torch.randn(train_images, 3, image_size, image_size)
     with torch.no_grad():
@@ -93,6 +104,23 @@ def bench_model(name: str, image_size: int, train_images: int, repeats: int) -> 
     )
     out["epoch_cached"], out["epoch_streamed"] = epochs["cached"], epochs["streamed"]
     return out
+
+
+def _onnx_session(model):
+    """The model exported to ONNX and opened in onnxruntime (same threads), or None without onnxruntime."""
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return None
+    import tempfile
+
+    from flowad.checkpoint import save_run
+    from flowad.export import OnnxDetector, export_onnx
+
+    run = tempfile.mkdtemp(prefix="flowad-bench-")
+    save_run(run, model, {"thresholds": {}})
+    export_onnx(run)
+    return OnnxDetector.load(run, threads=torch.get_num_threads())
 
 
 def bench_nfa(repeats: int) -> dict[str, float]:
@@ -132,6 +160,17 @@ def report(results: dict[str, dict[str, float]], nfa: dict[str, float], args: ar
             f"{1e3 * r['infer_b16']:.1f} | {r['infer_b16'] / r['backbone_b16']:.2f}x | {r['epoch_cached']:.2f} | "
             f"{r['epoch_streamed']:.2f} | {r['epoch_streamed'] / r['epoch_cached']:.1f}x |"
         )
+    if any("onnx_b1" in r for r in results.values()):
+        lines += [
+            "",
+            "| model | torch b1 ms/img | onnxruntime b1 ms/img | torch b16 ms/img | onnxruntime b16 ms/img |",
+            "|---|---|---|---|---|",
+        ]
+        for name, r in results.items():
+            lines.append(
+                f"| {name} | {1e3 * r['torch_vs_onnx_b1']:.1f} | {1e3 * r['onnx_b1']:.1f} | "
+                f"{1e3 * r['torch_vs_onnx_b16']:.1f} | {1e3 * r['onnx_b16']:.1f} |"
+            )
     if nfa:
         lines += ["", "| NFA step (log NFA map, one image) | ms |", "|---|---|"]
         lines += [f"| {name} | {1e3 * t:.1f} |" for name, t in nfa.items()]
