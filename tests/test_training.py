@@ -78,7 +78,10 @@ def test_divergence_keeps_the_last_good_epoch(data: Path, tmp_path: Path, monkey
     assert len(records) == 2 and all(torch.isfinite(torch.tensor(r["score"])) for r in records)  # ... and predicts
 
 
-def test_huge_learning_rate_stops_with_a_clear_message(data: Path, tmp_path: Path, capsys) -> None:
+def test_huge_learning_rate_stops_clearly_and_the_last_good_epoch_still_predicts(
+    data: Path, tmp_path: Path, capsys
+) -> None:
+    run = tmp_path / "lr"
     args = [
         "train",
         "--data",
@@ -86,17 +89,25 @@ def test_huge_learning_rate_stops_with_a_clear_message(data: Path, tmp_path: Pat
         "--category",
         "fabric",
         "--out",
-        str(tmp_path / "lr"),
+        str(run),
         "--quiet",
         "--image-size",
         "64",
         "--epochs",
-        "3",
+        "6",
         "--batch-size",
         "4",
+        "--flow-steps",
+        "2",
         "--lr",
-        "1e9",
+        "100",
     ]
     assert main(args) == 2
     err = capsys.readouterr().err
-    assert "training diverged at epoch" in err and "lr=1000000000.0" in err
+    assert "training diverged at epoch 2" in err and "lr=100.0" in err and "last good epoch (1)" in err
+    load_run(run)
+    out = tmp_path / "pred"
+    assert (
+        main(["predict", "--run", str(run), "--input", str(data / "fabric" / "test" / "good"), "--out", str(out)]) == 0
+    )
+    assert len((out / "predictions.jsonl").read_text().splitlines()) == 2
