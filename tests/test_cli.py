@@ -142,7 +142,7 @@ def test_test_writes_the_report_and_report_re_renders_it(run: Path, capsys) -> N
     assert report.exists() and str(report) in capsys.readouterr().out
     report.unlink()
     assert main(["report", str(run)]) == 0
-    assert report.exists() and "id=\"metrics\"" in report.read_text()
+    assert report.exists() and 'id="metrics"' in report.read_text()
     assert (report.stat().st_mode & 0o777) != 0o600  # written atomically, but readable like any output
 
 
