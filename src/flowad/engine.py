@@ -216,19 +216,24 @@ def _calibration_batches(
 def infer(
     model: AnomalyModel, dataset: Dataset, settings: EngineSettings, keep_latents: bool = False
 ) -> dict[str, Any]:
-    """Maps (N, H, W), scores (N,), and optionally latents, of every image of ``dataset``."""
+    """Maps (N, H, W), scores (N,), ground-truth masks (N, H, W) bool, and optionally latents, of ``dataset``."""
     device = resolve_device(settings.device)
     model.to(device).eval()
     loader = _loader(dataset, settings.inference_batch_size, settings, device)
-    maps, scores, latents = [], [], []
+    maps, scores, masks, latents = [], [], [], []
     for batch in progress(loader, len(loader), "scoring", settings.quiet):
+        masks.append(batch["mask"][:, 0] > 0.5)
         z = model.latents(batch["image"].to(device, non_blocking=True))
         batch_maps = model.anomaly_map(z)
         maps.append(batch_maps.cpu())
         scores.append(batch_maps.flatten(1).amax(1).cpu())
         if keep_latents:
             latents.append([t.cpu() for t in z])
-    out: dict[str, Any] = {"maps": torch.cat(maps).numpy(), "scores": torch.cat(scores).numpy()}
+    out: dict[str, Any] = {
+        "maps": torch.cat(maps).numpy(),
+        "scores": torch.cat(scores).numpy(),
+        "masks": torch.cat(masks).numpy(),
+    }
     if keep_latents:
         out["latents"] = [torch.cat(scale) for scale in zip(*latents, strict=True)]
     return out
