@@ -62,3 +62,35 @@ def test_bad_config_files(tmp_path: Path, capsys) -> None:
     broken.write_text("epochs: [3\n")
     assert main(["train", "--config", str(broken)]) == 2
     assert "is not valid YAML or JSON" in capsys.readouterr().err
+
+
+def test_per_category_entries_override_the_file_and_flags_override_both(tmp_path: Path) -> None:
+    parser = build_parser()
+    uflow = Path(__file__).parent.parent / "configs" / "uflow.yaml"
+    bottle = read_options_file(uflow, parser, "train", "bottle")
+    assert (bottle["lr"], bottle["batch_size"], bottle["epochs"]) == (0.00011289990475381853, 23, 200)
+    other = read_options_file(uflow, parser, "train", "my_product")
+    assert (other["lr"], other["batch_size"]) == (0.0001, 8)
+
+    data = make_demo_dataset(tmp_path / "data", seed=5, image_size=64, n_train=8, n_test_good=2, n_test_per_defect=1)
+    config = tmp_path / "per_category.yaml"
+    config.write_text(
+        "model: fastflow\nweights: random\nimage_size: 64\nflow_steps: 1\nbatch_size: 4\nepochs: 1\n"
+        "per_category:\n  pill: {epochs: 2, lr: 0.0005}\n"
+    )
+    out = tmp_path / "bench"
+    assert main(["benchmark", "--data", str(data), "--config", str(config), "--out", str(out), "--quiet"]) == 0
+    requests = {c: json.loads((out / c / "request.json").read_text())["options"] for c in ("fabric", "pill")}
+    assert (requests["fabric"]["epochs"], requests["fabric"].get("lr")) == (1, None)
+    assert (requests["pill"]["epochs"], requests["pill"]["lr"]) == (2, 0.0005)
+    args = ["benchmark", "--data", str(data), "--config", str(config), "--out", str(out), "--lr", "0.002"]
+    assert main([*args, "--categories", "pill", "--force", "--quiet"]) == 0
+    pill = json.loads((out / "pill" / "request.json").read_text())["options"]
+    assert (pill["epochs"], pill["lr"]) == (2, 0.002)
+
+
+def test_a_bad_per_category_entry_names_the_category(tmp_path: Path, capsys) -> None:
+    config = tmp_path / "bad.yaml"
+    config.write_text("epochs: 3\nper_category:\n  pill: {epoch: 2}\n")
+    assert main(["train", "--config", str(config), "--category", "pill", "--out", str(tmp_path / "o")]) == 2
+    assert "(per_category.pill): unknown option(s) ['epoch']" in capsys.readouterr().err

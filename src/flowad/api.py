@@ -380,14 +380,19 @@ def benchmark(
     layout: str = "mvtec",
     force: bool = False,
     settings: EngineSettings | None = None,
+    per_category: dict[str, dict[str, Any]] | None = None,
     **options: Any,
 ) -> list[dict[str, Any]]:
-    """Train and test ``model`` on every category of a data set; writes OUT/table.csv and OUT/table.md."""
+    """Train and test ``model`` on every category of a data set; writes OUT/table.csv and OUT/table.md.
+
+    ``per_category`` maps a category to options that replace ``options`` for it (per-category settings).
+    """
     out = Path(out)
     results = {}
     for category in categories or list_categories(data, layout):
+        own = {**options, **(per_category or {}).get(category, {})}
         run = train(
-            model, data, out / category, category=category, layout=layout, force=force, settings=settings, **options
+            model, data, out / category, category=category, layout=layout, force=force, settings=settings, **own
         )
         results[category] = test(run, settings=settings)
     rows = category_table(results)

@@ -86,7 +86,8 @@ def _settings(args: argparse.Namespace, **extra) -> EngineSettings:
     return EngineSettings(device=args.device, quiet=args.quiet, **extra)
 
 
-def build_parser(train_defaults: dict[str, object] | None = None) -> argparse.ArgumentParser:
+def build_parser(defaults: dict[str, object] | None = None, command: str = "train") -> argparse.ArgumentParser:
+    """The whole command line; ``defaults`` (from a config file) become the defaults of ``command``."""
     parser = argparse.ArgumentParser(prog="flowad", description="Visual anomaly detection with normalizing flows.")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -103,7 +104,7 @@ def build_parser(train_defaults: dict[str, object] | None = None) -> argparse.Ar
     p.add_argument("--force", action="store_true", help="overwrite an existing output folder")
     _add_engine_args(p)
 
-    p = train = sub.add_parser("train", help="train a model on good images and write a run directory")
+    p = sub.add_parser("train", help="train a model on good images and write a run directory")
     p.add_argument(
         "--config",
         type=Path,
@@ -153,6 +154,11 @@ def build_parser(train_defaults: dict[str, object] | None = None) -> argparse.Ar
     _add_engine_args(p)
 
     p = sub.add_parser("benchmark", help="train and test one model on every category of a data set: the papers' table")
+    p.add_argument(
+        "--config",
+        type=Path,
+        help="a YAML or JSON file of model options, with optional per_category entries (e.g. configs/uflow.yaml)",
+    )
     p.add_argument("--data", required=True, type=Path, help="MVTec AD (or BTAD) root folder")
     p.add_argument("--model", default="fastflow", help="fastflow (default), cflow or uflow")
     p.add_argument("--layout", default="mvtec", choices=["mvtec", "btad"], help="data set layout (default mvtec)")
@@ -197,13 +203,20 @@ def build_parser(train_defaults: dict[str, object] | None = None) -> argparse.Ar
     p.add_argument("--run", required=True, type=Path, help="run directory")
     p.add_argument("--format", default="onnx", choices=["onnx"], help="onnx (default)")
     p.add_argument("--out", type=Path, help="output file (default RUN/model.onnx)")
-    if train_defaults:
-        train.set_defaults(**train_defaults)
+    if defaults:
+        _subparser(parser, command).set_defaults(**defaults)
     return parser
 
 
-def read_options_file(path: Path, parser: argparse.ArgumentParser) -> dict[str, object]:
-    """Train options from a YAML or JSON file, checked against the train flags."""
+def read_options_file(
+    path: Path, parser: argparse.ArgumentParser, command: str = "train", category: str | None = None
+) -> dict[str, object]:
+    """Options of ``command`` from a YAML or JSON file, checked against its flags.
+
+    A ``per_category`` mapping (category -> options) overrides the file's other options for that category,
+    as papers that tune settings per category ship them; ``category`` picks the entry (else the file's own
+    ``category``).
+    """
     if not path.is_file():
         raise InputError(f"config file {path} does not exist")
     try:
@@ -214,13 +227,36 @@ def read_options_file(path: Path, parser: argparse.ArgumentParser) -> dict[str, 
         raise InputError(f"config file {path} is not valid YAML or JSON: {err}") from err
     if not isinstance(values, dict):
         raise InputError(f"config file {path} must hold a mapping of option: value")
-    train = _subparser(parser, "train")
-    known = {a.dest for a in train._actions} - {"help", "config"}
+    known = {a.dest for a in _subparser(parser, command)._actions} - {"help", "config"}
+    options = _checked_options(values, known | {"per_category"}, path, "")
+    per_category = options.pop("per_category", None) or {}
+    if not isinstance(per_category, dict) or not all(isinstance(v, dict) for v in per_category.values()):
+        raise InputError(f"config file {path}: per_category must map category names to mappings of options")
+    category = category or options.get("category")
+    if category in per_category:
+        options.update(_checked_options(per_category[category], known - {"category"}, path, f"per_category.{category}"))
+    return options
+
+
+def per_category_options(path: Path, parser: argparse.ArgumentParser) -> dict[str, dict[str, object]]:
+    """Category -> the model options a config file gives it (its own options, then its per_category entry)."""
+    import yaml
+
+    fields = _model_fields()
+    names = (yaml.safe_load(path.read_text()) or {}).get("per_category") or {}
+    return {
+        str(c): {k: v for k, v in read_options_file(path, parser, "benchmark", str(c)).items() if k in fields}
+        for c in names
+    }
+
+
+def _checked_options(values: dict, known: set[str], path: Path, where: str) -> dict[str, object]:
     options = {str(k).replace("-", "_"): v for k, v in values.items()}
     unknown = sorted(set(options) - known)
     if unknown:
+        place = f" ({where})" if where else ""
         raise InputError(
-            f"config file {path}: unknown option(s) {unknown}; expected train options such as {sorted(known)[:6]}"
+            f"config file {path}{place}: unknown option(s) {unknown}; expected options such as {sorted(known)[:6]}"
         )
     return options
 
@@ -235,7 +271,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         if getattr(args, "config", None) is not None:  # the file's values become defaults; flags still win
-            args = build_parser(read_options_file(args.config, parser)).parse_args(argv)
+            defaults = read_options_file(args.config, parser, args.command, getattr(args, "category", None))
+            given = {k for k, v in vars(args).items() if v is not None and k in _model_fields()}  # flags win
+            args = build_parser(defaults, args.command).parse_args(argv)
+            if args.command == "benchmark":
+                per_category = per_category_options(args.config, parser)
+                args.per_category = {
+                    c: {k: v for k, v in opts.items() if k not in given} for c, opts in per_category.items()
+                }
         return _run(args)
     except FlowadError as err:
         print(f"flowad: error: {err}", file=sys.stderr)
@@ -333,7 +376,15 @@ def _benchmark(args: argparse.Namespace) -> None:
 
     options = {k: getattr(args, k) for k in _model_fields() if getattr(args, k, None) is not None}
     rows = api.benchmark(
-        args.model, args.data, args.out, args.categories, args.layout, args.force, _settings(args), **options
+        args.model,
+        args.data,
+        args.out,
+        args.categories,
+        args.layout,
+        args.force,
+        _settings(args),
+        per_category=getattr(args, "per_category", None),
+        **options,
     )
     print(api.format_table(rows))
     print(f"\nwrote {args.out / 'table.csv'} and {args.out / 'table.md'}")
