@@ -1,5 +1,6 @@
 """Training runs that stop: divergence keeps the last good epoch, and an interrupted run resumes exactly."""
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -10,8 +11,10 @@ import flowad
 from flowad import engine
 from flowad.checkpoint import load_run
 from flowad.cli import main
+from flowad.data.datasets import ImageDataset
 from flowad.data.synthetic import make_demo_dataset
 from flowad.errors import FlowadError
+from flowad.metrics import image_auroc, pixel_auroc
 from flowad.models.fastflow import FastFlow
 
 TINY = {"image_size": 64, "epochs": 4, "batch_size": 4, "flow_steps": 2}
@@ -111,3 +114,39 @@ def test_huge_learning_rate_stops_clearly_and_the_last_good_epoch_still_predicts
         main(["predict", "--run", str(run), "--input", str(data / "fabric" / "test" / "good"), "--out", str(out)]) == 0
     )
     assert len((out / "predictions.jsonl").read_text().splitlines()) == 2
+
+
+def test_validation_with_anomalies_keeps_the_best_and_the_last_epoch(data: Path, tmp_path: Path, capsys) -> None:
+    abnormal, masks = tmp_path / "val_abnormal", tmp_path / "val_masks"
+    abnormal.mkdir(), masks.mkdir()
+    for defect in ("hole", "thread", "stain", "scratch"):
+        shutil.copy(data / "fabric" / "test" / defect / "000.png", abnormal / f"{defect}.png")
+        shutil.copy(data / "fabric" / "ground_truth" / defect / "000_mask.png", masks / f"{defect}_mask.png")
+    run = tmp_path / "run"
+    args = ["--data", str(data), "--category", "fabric", "--out", str(run), "--quiet", "--image-size", "64"]
+    args += ["--epochs", "4", "--batch-size", "4", "--flow-steps", "2", "--lr", "0.003"]
+    assert main(["train", *args, "--val-abnormal", str(abnormal), "--val-masks", str(masks)]) == 0
+    printed = capsys.readouterr().out
+
+    log = flowad.api.read_json(run / "train_log.json")
+    vals = [e["val"] for e in log["epochs"]]
+    assert len(vals) == 4 and all(set(v) == {"image_auroc", "pixel_auroc"} for v in vals)
+    best = max(range(4), key=lambda i: (vals[i]["image_auroc"], -i))  # the earliest of equals
+    summary = flowad.api.read_json(run / "config.json")["train"]
+    assert summary["best"]["epoch"] == best + 1 and summary["last"]["epoch"] == 4
+    assert f"best epoch {best + 1} " in printed and "last epoch 4 " in printed
+    text = (run / "flowad.log").read_text()
+    assert all(f"epoch {i}/4 loss " in text for i in range(1, 5)) and "val image_auroc" in text
+
+    # each saved run scores the validation split as its epoch did: the best weights really were kept
+    spec = flowad.DataSpec(str(data), "fabric", val_abnormal_dir=str(abnormal), val_mask_dir=str(masks))
+    val_samples = spec.splits(0).val
+    labels = [s.label for s in val_samples]
+    for path, expected in ((run / "best", vals[best]), (run, vals[3])):
+        net, config = load_run(path)
+        assert config["thresholds"]["method"] == "f1"
+        dataset = ImageDataset(val_samples, 64, net.encoder.mean, net.encoder.std)
+        out = engine.infer(net, dataset, engine.EngineSettings(quiet=True))
+        assert image_auroc(out["scores"], labels) == pytest.approx(expected["image_auroc"], abs=1e-6)
+        assert pixel_auroc(out["maps"], out["masks"]) == pytest.approx(expected["pixel_auroc"], abs=1e-6)
+    assert not (run / "best_state.safetensors").exists() and not (run / "train_state.json").exists()

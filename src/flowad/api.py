@@ -5,8 +5,10 @@ Data flows one way: image files -> features -> latents -> maps -> scores and mas
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
+import logging
 import shutil
 import sys
 import time
@@ -21,9 +23,11 @@ from PIL import Image
 
 from flowad import metrics
 from flowad.checkpoint import (
+    BEST_STATE,
     TRAIN_STATE_JSON,
     TRAIN_STATE_TENSORS,
     atomic_write,
+    load_best_state,
     load_run,
     read_config,
     read_json,
@@ -34,6 +38,7 @@ from flowad.data.datasets import (
     DatasetSplits,
     ImageDataset,
     Sample,
+    anomalies_from_folder,
     btad_splits,
     check_masks,
     folder_splits,
@@ -51,6 +56,8 @@ from flowad.thresholds import DEFAULT_FPR, Thresholds, fixed, from_validation
 from flowad.visualize import mask_image, overlay
 
 LAYOUTS = ("mvtec", "btad", "folder")
+LOG_FILE = "flowad.log"  # what train and test did, epoch by epoch, in the run directory
+logger = logging.getLogger("flowad")
 
 
 @dataclasses.dataclass
@@ -64,6 +71,8 @@ class DataSpec:
     mask_dir: str | None = None  # folder layout: their masks (else <stem>_mask beside them)
     val_dir: str | None = None  # good validation images; else a fraction of the training images
     val_fraction: float = 0.2
+    val_abnormal_dir: str | None = None  # anomalous validation images: F1 thresholds, best-epoch selection
+    val_mask_dir: str | None = None  # their masks (else <stem>_mask beside them)
 
     def splits(self, seed: int) -> DatasetSplits:
         if self.layout not in LAYOUTS:
@@ -82,6 +91,8 @@ class DataSpec:
             splits.val = validation_from_folder(self.val_dir)
         else:
             splits.train, splits.val = split_validation(splits.train, self.val_fraction, seed)
+        if self.val_abnormal_dir is not None:
+            splits.val += anomalies_from_folder(self.val_abnormal_dir, self.val_mask_dir)
         return splits
 
 
@@ -145,34 +156,95 @@ def _train_run(run_dir: Path, request: dict[str, Any], settings: EngineSettings,
     if not splits.val:
         raise InputError("the validation split is empty; use a larger data set or --val-fraction > 0")
     check_masks(splits.test)
+    check_masks(splits.val)
 
     torch.manual_seed(seed)  # the flows' initial weights
     net = cls(config)
     train_set = ImageDataset(splits.train, config.image_size, net.encoder.mean, net.encoder.std)
-    log = train_head(net, train_set, settings, state_dir=run_dir, resume=resume)
-    val = infer(net, ImageDataset(splits.val, config.image_size, net.encoder.mean, net.encoder.std), settings)
+    val_set = ImageDataset(splits.val, config.image_size, net.encoder.mean, net.encoder.std)
     val_labels = np.array([s.label for s in splits.val])
-    thresholds = from_validation(val["scores"], val_labels, val["maps"], None, request["fpr"])
-    summary = {
-        "images": len(splits.train),
-        "validation_images": len(splits.val),
-        "epochs_completed": len(log["epochs"]),
-        "seconds": log["train_seconds"],
-        "feature_cache": log["cache"],
-    }
-    if "diverged" in log:
-        summary["stopped"] = divergence_message(log, config.lr)
-    extra = {"data": request["data"], "seed": seed, "thresholds": dataclasses.asdict(thresholds), "train": summary}
-    save_run(run_dir, net, extra)
-    write_json(run_dir / "train_log.json", log)
-    if "diverged" not in log:  # finished: the per-epoch state has nothing left to resume
-        for name in (TRAIN_STATE_TENSORS, TRAIN_STATE_JSON):
-            (run_dir / name).unlink(missing_ok=True)
+    validate = _validation_metrics(val_set, val_labels, settings) if 0 < val_labels.sum() < len(val_labels) else None
+    with log_to(run_dir):
+        logger.info(
+            "train %s on %s: %d images, %d for validation", request["model"], spec.root, len(train_set), len(val_set)
+        )
+        log = train_head(net, train_set, settings, state_dir=run_dir, resume=resume, validate=validate)
+        summary = {
+            "images": len(splits.train),
+            "validation_images": len(splits.val),
+            "epochs_completed": len(log["epochs"]),
+            "seconds": log["train_seconds"],
+            "feature_cache": log["cache"],
+        }
+        if "diverged" in log:
+            summary["stopped"] = divergence_message(log, config.lr)
+        if "best" in log:
+            summary["best"] = {**log["best"], "run": "best"}
+            summary["last"] = {"epoch": len(log["epochs"]), "val": log["epochs"][-1]["val"]}
+        extra = {"data": request["data"], "seed": seed, "train": summary}
+        _save_with_thresholds(run_dir, net, val_set, val_labels, settings, request["fpr"], extra)
+        write_json(run_dir / "train_log.json", log)
+        if "best" in log:  # the best validation epoch, as a run of its own
+            load_best_state(run_dir, net)
+            _save_with_thresholds(run_dir / "best", net, val_set, val_labels, settings, request["fpr"], extra)
+        if "diverged" not in log:  # finished: the per-epoch state has nothing left to resume
+            for name in (TRAIN_STATE_TENSORS, TRAIN_STATE_JSON, BEST_STATE):
+                (run_dir / name).unlink(missing_ok=True)
+        logger.info("finished: %s", json.dumps(summary))
     if "diverged" in log:
         raise FlowadError(
             f"{summary['stopped']}. The weights of the last good epoch ({len(log['epochs'])}) are saved in {run_dir}"
         )
     return run_dir
+
+
+def _validation_metrics(val_set: ImageDataset, labels: np.ndarray, settings: EngineSettings):
+    """Image AUROC (and pixel AUROC given masks) of a model on a validation split with anomalies."""
+    quiet = dataclasses.replace(settings, quiet=True)
+
+    def validate(net: AnomalyModel) -> dict[str, float]:
+        out = infer(net, val_set, quiet)
+        result = {"image_auroc": metrics.image_auroc(out["scores"], labels)}
+        if out["masks"].any():
+            result["pixel_auroc"] = metrics.pixel_auroc(out["maps"], out["masks"])
+        return result
+
+    return validate
+
+
+def _save_with_thresholds(
+    run_dir: Path,
+    net: AnomalyModel,
+    val_set: ImageDataset,
+    labels: np.ndarray,
+    settings: EngineSettings,
+    fpr: float,
+    extra: dict[str, Any],
+) -> None:
+    """Choose the thresholds of ``net`` on the validation split and save it as a run."""
+    val = infer(net, val_set, settings)
+    masks = val["masks"] if val["masks"].any() else None
+    thresholds = from_validation(val["scores"], labels, val["maps"], masks, fpr)
+    save_run(run_dir, net, {**extra, "thresholds": dataclasses.asdict(thresholds)})
+
+
+@contextlib.contextmanager
+def log_to(run_dir: Path):
+    """Append flowad's log lines to RUN_DIR/flowad.log while the block runs."""
+    handler = logging.FileHandler(Path(run_dir) / LOG_FILE, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%d %H:%M:%S"))
+    logger.addHandler(handler)
+    level = logger.level
+    logger.setLevel(logging.INFO)
+    try:
+        yield
+    except Exception as err:
+        logger.error("stopped: %s", err)
+        raise
+    finally:
+        logger.setLevel(level)
+        logger.removeHandler(handler)
+        handler.close()
 
 
 def _thresholds(config: dict[str, Any], threshold: str | float) -> Thresholds:
@@ -236,6 +308,9 @@ def test(
         from flowad.report import render_report
 
         write_json(run / "metrics.json", result)
+        with log_to(run):
+            shown = {k: result[k] for k in ("image_auroc", "pixel_auroc", "aupro", "iou", "iou_nfa", "threshold")}
+            logger.info("test on %s (%d images): %s", result["data"], len(dataset), json.dumps(shown))
         _save_test_outputs(run / TEST_OUTPUTS, splits.test, out, labels, masks, pred_images, pred_masks, nfa)
         render_report(run)
     return result

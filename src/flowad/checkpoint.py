@@ -22,6 +22,7 @@ from flowad.models import AnomalyModel, model_class
 
 TRAIN_STATE_TENSORS = "train_state.safetensors"
 TRAIN_STATE_JSON = "train_state.json"
+BEST_STATE = "best_state.safetensors"  # the head at the best validation epoch, while training
 
 FORMAT = "flowad-run"
 FORMAT_VERSION = 1
@@ -204,6 +205,14 @@ def save_train_state(
             "log": log,
         },
     )
+
+
+def save_best_state(run_dir: Path, model: AnomalyModel) -> None:
+    _save_tensors(Path(run_dir) / BEST_STATE, model.trainable_state())
+
+
+def load_best_state(run_dir: Path, model: AnomalyModel) -> None:
+    _load_into(model, _load_tensors(Path(run_dir) / BEST_STATE), Path(run_dir) / BEST_STATE, partial=True)
 
 
 def load_train_state(

@@ -129,6 +129,11 @@ def build_parser(defaults: dict[str, object] | None = None, command: str = "trai
         help="fraction of good training images held out to set thresholds (default 0.2)",
     )
     p.add_argument(
+        "--val-abnormal",
+        help="folder of anomalous validation images: F1 thresholds, and the best epoch kept beside the last",
+    )
+    p.add_argument("--val-masks", help="folder of their masks (default: <stem>_mask files beside them)")
+    p.add_argument(
         "--fpr",
         type=float,
         default=0.01,
@@ -298,6 +303,7 @@ def _run(args: argparse.Namespace) -> int:
     elif args.command == "train" and args.resume is not None:
         run = api.resume(args.resume, _settings(args))
         print(f"resumed and finished {run}")
+        _print_best_and_last(run)
     elif args.command == "train":
         if args.data is None or args.out is None:
             raise InputError("train needs --data and --out (or --resume RUN_DIR)")
@@ -310,6 +316,8 @@ def _run(args: argparse.Namespace) -> int:
             mask_dir=args.masks,
             val_dir=args.val_dir,
             val_fraction=args.val_fraction,
+            val_abnormal_dir=args.val_abnormal,
+            val_mask_dir=args.val_masks,
         )
         settings = _settings(args, cache=args.cache, cache_limit_gb=args.cache_limit_gb)
         run = api.train(
@@ -323,6 +331,7 @@ def _run(args: argparse.Namespace) -> int:
             **options,
         )
         print(f"trained {args.model}; run directory: {run}")
+        _print_best_and_last(run)
     elif args.command == "test":
         result = api.test(args.run, args.data, args.category, args.threshold, _settings(args))
         print(api.format_metrics(result))
@@ -346,6 +355,17 @@ def _run(args: argparse.Namespace) -> int:
 
         print(f"wrote {render_report(args.run)}")
     return 0
+
+
+def _print_best_and_last(run: Path) -> None:
+    """With a validation split that holds anomalies: the best epoch's run and the last epoch's."""
+    from flowad.api import read_json
+
+    summary = read_json(run / "config.json")["train"]
+    for which, path in (("best", run / "best"), ("last", run)):
+        if which in summary:
+            val = ", ".join(f"{k} {v:.4f}" for k, v in summary[which]["val"].items())
+            print(f"{which} epoch {summary[which]['epoch']} (validation {val}): {path}")
 
 
 def _demo(args: argparse.Namespace) -> None:

@@ -9,9 +9,10 @@ order for the same seed.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,11 +20,12 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from flowad.checkpoint import load_train_state, save_train_state
+from flowad.checkpoint import load_train_state, save_best_state, save_train_state
 from flowad.errors import FlowadError
 from flowad.models.base import AnomalyModel
 
 BYTES_PER_FLOAT = 4
+logger = logging.getLogger("flowad")
 
 
 @dataclasses.dataclass
@@ -121,8 +123,12 @@ def train(
     settings: EngineSettings,
     state_dir: Path | None = None,
     resume: bool = False,
+    validate: Callable[[AnomalyModel], dict[str, float]] | None = None,
 ) -> dict[str, Any]:
     """Train the model's head on ``train_set`` (normal images only). Returns the training log.
+
+    ``validate`` (given a validation split with anomalies) scores the calibrated model after every
+    epoch; its first metric picks the best epoch, whose weights are kept in ``state_dir`` beside the last.
 
     With ``state_dir`` the training state (head, optimiser, schedule, shuffling generator) is saved
     atomically after every epoch, so ``resume=True`` continues an interrupted run from its last finished
@@ -169,9 +175,12 @@ def train(
         if scheduler is not None:
             scheduler.step()
         mean_loss = float(np.mean(losses))
-        log["epochs"].append({"epoch": epoch + 1, "loss": mean_loss, "seconds": time.perf_counter() - t0})
-        if hasattr(epochs, "set_postfix"):
-            epochs.set_postfix(loss=f"{mean_loss:.4g}")
+        entry = {"epoch": epoch + 1, "loss": mean_loss, "seconds": time.perf_counter() - t0}
+        log["epochs"].append(entry)
+        if validate is not None:
+            entry["val"] = _validate(model, source, validate)
+            _keep_if_best(log, entry, model, state_dir)
+        _report_epoch(epochs, entry, model.config.epochs, validate is not None)
         if state_dir is not None:
             save_train_state(state_dir, model, optimizer, scheduler, generator, log)
     model.eval()
@@ -179,6 +188,38 @@ def train(
         model.calibrate(_calibration_batches(model, source))
     log["train_seconds"] = time.perf_counter() - start
     return log
+
+
+def _validate(model: AnomalyModel, source, validate: Callable[[AnomalyModel], dict[str, float]]) -> dict[str, float]:
+    model.eval()
+    with torch.no_grad():
+        model.calibrate(_calibration_batches(model, source))  # the maps as the finished model would make them
+        metrics = validate(model)
+    model.train()
+    return metrics
+
+
+def _keep_if_best(log: dict[str, Any], entry: dict[str, Any], model: AnomalyModel, state_dir: Path | None) -> None:
+    """Remember the epoch with the highest first validation metric (the earliest of equals)."""
+    key, value = next(iter(entry["val"].items()))
+    best = log.get("best")
+    if best is None or value > best["val"][key]:
+        log["best"] = {"epoch": entry["epoch"], "val": entry["val"]}
+        if state_dir is not None:
+            save_best_state(state_dir, model)
+
+
+def _report_epoch(bar, entry: dict[str, Any], total: int, validating: bool) -> None:
+    """Loss (and validation metrics) in the progress bar, the log file, and a line per epoch when validating."""
+    val = " ".join(f"{k} {v:.4f}" for k, v in entry.get("val", {}).items() if v is not None)
+    line = f"epoch {entry['epoch']}/{total} loss {entry['loss']:.5g} ({entry['seconds']:.1f} s)" + (
+        f" val {val}" if val else ""
+    )
+    logger.info(line)
+    if hasattr(bar, "set_postfix"):
+        bar.set_postfix(loss=f"{entry['loss']:.4g}")
+        if validating:
+            bar.write(line)
 
 
 class TrainingDiverged(FlowadError):

@@ -44,7 +44,7 @@ class Sample:
 
 @dataclass
 class DatasetSplits:
-    """Train (good only), validation (good only) and test samples of one data set."""
+    """Train (good only), validation (good, plus anomalies when given) and test samples of one data set."""
 
     train: list[Sample]
     val: list[Sample]
@@ -159,6 +159,11 @@ def split_validation(train: list[Sample], fraction: float, seed: int) -> tuple[l
 def validation_from_folder(folder: str | Path) -> list[Sample]:
     """Good validation samples (label 0) from a separate folder of images."""
     return [Sample(path, 0) for path in list_images(folder)]
+
+
+def anomalies_from_folder(folder: str | Path, mask_dir: str | Path | None = None) -> list[Sample]:
+    """Anomalous samples (label 1) of a folder, with masks found as :func:`folder_splits` finds them."""
+    return _folder_anomalies(_existing_dir(folder), mask_dir)
 
 
 def check_masks(samples: Sequence[Sample]) -> None:
