@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from flowad import metrics
+from flowad import distributed, metrics
 from flowad.checkpoint import (
     BEST_STATE,
     TRAIN_STATE_JSON,
@@ -133,16 +133,20 @@ def train(
     settings = dataclasses.replace(settings or EngineSettings(), seed=seed)
     model_class(model).config_class.from_dict(options)  # bad options fail before anything is written
     spec.splits(seed)
-    run_dir = _prepare_run_dir(out, force)
     request = {"model": model, "options": options, "data": dataclasses.asdict(spec), "seed": seed, "fpr": fpr}
-    write_json(run_dir / REQUEST_FILE, {**request, "settings": dataclasses.asdict(settings)})
-    return _train_run(run_dir, request, settings, resume=False)
+
+    def prepare() -> Path:  # under torchrun the main process alone writes the run directory
+        run_dir = _prepare_run_dir(out, force)
+        write_json(run_dir / REQUEST_FILE, {**request, "settings": dataclasses.asdict(settings)})
+        return run_dir
+
+    return _train_run(distributed.on_main(prepare), request, settings, resume=False)
 
 
 def resume(run: str | Path, settings: EngineSettings | None = None) -> Path:
     """Continue an interrupted ``train`` from its last finished epoch; ends with the same weights."""
     run_dir = Path(run)
-    request = read_json(run_dir / REQUEST_FILE)
+    request = distributed.on_main(lambda: read_json(run_dir / REQUEST_FILE))
     saved = EngineSettings(**request.pop("settings"))
     settings = dataclasses.replace(saved, device=settings.device, quiet=settings.quiet) if settings else saved
     return _train_run(run_dir, request, settings, resume=True)
@@ -168,7 +172,11 @@ def _train_run(run_dir: Path, request: dict[str, Any], settings: EngineSettings,
         logger.info(
             "train %s on %s: %d images, %d for validation", request["model"], spec.root, len(train_set), len(val_set)
         )
-        log = train_head(net, train_set, settings, state_dir=run_dir, resume=resume, validate=validate)
+        resume_hint = f"the run directory keeps the last finished epoch: continue with flowad train --resume {run_dir}"
+        with distributed.peers_lost_as_error(resume_hint):
+            log = train_head(net, train_set, settings, state_dir=run_dir, resume=resume, validate=validate)
+        if not distributed.is_main():
+            return run_dir  # the main process writes the run
         summary = {
             "images": len(splits.train),
             "validation_images": len(splits.val),
@@ -230,7 +238,10 @@ def _save_with_thresholds(
 
 @contextlib.contextmanager
 def log_to(run_dir: Path):
-    """Append flowad's log lines to RUN_DIR/flowad.log while the block runs."""
+    """Append flowad's log lines to RUN_DIR/flowad.log while the block runs (from the main process)."""
+    if not distributed.is_main():
+        yield
+        return
     handler = logging.FileHandler(Path(run_dir) / LOG_FILE, encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%d %H:%M:%S"))
     logger.addHandler(handler)
@@ -463,16 +474,21 @@ def benchmark(
     ``per_category`` maps a category to options that replace ``options`` for it (per-category settings).
     """
     out = Path(out)
+    names = list(categories or list_categories(data, layout))
     results = {}
-    for category in categories or list_categories(data, layout):
-        own = {**options, **(per_category or {}).get(category, {})}
-        run = train(
-            model, data, out / category, category=category, layout=layout, force=force, settings=settings, **own
-        )
-        results[category] = test(run, settings=settings)
-    rows = category_table(results)
-    atomic_write(out / "table.csv", format_table(rows, "csv"))
-    atomic_write(out / "table.md", format_table(rows, "markdown"))
+    share = distributed.shard(names)  # under torchrun each process takes its share of the categories
+    with distributed.alone():
+        for category in share:
+            own = {**options, **(per_category or {}).get(category, {})}
+            run = train(
+                model, data, out / category, category=category, layout=layout, force=force, settings=settings, **own
+            )
+            results[category] = test(run, settings=settings)
+    gathered = {c: r for part in distributed.all_gather(results) for c, r in part.items()}
+    rows = category_table({c: gathered[c] for c in names})
+    if distributed.is_main():
+        atomic_write(out / "table.csv", format_table(rows, "csv"))
+        atomic_write(out / "table.md", format_table(rows, "markdown"))
     return rows
 
 
@@ -588,12 +604,18 @@ def predict(
     """Score image files; write a heat-map overlay, a mask PNG and a JSON line per image to ``out``.
 
     Unreadable files are skipped with one warning line each on stderr; the good ones are still written.
+    Under torchrun each process scores its share of the files, and the main process writes the JSON lines
+    of all of them, in the order of the inputs, as one process would.
     """
     detector = Detector.load(run, threshold, engine)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    lines, records, skipped, used = [], [], 0, set()
-    for path in _expand_inputs(inputs):
+    files = _expand_inputs(inputs)
+    used: set[str] = set()  # output names are set over every input, so that each process names files alike
+    stems = [_unique_stem(used, path) if is_image_file(path) else "" for path in files]
+    scored, skipped = [], 0
+    for i in distributed.shard(range(len(files))):
+        path = files[i]
         try:
             if not is_image_file(path):
                 raise InputError(f"{path} is not an image file (expected .png, .jpg, .jpeg, .bmp, .tif or .tiff)")
@@ -604,8 +626,7 @@ def predict(
             continue
         result = detector.predict([rgb])[0]
         heat = detector.thresholds.normalise(result["map"])
-        stem = _unique_stem(used, path)
-        heat_path, mask_path = out / f"{stem}_heatmap.png", out / f"{stem}_mask.png"
+        heat_path, mask_path = out / f"{stems[i]}_heatmap.png", out / f"{stems[i]}_mask.png"
         _write_png(heat_path, overlay(rgb, heat))
         _write_png(mask_path, mask_image(result["mask"]))
         record = {
@@ -617,9 +638,13 @@ def predict(
             "heatmap": str(heat_path),
             "mask": str(mask_path),
         }
-        records.append(record)
-        lines.append(json.dumps(record))
-    atomic_write(out / "predictions.jsonl", "".join(line + "\n" for line in lines))
+        scored.append((i, record))
+    shares = distributed.all_gather((scored, skipped))
+    records = [record for _, record in sorted((p for part, _ in shares for p in part), key=lambda p: p[0])]
+    skipped = sum(n for _, n in shares)
+    if not distributed.is_main():
+        return records
+    atomic_write(out / "predictions.jsonl", "".join(json.dumps(record) + "\n" for record in records))
     if not quiet:
         flagged = sum(r["anomalous"] for r in records)
         print(

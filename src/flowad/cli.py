@@ -6,9 +6,12 @@ Exit status: 0 on success, 2 on bad usage or bad input (the message goes to stde
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import sys
 from pathlib import Path
 
+from flowad import distributed
 from flowad.engine import EngineSettings
 from flowad.errors import FlowadError, InputError
 
@@ -80,10 +83,21 @@ DEMO_PRESETS: dict[str, dict[str, int]] = {"fastflow": {"batch_size": 8, "epochs
 def _add_engine_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_dist_timeout(p)
+
+
+def _add_dist_timeout(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--dist-timeout",
+        type=float,
+        default=distributed.DEFAULT_TIMEOUT,
+        help="under torchrun: seconds a process waits for the others in a training step before the job fails "
+        f"(default {distributed.DEFAULT_TIMEOUT:g})",
+    )
 
 
 def _settings(args: argparse.Namespace, **extra) -> EngineSettings:
-    return EngineSettings(device=args.device, quiet=args.quiet, **extra)
+    return EngineSettings(device=args.device, quiet=args.quiet, dist_timeout=args.dist_timeout, **extra)
 
 
 def build_parser(defaults: dict[str, object] | None = None, command: str = "train") -> argparse.ArgumentParser:
@@ -203,6 +217,7 @@ def build_parser(defaults: dict[str, object] | None = None, command: str = "trai
         choices=["torch", "onnx"],
         help="torch (default) or onnx: onnxruntime on RUN/model.onnx written by 'flowad export'",
     )
+    _add_dist_timeout(p)
 
     p = sub.add_parser("export", help="export a run for deployment: one ONNX graph, image batch -> map and score")
     p.add_argument("--run", required=True, type=Path, help="run directory")
@@ -284,13 +299,23 @@ def main(argv: list[str] | None = None) -> int:
                 args.per_category = {
                     c: {k: v for k, v in opts.items() if k not in given} for c, opts in per_category.items()
                 }
-        return _run(args)
+        timeout, device = getattr(args, "dist_timeout", distributed.DEFAULT_TIMEOUT), getattr(args, "device", "auto")
+        with distributed.session(timeout, device), _main_prints_only():  # under torchrun: one process group
+            return _run(args)
     except FlowadError as err:
-        print(f"flowad: error: {err}", file=sys.stderr)
+        if not getattr(err, "reported_by_main", False):  # under torchrun: the same error from every process
+            print(f"flowad: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("flowad: interrupted", file=sys.stderr)
         return 130
+
+
+def _main_prints_only() -> contextlib.AbstractContextManager:
+    """Under torchrun only the main process prints results (errors and warnings still come from every one)."""
+    if distributed.is_main():
+        return contextlib.nullcontext()
+    return contextlib.redirect_stdout(io.StringIO())
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -361,6 +386,8 @@ def _print_best_and_last(run: Path) -> None:
     """With a validation split that holds anomalies: the best epoch's run and the last epoch's."""
     from flowad.api import read_json
 
+    if not distributed.is_main():  # the main process writes the run, maybe still now
+        return
     summary = read_json(run / "config.json")["train"]
     for which, path in (("best", run / "best"), ("last", run)):
         if which in summary:

@@ -3,7 +3,8 @@
 The backbone is frozen and no augmentation is used, so the encoder's features are computed once and
 every epoch trains the flow head on the cache. When the cache would not fit the memory budget the
 features are recomputed each epoch instead (streaming); both paths see the same batches in the same
-order for the same seed.
+order for the same seed. Under torchrun the same loop trains data-parallel: each process holds its share
+of the images and every step averages the processes' gradients (see :func:`_steps`).
 """
 
 from __future__ import annotations
@@ -18,8 +19,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
 
+from flowad import distributed
 from flowad.checkpoint import load_train_state, save_best_state, save_train_state
 from flowad.errors import FlowadError
 from flowad.models.base import AnomalyModel
@@ -39,6 +41,7 @@ class EngineSettings:
     inference_batch_size: int = 1  # on the CPU batch 1 is the fastest per image
     num_workers: int = 0
     quiet: bool = False
+    dist_timeout: float = distributed.DEFAULT_TIMEOUT  # torchrun jobs: seconds to wait for the others in a step
 
 
 def resolve_device(name: str) -> torch.device:
@@ -117,6 +120,78 @@ def _epoch_batches(
         yield from model.training_batches(features, features[0].shape[0], generator)
 
 
+def _steps(
+    model: AnomalyModel, source: list[torch.Tensor] | _StreamedFeatures, generator: torch.Generator, n_images: int
+) -> Iterator[tuple[Any, float]]:
+    """One epoch of optimiser steps: (this process's batch, or None when it has no part, and its share of the step).
+
+    ``source`` holds this process's share of the ``n_images`` training images: image i is row i // world of
+    process i % world (see :func:`flowad.distributed.shard`).
+    """
+    world, rank = distributed.world_size(), distributed.rank()
+    if world == 1:
+        for batch in _epoch_batches(model, source, generator):
+            yield batch, 1.0
+        return
+    if model.image_batches:
+        # every process draws the global batches of a one-process run, and keeps its own images of each
+        for (ids,) in model.training_batches([torch.arange(n_images)], model.config.batch_size, generator):
+            rows = ids[ids % world == rank] // world
+            yield (_take(source, rows) if len(rows) else None), len(rows) / len(ids)
+        return
+    # batches the model regroups (fibers) come from this process's images, shuffled by a generator of its
+    # own drawn from the shared one (so a resumed run goes on alike); a step averages the processes with a batch
+    seed = int(torch.randint(2**62, (), generator=generator))
+    own = _epoch_batches(model, source, torch.Generator().manual_seed(seed + rank))
+    while True:
+        batch = next(own, None)
+        active = int(distributed.all_sum(torch.tensor(float(batch is not None))).item())
+        if not active:
+            return
+        yield batch, (1 / active if batch is not None else 0.0)
+
+
+def _take(source: list[torch.Tensor] | _StreamedFeatures, rows: torch.Tensor) -> list[torch.Tensor]:
+    return [f[rows] for f in source] if isinstance(source, list) else source.take(rows)
+
+
+def _plain_loss(model: AnomalyModel) -> Callable[[Any, float], tuple[torch.Tensor, float]]:
+    """One process: the model's loss, and its value."""
+
+    def loss_and_value(batch: Any, share: float) -> tuple[torch.Tensor, float]:
+        loss = model.training_loss(batch)
+        return loss, loss.item()
+
+    return loss_and_value
+
+
+def _restore(
+    state_dir: Path | None,
+    model: AnomalyModel,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any | None,
+    generator: torch.Generator,
+) -> dict[str, Any]:
+    """The saved training state; in a data-parallel run the main process reads it and hands it to the others."""
+    if distributed.world_size() == 1:
+        return load_train_state(state_dir, model, optimizer, scheduler, generator)
+
+    def read() -> tuple:
+        log = load_train_state(state_dir, model, optimizer, scheduler, generator)
+        head = {k: v.cpu() for k, v in model.trainable_state().items()}
+        schedule = None if scheduler is None else scheduler.state_dict()
+        return log, head, optimizer.state_dict(), schedule, generator.get_state()
+
+    log, head, optim, schedule, generator_state = distributed.on_main(read)
+    if not distributed.is_main():
+        model.load_state_dict(head, strict=False)
+        optimizer.load_state_dict(optim)
+        if scheduler is not None:
+            scheduler.load_state_dict(schedule)
+        generator.set_state(generator_state)
+    return log
+
+
 def train(
     model: AnomalyModel,
     train_set: Dataset,
@@ -144,15 +219,23 @@ def train(
     scheduler = model.scheduler(optimizer, model.config.epochs)  # stepped once per epoch
     log: dict[str, Any] = {"epochs": []}
     if resume:
-        log = load_train_state(state_dir, model, optimizer, scheduler, generator)
+        log = _restore(state_dir, model, optimizer, scheduler, generator)
+    # data-parallel (under torchrun): this process caches its share of the images; only the main one writes
+    parallel = distributed.world_size() > 1
+    images = Subset(train_set, distributed.shard(range(len(train_set)))) if parallel else train_set
+    save_dir = state_dir if distributed.is_main() else None
+    settings = settings if distributed.is_main() else dataclasses.replace(settings, quiet=True)
 
-    needed = feature_cache_bytes(model, len(train_set))
+    needed = feature_cache_bytes(model, len(images))
     use_cache = settings.cache == "on" or (settings.cache == "auto" and needed <= settings.cache_limit_gb * 2**30)
     log.update(cache=use_cache, cache_bytes=needed)
     start = time.perf_counter()
-    cache = extract_features(model, train_set, settings, device) if use_cache else None
+    cache = extract_features(model, images, settings, device) if use_cache else None
     log["feature_seconds"] = time.perf_counter() - start
-    source = cache if cache is not None else _StreamedFeatures(model, train_set, device)
+    source = cache if cache is not None else _StreamedFeatures(model, images, device)
+    # calibration needs every training image: a data-parallel run streams them (only models that calibrate read)
+    everything = _StreamedFeatures(model, train_set, device) if parallel else source
+    step_loss = distributed.DataParallelLoss(model, model.image_batches) if parallel else _plain_loss(model)
 
     model.train()
     first = len(log["epochs"])
@@ -160,15 +243,15 @@ def train(
     for epoch in epochs:
         t0 = time.perf_counter()
         losses = []
-        for batch in _epoch_batches(model, source, generator):
-            loss = model.training_loss(batch)
-            if not torch.isfinite(loss):
-                log["diverged"] = {"epoch": epoch + 1, "loss": loss.item()}
+        for batch, share in _steps(model, source, generator, len(train_set)):
+            loss, value = step_loss(batch, share)
+            if not math.isfinite(value):
+                log["diverged"] = {"epoch": epoch + 1, "loss": value}
                 break
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            losses.append(loss.item())
+            losses.append(value)
         if "diverged" in log:
             _back_to_last_good(log, model, state_dir, optimizer, scheduler, generator)
             break
@@ -178,14 +261,16 @@ def train(
         entry = {"epoch": epoch + 1, "loss": mean_loss, "seconds": time.perf_counter() - t0}
         log["epochs"].append(entry)
         if validate is not None:
-            entry["val"] = _validate(model, source, validate)
-            _keep_if_best(log, entry, model, state_dir)
+            entry["val"] = _validate(model, everything, validate)
+            _keep_if_best(log, entry, model, save_dir)
         _report_epoch(epochs, entry, model.config.epochs, validate is not None)
-        if state_dir is not None:
-            save_train_state(state_dir, model, optimizer, scheduler, generator, log)
+        if save_dir is not None:
+            with distributed.uninterrupted():  # a stop from torchrun lets the epoch's state be written whole
+                save_train_state(save_dir, model, optimizer, scheduler, generator, log)
+        distributed.wait_for_all()  # the others wait for the main process's writing without a timeout
     model.eval()
     with torch.no_grad():
-        model.calibrate(_calibration_batches(model, source))
+        model.calibrate(_calibration_batches(model, everything))
     log["train_seconds"] = time.perf_counter() - start
     return log
 
@@ -238,7 +323,7 @@ def _back_to_last_good(log, model, state_dir, optimizer, scheduler, generator) -
     if not log["epochs"] or state_dir is None:
         raise TrainingDiverged(divergence_message(log, model.config.lr) + "; no epoch had finished, nothing was kept")
     diverged = log.pop("diverged")
-    kept = load_train_state(state_dir, model, optimizer, scheduler, generator)
+    kept = _restore(state_dir, model, optimizer, scheduler, generator)
     log.clear()
     log.update(kept, diverged=diverged)
 

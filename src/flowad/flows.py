@@ -123,9 +123,7 @@ class AffineCoupling(nn.Module):
         scale = self._scale()
         log_det = log_det + x[0, 0].numel() * torch.log(scale).sum()
         if self.perm is None:
-            y = torch.addcmul(
-                _per_channel(self.global_offset, x), torch.cat([x1, y2], dim=1), _per_channel(scale, x)
-            )
+            y = torch.addcmul(_per_channel(self.global_offset, x), torch.cat([x1, y2], dim=1), _per_channel(scale, x))
             return self._mix(y, inverse=False), log_det
         return _AffineShuffle.apply(x1, y2, scale, self.global_offset, self.perm, self.perm_inverse), log_det
 
@@ -140,9 +138,7 @@ class AffineCoupling(nn.Module):
         log_det = log_scale.flatten(1).sum(1)
 
         scale = self._scale()
-        y = torch.addcmul(
-            _per_channel(self.global_offset, x), torch.cat([x1, y2], dim=1), _per_channel(scale, x)
-        )
+        y = torch.addcmul(_per_channel(self.global_offset, x), torch.cat([x1, y2], dim=1), _per_channel(scale, x))
         pixels = x[0, 0].numel()
         log_det = log_det + pixels * torch.log(scale).sum()
         return self._mix(y, inverse=False), log_det

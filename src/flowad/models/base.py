@@ -55,6 +55,9 @@ class AnomalyModel(nn.Module):
     name: ClassVar[str]
     config_class: ClassVar[type[ModelConfig]]
     encoder: Encoder
+    # True when training_batches yields image batches (one row per image): data-parallel training can then
+    # split every batch by image and match a one-process run exactly
+    image_batches: ClassVar[bool] = True
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
@@ -102,7 +105,9 @@ class AnomalyModel(nn.Module):
 
     def optimizer(self) -> torch.optim.Optimizer:
         params = [p for p in self.parameters() if p.requires_grad]
-        return torch.optim.Adam(params, lr=self.config.lr, weight_decay=self.config.weight_decay)
+        # the fused kernel: one pass over all tensors instead of ~10 ops per tensor (CFLOW's many small steps)
+        fused = all(p.device.type in ("cpu", "cuda") and p.dtype.is_floating_point for p in params)
+        return torch.optim.Adam(params, lr=self.config.lr, weight_decay=self.config.weight_decay, fused=fused)
 
     def scheduler(self, optimizer: torch.optim.Optimizer, epochs: int) -> Any | None:
         """A learning-rate schedule stepped once per epoch, or None."""

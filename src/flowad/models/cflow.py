@@ -110,6 +110,7 @@ class FlowLatents(list):
 class CFlow(AnomalyModel):
     name = "cflow"
     config_class = CFlowConfig
+    image_batches = False  # fiber batches
 
     def __init__(self, config: CFlowConfig) -> None:
         super().__init__(config)
