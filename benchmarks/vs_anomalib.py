@@ -1,0 +1,447 @@
+"""flowad against anomalib 2.7, side by side: FastFlow, CFlow and U-Flow on the same data, backbone and settings.
+
+    python benchmarks/vs_anomalib.py --append benchmarks/RESULTS.md
+
+anomalib is installed into a virtual environment of its own (``.venv-anomalib/`` at the repository root,
+created with ``--system-site-packages`` so that both sides run the machine's torch); it is never a
+dependency of flowad. Each side runs in its own process (``_anomalib_worker.py`` in that environment,
+``_flowad_worker.py`` in this Python) with the same thread count, so peak RSS is per side and model.
+
+For each model, ``--repeats`` times, sides alternating (flowad, anomalib, flowad, anomalib, ...):
+
+- train with the same backbone, input size, batch size and number of epochs on one category of the demo
+  data (anomalib through its ``Engine``, validation off and no checkpoint files; flowad through
+  ``flowad.engine.train``, whose first step caches the backbone features);
+- time per epoch (epochs 2..E: flowad's first epoch follows the feature caching) and the whole training
+  ("time to reach the final epoch's quality");
+- score the test split; image AUROC, pixel AUROC and AUPRO of both sides' maps with ``flowad.metrics``;
+- time the torch module's forward, image tensor -> anomaly map, warm, in inference mode, at batch 1 and 16;
+- peak RSS of the process.
+
+Then AUPRO alone: anomalib's ``AUPRO`` and ``flowad.metrics.aupro`` timed on the same maps and masks (both
+sides' maps of the first repeat), values compared. Figures are medians over repeats.
+
+No pretrained weights can be downloaded for anomalib's backbone names here, so both sides load the same
+randomly initialised backbone (``torch.manual_seed(--seed)``, saved once to a .safetensors file).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from datetime import date
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+HERE = Path(__file__).resolve().parent
+ANOMALIB_VERSION = "2.7.0"
+MODELS = ("fastflow", "cflow", "uflow")
+SIDES = ("flowad", "anomalib")
+# issue targets, flowad / anomalib
+TARGET_INFER = 0.5
+TARGET_TRAIN = 0.2
+TARGET_AUPRO = 0.1
+AUPRO_TOLERANCE = 1e-3
+
+# what each side is given, per model (anomalib's defaults; flowad's worker sets the same values)
+SETTINGS = {
+    "fastflow": "layers 1-3 (strides 4, 8, 16) + LayerNorm, 8 flow steps (3x3/1x1), hidden ratio 1, clamp 2; "
+    "Adam lr 1e-3, weight decay 1e-5",
+    "cflow": "layers 2-4 (strides 8, 16, 32), 8 coupling blocks, condition 128, clamp 1.9, fibers of 64; Adam lr 1e-4",
+    "uflow": "layers 1-3 (strides 4, 8, 16) + LayerNorm, 4 flow steps per scale, clamp 2; Adam lr 1e-3, "
+    "weight decay 1e-5, LinearLR 1 -> 0.4 over 25000 epochs",
+}
+
+# what is not identical between the two sides, per model (reported with the results)
+DIFFERENCES = {
+    "fastflow": "the map is 1 - mean p in flowad, -mean p in anomalib (the same ranking)",
+    "cflow": "anomalib normalises each test batch's likelihoods by that batch's maxima (maps depend on their "
+    "batch-mates; test batches of 32) and upsamples with align_corners=True; flowad uses constants calibrated on "
+    "the training images and align_corners=False. anomalib shuffles fibers within each batch of 32 images, flowad "
+    "over all training images (the same number of Adam steps per epoch)",
+    "uflow": "anomalib moves channels between scales with FrEIA's IRevNetUpsampling, flowad with pixel_shuffle "
+    "(both invertible, log|det| = 0, a different channel order). anomalib's U-Flow gets an explicit pre-processor "
+    "(resize to the input size, ImageNet normalisation: its default resizes to 448 whatever the backbone), and "
+    "its CNN extractor asks timm for pretrained weights whatever its arguments, so the anomalib worker makes timm "
+    "build random weights before loading the shared ones. flowad's LinearLR end factor is set so that its "
+    "learning rate equals anomalib's (1 -> 0.4 over 25000 epochs) at every epoch",
+}
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS))
+    parser.add_argument("--category", default="fabric", help="demo data category (fabric or pill)")
+    parser.add_argument("--data", help="MVTec-layout root holding --category (default: demo data under --work)")
+    parser.add_argument("--backbone", default="resnet18", help="a name both libraries accept for every model")
+    parser.add_argument("--image-size", type=int, default=256)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=3, help="runs per side and model (medians)")
+    parser.add_argument("--rounds", type=int, default=3, help="timed rounds inside each process (medians)")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads in every worker process")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--venv", default=str(ROOT / ".venv-anomalib"), help="anomalib's virtual environment")
+    parser.add_argument("--work", default=str(ROOT / "runs" / "vs_anomalib"), help="data, maps, logs")
+    parser.add_argument("--append", metavar="RESULTS_MD", help="append the results section to this file")
+    args = parser.parse_args()
+    if args.epochs < 1 or args.repeats < 1 or args.rounds < 1 or args.threads < 1:
+        parser.error("--epochs, --repeats, --rounds and --threads must be at least 1")
+    for name in ("data", "venv", "work"):  # the workers run from the repository root
+        if getattr(args, name):
+            setattr(args, name, str(Path(getattr(args, name)).resolve()))
+    return args
+
+
+# --------------------------------------------------------------------------------------------------
+# environment, data, weights
+# --------------------------------------------------------------------------------------------------
+
+PROBE = (
+    "import json, warnings; warnings.simplefilter('ignore'); import anomalib, torch, torchvision; "
+    "print(json.dumps({'anomalib': anomalib.__version__, 'torch': torch.__version__, "
+    "'torch_file': torch.__file__, 'torchvision': torchvision.__version__}))"
+)
+
+
+def probe(python: Path) -> dict | None:
+    out = subprocess.run([str(python), "-c", PROBE], capture_output=True, text=True)
+    if out.returncode != 0:
+        return None
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def ensure_anomalib(venv: Path) -> dict:
+    """anomalib 2.7 in its own virtual environment over this Python's packages (torch included)."""
+    python = venv / "bin" / "python"
+    if not python.exists():
+        print(f"creating {venv} (--system-site-packages: anomalib runs on this machine's torch)", flush=True)
+        subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True)
+    found = probe(python)
+    if found is None or found["anomalib"] != ANOMALIB_VERSION:
+        print(f"installing anomalib=={ANOMALIB_VERSION} into {venv}", flush=True)
+        subprocess.run([str(python), "-m", "pip", "install", "--quiet", f"anomalib=={ANOMALIB_VERSION}"], check=True)
+        found = probe(python)
+    if found is None or found["anomalib"] != ANOMALIB_VERSION:
+        raise SystemExit(f"`import anomalib` fails in {venv} or is not {ANOMALIB_VERSION}: {found}")
+    import torch
+
+    if found["torch"] != torch.__version__ or Path(found["torch_file"]) != Path(torch.__file__):
+        raise SystemExit(
+            f"{venv} runs torch {found['torch']} from {found['torch_file']}, not this machine's {torch.__version__}; "
+            "both sides must run the same torch"
+        )
+    return found
+
+
+def ensure_data(args: argparse.Namespace) -> Path:
+    if args.data:
+        root = Path(args.data)
+        if not (root / args.category / "train").is_dir():
+            raise SystemExit(f"{root / args.category / 'train'} not found; expected an MVTec-layout root")
+        return root
+    from flowad.data.synthetic import make_demo_dataset
+
+    root = Path(args.work) / "data"
+    if not (root / args.category / "train").is_dir():
+        make_demo_dataset(root, categories=(args.category,))
+    return root
+
+
+def ensure_weights(args: argparse.Namespace) -> Path:
+    """The backbone both sides load: timm's random initialisation under ``--seed``, full state dict."""
+    path = Path(args.work) / f"{args.backbone}_random_seed{args.seed}.safetensors"
+    if not path.exists():
+        import timm
+        import torch
+        from safetensors.torch import save_file
+
+        torch.manual_seed(args.seed)
+        model = timm.create_model(args.backbone, pretrained=False)
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+    return path
+
+
+def machine() -> str:
+    import torch
+
+    cpu = platform.processor() or "unknown CPU"
+    memory = ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+        with open("/proc/meminfo") as f:
+            kib = next(int(line.split()[1]) for line in f if line.startswith("MemTotal"))
+            memory = f", {kib / 2**20:.0f} GiB"
+    except (OSError, StopIteration, ValueError):
+        pass
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    return f"{cpu}, {os.cpu_count()} cores{memory}, {gpu}, torch {torch.__version__.split('+')[0]}"
+
+
+# --------------------------------------------------------------------------------------------------
+# running the workers
+# --------------------------------------------------------------------------------------------------
+
+
+def worker(side: str, task: str, extra: list[str], args: argparse.Namespace, tag: str) -> tuple[dict, float]:
+    """Run one worker process; returns its JSON result and its peak RSS in MiB."""
+    work = Path(args.work)
+    python = Path(args.venv) / "bin" / "python" if side == "anomalib" else Path(sys.executable)
+    script = HERE / f"_{side}_worker.py"
+    json_out = work / "json" / f"{tag}.json"
+    log = work / "logs" / f"{tag}.log"
+    for folder in (json_out.parent, log.parent):
+        folder.mkdir(parents=True, exist_ok=True)
+    json_out.unlink(missing_ok=True)
+    cmd = [str(python), str(script), task, "--threads", str(args.threads), "--rounds", str(args.rounds)]
+    cmd += ["--work", str(work), "--json-out", str(json_out), *extra]
+    threads = str(args.threads)
+    env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "PYTHONWARNINGS": "ignore"}
+    with open(log, "w") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+        _, status, usage = os.wait4(proc.pid, 0)  # the child's own rusage: its peak RSS
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0 or not json_out.exists():
+        tail = "".join(log.read_text(errors="replace").splitlines(keepends=True)[-30:])
+        raise SystemExit(f"{side} worker failed ({tag}, exit {proc.returncode}); log {log}:\n{tail}")
+    result = json.loads(json_out.read_text())
+    if result["threads"] != args.threads:
+        raise SystemExit(f"{side} worker ran {result['threads']} torch threads, not {args.threads}")
+    return result, usage.ru_maxrss / 1024  # Linux: KiB
+
+
+def quality(maps_file: Path) -> dict[str, float]:
+    from flowad import metrics
+
+    data = np.load(maps_file)
+    return {
+        "image_auroc": metrics.image_auroc(data["scores"], data["labels"]),
+        "pixel_auroc": metrics.pixel_auroc(data["maps"], data["masks"]),
+        "aupro": metrics.aupro(data["maps"], data["masks"]),
+    }
+
+
+def per_epoch(seconds: list[float]) -> float:
+    """Median epoch time, the first epoch left out when there are others."""
+    return statistics.median(seconds[1:] if len(seconds) > 1 else seconds)
+
+
+def train_runs(model: str, args: argparse.Namespace, data: Path, weights: Path, started: float) -> dict:
+    """``--repeats`` runs per side, sides alternating: {side: [worker result + peak RSS + quality]}."""
+    work = Path(args.work)
+    (work / "maps").mkdir(parents=True, exist_ok=True)
+    common = ["--model", model, "--data", str(data), "--category", args.category, "--backbone", args.backbone]
+    common += ["--weights", str(weights), "--image-size", str(args.image_size), "--batch-size", str(args.batch_size)]
+    common += ["--epochs", str(args.epochs), "--seed", str(args.seed)]
+    runs: dict[str, list[dict]] = {side: [] for side in SIDES}
+    for repeat in range(args.repeats):
+        for side in SIDES:
+            tag = f"{model}_{side}_r{repeat}"
+            maps = work / "maps" / f"{tag}.npz"
+            result, rss = worker(side, "run", [*common, "--maps-out", str(maps)], args, tag)
+            result.update(peak_rss_mib=rss, maps=str(maps), **quality(maps))
+            runs[side].append(result)
+            print(
+                f"[{time.perf_counter() - started:6.0f} s] {model:8s} {side:8s} run {repeat + 1}/{args.repeats}: "
+                f"epochs {', '.join(f'{s:.1f}' for s in result['epoch_seconds'])} s, "
+                f"infer b1 {result['infer_b1_ms']:.1f} ms/img, b16 {result['infer_b16_ms']:.1f} ms/img, "
+                f"peak RSS {rss:.0f} MiB, image AUROC {result['image_auroc']:.3f}",
+                flush=True,
+            )
+    return runs
+
+
+def aupro_runs(maps: list[str], args: argparse.Namespace, started: float) -> dict[str, list[dict]]:
+    """Both AUPRO implementations timed on the same map files, ``--repeats`` processes per side, alternating."""
+    out: dict[str, list[dict]] = {side: [] for side in SIDES}
+    for repeat in range(args.repeats):
+        for side in SIDES:
+            result, _ = worker(side, "aupro", ["--maps", *maps], args, f"aupro_{side}_r{repeat}")
+            out[side].append({a["maps"]: a for a in result["aupro"]})
+    print(f"[{time.perf_counter() - started:6.0f} s] AUPRO timed on both sides", flush=True)
+    return out
+
+
+def summarise(runs: dict[str, list[dict]], aupro: dict[str, list[dict]], same_maps: list[str]) -> dict:
+    """Medians over repeats and the ratios flowad / anomalib for one model; ``same_maps``: its two map files."""
+
+    def median(side: str, key: str) -> float:
+        return statistics.median(r[key] for r in runs[side])
+
+    out: dict = {"sides": {}}
+    for side in SIDES:
+        # AUPRO time: one call per map set; the sum over this model's two map sets, median over repeats
+        aupro_seconds = statistics.median(sum(r[m]["seconds"] for m in same_maps) for r in aupro[side])
+        out["sides"][side] = {
+            "epoch_s": statistics.median(per_epoch(r["epoch_seconds"]) for r in runs[side]),
+            "train_s": median(side, "train_seconds"),
+            "infer_b1_ms": median(side, "infer_b1_ms"),
+            "infer_b16_ms": median(side, "infer_b16_ms"),
+            "peak_rss_mib": median(side, "peak_rss_mib"),
+            "aupro_s": aupro_seconds,
+            "image_auroc": median(side, "image_auroc"),
+            "pixel_auroc": median(side, "pixel_auroc"),
+            "aupro": median(side, "aupro"),
+            "aupro_same_maps": {m: aupro[side][0][m]["value"] for m in same_maps},
+            "epochs_raw": [r["epoch_seconds"] for r in runs[side]],
+            "train_raw": [r["train_seconds"] for r in runs[side]],
+        }
+    counts = {side: {(r["train_images"], r["test_images"]) for r in runs[side]} for side in SIDES}
+    if len(counts["flowad"] | counts["anomalib"]) != 1:
+        raise SystemExit(f"the sides did not see the same images (train, test): {counts}")
+    out["images"] = counts["flowad"].pop()
+    for key in ("backbone_b1_ms", "backbone_b16_ms"):
+        out["sides"]["flowad"][key] = median("flowad", key)
+    out["sides"]["flowad"]["feature_s"] = statistics.median(r["feature_seconds"] for r in runs["flowad"])
+    ours, theirs = out["sides"]["flowad"], out["sides"]["anomalib"]
+    out["aupro_diff"] = max(abs(ours["aupro_same_maps"][m] - theirs["aupro_same_maps"][m]) for m in same_maps)
+    out["aupro_values"] = {
+        side: [out["sides"][side]["aupro_same_maps"][m] for m in same_maps] for side in SIDES
+    }  # [on flowad's maps, on anomalib's maps]
+    out["ratios"] = {
+        "infer_b1": ours["infer_b1_ms"] / theirs["infer_b1_ms"],
+        "infer_b16": ours["infer_b16_ms"] / theirs["infer_b16_ms"],
+        "train": ours["train_s"] / theirs["train_s"],
+        "epoch": ours["epoch_s"] / theirs["epoch_s"],
+        "aupro": ours["aupro_s"] / theirs["aupro_s"],
+    }
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# report
+# --------------------------------------------------------------------------------------------------
+
+
+def verdict(ratio: float, target: float, extra_ok: bool = True) -> str:
+    return f"{'met' if ratio <= target and extra_ok else 'missed'} ({ratio:.2f}x)"
+
+
+def tables(results: dict[str, dict]) -> str:
+    head = (
+        "| model | side | train s/epoch | total train s | infer b1 ms/img | infer b16 ms/img | peak RSS MiB "
+        "| AUPRO s | image AUROC | pixel AUROC | AUPRO |\n|---|---|---|---|---|---|---|---|---|---|---|\n"
+    )
+    rows = []
+    for model, res in results.items():
+        for side in SIDES:
+            s = res["sides"][side]
+            rows.append(
+                f"| {model} | {side} | {s['epoch_s']:.2f} | {s['train_s']:.1f} | {s['infer_b1_ms']:.1f} "
+                f"| {s['infer_b16_ms']:.1f} | {s['peak_rss_mib']:.0f} | {s['aupro_s']:.3f} | {s['image_auroc']:.3f} "
+                f"| {s['pixel_auroc']:.3f} | {s['aupro']:.3f} |"
+            )
+    first = head + "\n".join(rows)
+    head2 = (
+        f"| model | infer b1 (<= {TARGET_INFER}x) | infer b16 (<= {TARGET_INFER}x) "
+        f"| time to final quality (<= {TARGET_TRAIN}x) | per epoch | AUPRO time (<= {TARGET_AUPRO}x, same value "
+        f"to {AUPRO_TOLERANCE:g}) | AUPRO flowad / anomalib on flowad's maps; on anomalib's maps "
+        "| backbone alone b1 / b16 ms/img (/ anomalib's inference) |\n|---|---|---|---|---|---|---|---|\n"
+    )
+    rows = []
+    for model, res in results.items():
+        r = res["ratios"]
+        ours, theirs = res["aupro_values"]["flowad"], res["aupro_values"]["anomalib"]
+        agree = res["aupro_diff"] <= AUPRO_TOLERANCE
+        b1, b16 = res["sides"]["flowad"]["backbone_b1_ms"], res["sides"]["flowad"]["backbone_b16_ms"]
+        a1, a16 = res["sides"]["anomalib"]["infer_b1_ms"], res["sides"]["anomalib"]["infer_b16_ms"]
+        rows.append(
+            f"| {model} | {verdict(r['infer_b1'], TARGET_INFER)} | {verdict(r['infer_b16'], TARGET_INFER)} "
+            f"| {verdict(r['train'], TARGET_TRAIN)} | {r['epoch']:.2f}x "
+            f"| {verdict(r['aupro'], TARGET_AUPRO, agree)}, max diff {res['aupro_diff']:.1e} "
+            f"| {ours[0]:.4f} / {theirs[0]:.4f}; {ours[1]:.4f} / {theirs[1]:.4f} "
+            f"| {b1:.1f} / {b16:.1f} ({b1 / a1:.2f}x / {b16 / a16:.2f}x) |"
+        )
+    return first + "\n\n" + head2 + "\n".join(rows)
+
+
+def flowad_revision() -> str:
+    """The commit flowad's side ran, and whether src/ had changes on top of it."""
+    try:
+        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT)
+        dirty = subprocess.run(["git", "status", "--porcelain", "src"], capture_output=True, text=True, cwd=ROOT)
+    except OSError:
+        return "unknown revision"
+    if sha.returncode != 0:
+        return "unknown revision"
+    return f"git {sha.stdout.strip()}" + (" with local changes in src/" if dirty.stdout.strip() else "")
+
+
+def command_line() -> str:
+    return "python " + " ".join([os.path.relpath(__file__, ROOT), *sys.argv[1:]])
+
+
+def main() -> None:
+    args = parse_args()
+    started = time.perf_counter()
+    load_before = os.getloadavg()
+    found = ensure_anomalib(Path(args.venv))
+    print(f"anomalib {found['anomalib']} in {args.venv} (torch {found['torch']})", flush=True)
+    data, weights = ensure_data(args), ensure_weights(args)
+    runs = {model: train_runs(model, args, data, weights, started) for model in args.models}
+    # AUPRO alone, both implementations on the same maps: both sides' maps of the first run, every model
+    same_maps = {model: [runs[model][side][0]["maps"] for side in SIDES] for model in args.models}
+    aupro = aupro_runs([m for pair in same_maps.values() for m in pair], args, started)
+    results = {model: summarise(runs[model], aupro, same_maps[model]) for model in args.models}
+    load_after = os.getloadavg()
+    minutes = (time.perf_counter() - started) / 60
+    Path(args.work, "results.json").write_text(json.dumps(results, indent=1))
+
+    table = tables(results)
+    print("\n" + table)
+    print(f"\n{minutes:.1f} min; load average (1 min) {load_before[0]:.2f} before, {load_after[0]:.2f} after")
+    if args.append:
+        section = report(args, found, table, minutes, load_before, load_after, results)
+        with open(args.append, "a") as f:
+            f.write("\n" + section)
+        print(f"appended to {args.append}")
+
+
+def report(args, found, table, minutes, load_before, load_after, results) -> str:
+    epochs = "epochs 2..E" if args.epochs > 1 else "the only epoch"
+    images = next(iter(results.values()))["images"]
+    threads = f"{args.threads} thread" + ("s" if args.threads > 1 else "")
+    lines = [
+        f"### flowad vs anomalib {found['anomalib']}, {date.today().isoformat()}: {machine()}, {threads}",
+        "",
+        f"Command: `{command_line()}` (flowad at {flowad_revision()})",
+        "",
+        f"- **Random backbone weights on both sides**: no pretrained weights for anomalib's backbone names can "
+        f"be downloaded here, so both sides load the same randomly initialised `{args.backbone}` (timm's "
+        f"initialisation under seed {args.seed}, one file).",
+        f"- Demo data `{args.category}` ({images[0]} training, {images[1]} test images), {args.image_size} px, "
+        f"batch {args.batch_size}, {args.epochs} epochs; images loaded in the main process on both sides.",
+        f"- Medians of {args.repeats} runs per side and model, sides alternating; {args.rounds} timed rounds "
+        "inside each run.",
+        f"- train s/epoch: median of {epochs}. Total train s (the time to reach the final epoch's quality): the "
+        "whole training (flowad: feature caching, epochs and calibration; anomalib: `Engine.fit` with validation "
+        "off and no checkpoint files).",
+        "- Inference: the torch module's forward, image tensor -> anomaly map, warm, inference mode, over 16 "
+        "test images. Backbone alone: flowad's frozen encoder, the same timm model and weights as anomalib's.",
+        "- Peak RSS: the worker process of that side and model (training, scoring and timing).",
+        "- AUPRO s: anomalib's `AUPRO` and `flowad.metrics.aupro` on the same two map sets (both sides' maps "
+        "of the first run), time summed over the two.",
+        "- Quality: `flowad.metrics` on each side's own test maps.",
+        f"- The run took {minutes:.0f} min; load average (1 min) {load_before[0]:.2f} before, "
+        f"{load_after[0]:.2f} after.",
+        "",
+        table,
+        "",
+        "Settings given to both sides: " + "; ".join(f"{m}: {SETTINGS[m]}" for m in results) + ".",
+        "Not identical: " + "; ".join(f"{m}: {DIFFERENCES[m]}" for m in results) + ".",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
