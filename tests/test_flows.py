@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch.autograd.functional import jacobian
 
-from flowad.flows import AffineCoupling, FlowChain, conv_flow, conv_subnet, linear_subnet
+from flowad.flows import AffineCoupling, FlowChain, PointwiseConv, conv_flow, conv_subnet, linear_subnet
 
 
 def _randomise(module: torch.nn.Module, seed: int = 0) -> None:
@@ -129,3 +129,18 @@ def test_fused_block_passes_gradcheck() -> None:
     x = torch.randn(2, 5, 3, 3, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(lambda v: block(v), (x,))
     assert torch.autograd.gradcheck(lambda v: block(v)[0].sum(), (x,))  # the log-det's gradient unused
+
+
+def test_pointwise_conv_is_a_1x1_convolution() -> None:
+    torch.manual_seed(0)
+    pointwise = PointwiseConv(5, 7)
+    torch.manual_seed(0)
+    reference = torch.nn.Conv2d(5, 7, 1)
+    assert torch.equal(pointwise.weight, reference.weight) and torch.equal(pointwise.bias, reference.bias)
+    x = torch.randn(3, 5, 4, 6, requires_grad=True)
+    y, y_ref = pointwise(x), reference(x)
+    assert torch.allclose(y, y_ref, atol=1e-6)
+    grads = torch.autograd.grad(y.square().sum(), [x, pointwise.weight, pointwise.bias])
+    grads_ref = torch.autograd.grad(y_ref.square().sum(), [x, reference.weight, reference.bias])
+    for a, b in zip(grads, grads_ref, strict=True):
+        assert torch.allclose(a, b, atol=1e-4)
