@@ -83,6 +83,13 @@ DEMO_PRESETS: dict[str, dict[str, int]] = {"fastflow": {"batch_size": 8, "epochs
 def _add_engine_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument(
+        "--precision",
+        default="fp32",
+        choices=["fp32", "bf16", "fp16"],
+        help="the backbone's precision: fp32 (default) or bf16/fp16 autocast, for GPUs; the flows stay float32",
+    )
+    p.add_argument("--compile", action="store_true", help="torch.compile the model for scoring (long runs, GPUs)")
     _add_dist_timeout(p)
 
 
@@ -97,7 +104,14 @@ def _add_dist_timeout(p: argparse.ArgumentParser) -> None:
 
 
 def _settings(args: argparse.Namespace, **extra) -> EngineSettings:
-    return EngineSettings(device=args.device, quiet=args.quiet, dist_timeout=args.dist_timeout, **extra)
+    return EngineSettings(
+        device=args.device,
+        quiet=args.quiet,
+        dist_timeout=args.dist_timeout,
+        precision=args.precision,
+        compile=args.compile,
+        **extra,
+    )
 
 
 def build_parser(defaults: dict[str, object] | None = None, command: str = "train") -> argparse.ArgumentParser:

@@ -42,6 +42,21 @@ class EngineSettings:
     num_workers: int = 0
     quiet: bool = False
     dist_timeout: float = distributed.DEFAULT_TIMEOUT  # torchrun jobs: seconds to wait for the others in a step
+    precision: str = "fp32"  # the backbone's: fp32, or bf16 / fp16 autocast (the flows stay float32)
+    compile: bool = False  # torch.compile the model for inference (pays off on long runs, on GPUs)
+
+
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def prepare(model: AnomalyModel, settings: EngineSettings) -> torch.device:
+    """Move ``model`` to the settings' device and set its backbone's precision; returns the device."""
+    if settings.precision not in PRECISIONS:
+        raise FlowadError(f"unknown precision {settings.precision!r}; expected one of {', '.join(PRECISIONS)}")
+    device = resolve_device(settings.device)
+    model.to(device)
+    model.encoder_dtype = PRECISIONS[settings.precision]
+    return device
 
 
 def resolve_device(name: str) -> torch.device:
@@ -211,8 +226,7 @@ def train(
     once: the head goes back to the last finished epoch's weights, and the log says where it stopped
     (``log["diverged"]``); without any finished epoch, :class:`TrainingDiverged` is raised.
     """
-    device = resolve_device(settings.device)
-    model.to(device)
+    device = prepare(model, settings)
     torch.manual_seed(settings.seed)
     generator = torch.Generator().manual_seed(settings.seed)
     optimizer = model.optimizer()
@@ -343,13 +357,14 @@ def infer(
     model: AnomalyModel, dataset: Dataset, settings: EngineSettings, keep_latents: bool = False
 ) -> dict[str, Any]:
     """Maps (N, H, W), scores (N,), ground-truth masks (N, H, W) bool, and optionally latents, of ``dataset``."""
-    device = resolve_device(settings.device)
-    model.to(device).eval()
+    device = prepare(model, settings)
+    model.eval()
+    latents_of = torch.compile(model.latents, dynamic=True) if settings.compile else model.latents
     loader = _loader(dataset, settings.inference_batch_size, settings, device)
     maps, scores, masks, latents = [], [], [], []
     for batch in progress(loader, len(loader), "scoring", settings.quiet):
         masks.append(batch["mask"][:, 0] > 0.5)
-        z = model.latents(batch["image"].to(device, non_blocking=True))
+        z = latents_of(batch["image"].to(device, non_blocking=True))
         batch_maps = model.anomaly_map(z)
         maps.append(batch_maps.cpu())
         scores.append(batch_maps.flatten(1).amax(1).cpu())

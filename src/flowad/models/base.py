@@ -67,10 +67,18 @@ class AnomalyModel(nn.Module):
     def image_size(self) -> tuple[int, int]:
         return (self.config.image_size, self.config.image_size)
 
+    # how the frozen encoder runs, set by the engine (not part of the model): None = float32, else an
+    # autocast dtype. The flows always run in float32: their exp and log-determinants need its range.
+    encoder_dtype: torch.dtype | None = None
+
     @torch.no_grad()
     def extract(self, images: torch.Tensor) -> list[torch.Tensor]:
-        """Frozen encoder features of a normalised image batch."""
-        return self.encoder(images)
+        """Frozen encoder features of a normalised image batch, float32."""
+        if self.encoder_dtype is None:
+            return self.encoder(images)
+        with torch.autocast(images.device.type, dtype=self.encoder_dtype):
+            features = self.encoder(images)
+        return [f.float() for f in features]
 
     def head(self, features: list[torch.Tensor]) -> tuple[list[torch.Tensor], torch.Tensor]:
         """Features -> (latent maps, log|det| per image)."""
