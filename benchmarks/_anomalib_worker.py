@@ -12,39 +12,16 @@ Never imports flowad. Two tasks, each writing one JSON object to ``--json-out``:
 from __future__ import annotations
 
 import argparse
-import json
-import statistics
 import time
 import types
 from pathlib import Path
 
 import numpy as np
 import torch
+from _worker_common import main, per_image_ms, time_aupro
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-MODEL_NAMES = ("fastflow", "cflow", "uflow")
-
-
-def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("task", choices=("run", "aupro"))
-    parser.add_argument("--model", choices=MODEL_NAMES)
-    parser.add_argument("--data", help="MVTec-layout root")
-    parser.add_argument("--category", default="fabric")
-    parser.add_argument("--backbone", default="resnet18")
-    parser.add_argument("--weights", help="backbone weights (.safetensors, the timm model's full state dict)")
-    parser.add_argument("--image-size", type=int, default=256)
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--rounds", type=int, default=3, help="timed rounds inside this process (medians)")
-    parser.add_argument("--work", default="runs/vs_anomalib", help="folder for anomalib's own outputs")
-    parser.add_argument("--maps", nargs="*", default=[], help="aupro: .npz files with 'maps' and 'masks'")
-    parser.add_argument("--maps-out")
-    parser.add_argument("--json-out", required=True)
-    return parser.parse_args()
 
 
 def force_random_init() -> None:
@@ -98,19 +75,6 @@ def build(args: argparse.Namespace):
         extractor = module.model.feature_extractor.feature_extractor
     loaded = load_backbone(extractor, args.weights)
     return module, extractor, loaded
-
-
-def per_image_ms(forward, images: torch.Tensor, batch: int, rounds: int) -> float:
-    """Median over ``rounds`` of the time per image to run ``forward`` over ``images`` in batches of ``batch``."""
-    samples = []
-    with torch.inference_mode():
-        forward(images[:batch])  # warm-up at this batch size (the test split has just run through the model)
-        for _ in range(rounds):
-            t0 = time.perf_counter()
-            for start in range(0, len(images), batch):
-                forward(images[start : start + batch])
-            samples.append((time.perf_counter() - t0) / len(images) * 1000)
-    return statistics.median(samples)
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -203,32 +167,13 @@ def run(args: argparse.Namespace) -> dict:
 def aupro(args: argparse.Namespace) -> dict:
     from anomalib.metrics import AUPRO
 
-    def compute(maps: torch.Tensor, masks: torch.Tensor) -> float:
+    def compute(maps: np.ndarray, masks: np.ndarray) -> float:
         metric = AUPRO(fields=["anomaly_map", "gt_mask"])
-        metric.update(types.SimpleNamespace(anomaly_map=maps, gt_mask=masks))
+        metric.update(types.SimpleNamespace(anomaly_map=torch.from_numpy(maps), gt_mask=torch.from_numpy(masks)))
         return float(metric.compute())
 
-    results = []
-    for path in args.maps:
-        data = np.load(path)
-        maps, masks = torch.from_numpy(data["maps"]), torch.from_numpy(data["masks"])
-        value = compute(maps, masks)  # warm-up (first calls import and allocate)
-        times = []
-        for _ in range(args.rounds):
-            t0 = time.perf_counter()
-            value = compute(maps, masks)
-            times.append(time.perf_counter() - t0)
-        results.append({"maps": path, "value": value, "seconds": statistics.median(times)})
-    return {"side": "anomalib", "threads": torch.get_num_threads(), "aupro": results}
-
-
-def main() -> None:
-    args = parse_args()
-    torch.set_num_threads(args.threads)
-    result = run(args) if args.task == "run" else aupro(args)
-    Path(args.json_out).write_text(json.dumps(result, indent=1))
-    print(json.dumps(result))
+    return time_aupro("anomalib", compute, args)
 
 
 if __name__ == "__main__":
-    main()
+    main(__doc__, run, aupro)

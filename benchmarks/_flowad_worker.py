@@ -12,38 +12,14 @@ The same two tasks as ``_anomalib_worker.py``, each writing one JSON object to `
 from __future__ import annotations
 
 import argparse
-import json
-import statistics
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
+from _worker_common import main, per_image_ms, time_aupro
 
-MODEL_NAMES = ("fastflow", "cflow", "uflow")
 # anomalib's U-Flow: LinearLR from 1.0 to 0.4 over 25000 epochs, stepped once per epoch
 ANOMALIB_UFLOW_LR_ITERS = 25000
-
-
-def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("task", choices=("run", "aupro"))
-    parser.add_argument("--model", choices=MODEL_NAMES)
-    parser.add_argument("--data", help="MVTec-layout root")
-    parser.add_argument("--category", default="fabric")
-    parser.add_argument("--backbone", default="resnet18")
-    parser.add_argument("--weights", help="backbone weights (.safetensors, the timm model's full state dict)")
-    parser.add_argument("--image-size", type=int, default=256)
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--rounds", type=int, default=3, help="timed rounds inside this process (medians)")
-    parser.add_argument("--work", default="runs/vs_anomalib")
-    parser.add_argument("--maps", nargs="*", default=[], help="aupro: .npz files with 'maps' and 'masks'")
-    parser.add_argument("--maps-out")
-    parser.add_argument("--json-out", required=True)
-    return parser.parse_args()
 
 
 def options(args: argparse.Namespace) -> dict:
@@ -76,19 +52,6 @@ def options(args: argparse.Namespace) -> dict:
         "affine_clamp": 2.0,
         "lr_end_factor": 1 - 0.6 * args.epochs / ANOMALIB_UFLOW_LR_ITERS,
     }
-
-
-def per_image_ms(forward, images: torch.Tensor, batch: int, rounds: int) -> float:
-    """Median over ``rounds`` of the time per image to run ``forward`` over ``images`` in batches of ``batch``."""
-    samples = []
-    with torch.inference_mode():
-        forward(images[:batch])  # warm-up at this batch size (the test split has just run through the model)
-        for _ in range(rounds):
-            t0 = time.perf_counter()
-            for start in range(0, len(images), batch):
-                forward(images[start : start + batch])
-            samples.append((time.perf_counter() - t0) / len(images) * 1000)
-    return statistics.median(samples)
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -141,27 +104,8 @@ def run(args: argparse.Namespace) -> dict:
 def aupro(args: argparse.Namespace) -> dict:
     from flowad.metrics import aupro as flowad_aupro
 
-    results = []
-    for path in args.maps:
-        data = np.load(path)
-        maps, masks = data["maps"], data["masks"]
-        value = flowad_aupro(maps, masks)  # warm-up
-        times = []
-        for _ in range(args.rounds):
-            t0 = time.perf_counter()
-            value = flowad_aupro(maps, masks)
-            times.append(time.perf_counter() - t0)
-        results.append({"maps": path, "value": value, "seconds": statistics.median(times)})
-    return {"side": "flowad", "threads": torch.get_num_threads(), "aupro": results}
-
-
-def main() -> None:
-    args = parse_args()
-    torch.set_num_threads(args.threads)
-    result = run(args) if args.task == "run" else aupro(args)
-    Path(args.json_out).write_text(json.dumps(result, indent=1))
-    print(json.dumps(result))
+    return time_aupro("flowad", flowad_aupro, args)
 
 
 if __name__ == "__main__":
-    main()
+    main(__doc__, run, aupro)
