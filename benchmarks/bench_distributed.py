@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import socket
 import subprocess
 import sys
@@ -30,6 +29,7 @@ from datetime import date
 from pathlib import Path
 
 import torch
+from _results import cpu_name, publish
 
 from flowad.cli import main as flowad_main
 from flowad.data.synthetic import make_demo_dataset
@@ -80,12 +80,7 @@ def prepare(work: Path, images: int, size: int) -> tuple[Path, Path]:
 
 
 def machine() -> str:
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
-    except OSError:
-        pass
+    cpu = cpu_name()
     memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
     return f"{cpu}, {os.cpu_count()} cores, {memory:.0f} GiB, {gpu}, torch {torch.__version__}"
@@ -126,10 +121,7 @@ def main() -> None:
             "",
         ]
     )
-    print(text)
-    if args.append:
-        with open(args.append, "a") as f:
-            f.write("\n" + text)
+    publish(text, args.append)
 
 
 if __name__ == "__main__":

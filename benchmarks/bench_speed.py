@@ -21,6 +21,7 @@ from collections.abc import Callable
 from datetime import date
 
 import torch
+from _results import publish
 
 from flowad.models import MODELS, build_model
 
@@ -193,10 +194,7 @@ def main() -> None:
         print(name, {k: round(v, 4) for k, v in results[name].items()}, flush=True)
     nfa = bench_nfa(args.repeats) if "uflow" in args.models else {}
     text = report(results, nfa, args)
-    print(text)
-    if args.append:
-        with open(args.append, "a") as f:
-            f.write("\n" + text)
+    publish(text, args.append)
 
 
 if __name__ == "__main__":

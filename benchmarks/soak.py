@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import gc
 import os
-import platform
 import resource
 import sys
 import tempfile
@@ -29,6 +28,7 @@ from datetime import date
 from pathlib import Path
 
 import torch
+from _results import cpu_name, publish
 
 from flowad import api
 from flowad.cli import main as flowad_main
@@ -74,12 +74,7 @@ def input_list(work: Path, unique: int, total: int) -> list[Path]:
 
 
 def machine() -> str:
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
-    except OSError:
-        pass
+    cpu = cpu_name()
     return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads"
 
 
@@ -135,10 +130,7 @@ def main() -> None:
     if len(records) != args.images:
         sys.exit(f"predict scored {len(records)} of {args.images} images")
     text = report(args, min(args.unique, args.images), seconds, start, end)
-    print(text)
-    if args.append:
-        with open(args.append, "a") as f:
-            f.write("\n" + text)
+    publish(text, args.append)
 
 
 if __name__ == "__main__":
