@@ -16,7 +16,7 @@ import torch.distributed as dist
 from safetensors.torch import load_file
 
 import flowad
-from flowad import distributed, engine
+from flowad import distributed
 from flowad.checkpoint import load_train_state
 from flowad.cli import main
 from flowad.data.synthetic import make_demo_dataset
@@ -188,5 +188,7 @@ def test_bad_timeout_is_a_clear_error(monkeypatch, capsys) -> None:
     assert "--dist-timeout 0.0: expected a positive number of seconds" in capsys.readouterr().err
 
 
-def test_engine_settings_carry_the_timeout() -> None:
-    assert engine.EngineSettings().dist_timeout == distributed.DEFAULT_TIMEOUT
+def test_commands_without_a_parallel_form_refuse_torchrun(monkeypatch, capsys) -> None:
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert main(["report", "some_run"]) == 2
+    assert "flowad report runs in one process; run it without torchrun" in capsys.readouterr().err

@@ -38,7 +38,7 @@ def test_bf16_backbone_keeps_float32_flows_and_close_maps(scored) -> None:
     assert all(z.dtype == torch.float32 for z in bf16["latents"])
     assert not np.array_equal(bf16["maps"], fp32["maps"])  # the backbone really ran in bfloat16
     assert np.corrcoef(bf16["maps"].ravel(), fp32["maps"].ravel())[0, 1] > 0.99
-    model.encoder_dtype = None
+    assert model.encoder_dtype is None  # the precision lasts for the call only
 
 
 def test_compiled_model_gives_the_eager_maps(scored) -> None:

@@ -15,7 +15,7 @@ from flowad.data.datasets import ImageDataset
 from flowad.data.synthetic import make_demo_dataset
 from flowad.errors import FlowadError
 from flowad.metrics import image_auroc, pixel_auroc
-from flowad.models.fastflow import FastFlow
+from flowad.models.fastflow import FastFlow, FastFlowConfig
 
 TINY = {"image_size": 64, "epochs": 4, "batch_size": 4, "flow_steps": 2}
 
@@ -150,3 +150,32 @@ def test_validation_with_anomalies_keeps_the_best_and_the_last_epoch(data: Path,
         assert image_auroc(out["scores"], labels) == pytest.approx(expected["image_auroc"], abs=1e-6)
         assert pixel_auroc(out["maps"], out["masks"]) == pytest.approx(expected["pixel_auroc"], abs=1e-6)
     assert not (run / "best_state.safetensors").exists() and not (run / "train_state.json").exists()
+
+    shutil.rmtree(abnormal)  # testing reads only the test split: the validation folders may be gone
+    assert main(["test", "--run", str(run), "--quiet"]) == 0
+    assert main(["train", *args, "--val-masks", str(masks), "--force"]) == 2
+    assert "given without anomalous validation images" in capsys.readouterr().err
+
+
+def test_the_best_epoch_is_the_one_kept(tmp_path: Path, monkeypatch) -> None:
+    """With validation figures that peak at epoch 2 of 4, best_state holds epoch 2's head, not the last."""
+    heads = []
+    real_save = engine.save_train_state
+
+    def save_and_remember(run_dir, model, optimizer, scheduler, generator, log):
+        heads.append({k: v.clone() for k, v in model.trainable_state().items()})
+        real_save(run_dir, model, optimizer, scheduler, generator, log)
+
+    monkeypatch.setattr(engine, "save_train_state", save_and_remember)
+    figures = iter([0.6, 0.9, 0.9, 0.7])  # epoch 3 ties epoch 2: the earlier one stays best
+    torch.manual_seed(0)
+    model = FastFlow(FastFlowConfig(weights="random", image_size=64, epochs=4, batch_size=4, flow_steps=1))
+    features = torch.utils.data.TensorDataset(torch.randn(8, 3, 64, 64))
+    images = [{"image": x} for (x,) in features]
+    log = engine.train(
+        model, images, engine.EngineSettings(quiet=True), tmp_path, validate=lambda m: {"score": next(figures)}
+    )
+    assert log["best"] == {"epoch": 2, "val": {"score": 0.9}}
+    best = load_file(str(tmp_path / "best_state.safetensors"))
+    assert all(torch.equal(best[k], heads[1][k]) for k in best)
+    assert not all(torch.equal(best[k], heads[3][k]) for k in best)

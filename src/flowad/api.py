@@ -57,7 +57,7 @@ from flowad.visualize import mask_image, overlay
 
 LAYOUTS = ("mvtec", "btad", "folder")
 LOG_FILE = "flowad.log"  # what train and test did, epoch by epoch, in the run directory
-logger = logging.getLogger("flowad")
+logger = logging.getLogger("flowad.run")  # flowad.engine sets it up: INFO, not propagated
 
 
 @dataclasses.dataclass
@@ -91,6 +91,8 @@ class DataSpec:
             splits.val = validation_from_folder(self.val_dir)
         else:
             splits.train, splits.val = split_validation(splits.train, self.val_fraction, seed)
+        if self.val_mask_dir is not None and self.val_abnormal_dir is None:
+            raise InputError(f"validation masks {self.val_mask_dir} given without anomalous validation images")
         if self.val_abnormal_dir is not None:
             splits.val += anomalies_from_folder(self.val_abnormal_dir, self.val_mask_dir)
         return splits
@@ -245,15 +247,12 @@ def log_to(run_dir: Path):
     handler = logging.FileHandler(Path(run_dir) / LOG_FILE, encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%d %H:%M:%S"))
     logger.addHandler(handler)
-    level = logger.level
-    logger.setLevel(logging.INFO)
     try:
         yield
     except Exception as err:
         logger.error("stopped: %s", err)
         raise
     finally:
-        logger.setLevel(level)
         logger.removeHandler(handler)
         handler.close()
 
@@ -288,7 +287,8 @@ def test(
     run = Path(run)
     net, config = load_run(run)
     settings = settings or EngineSettings(seed=config.get("seed", 0))
-    spec = DataSpec(**config["data"])
+    spec = DataSpec(**config["data"])  # testing reads the test split only: no validation folder is needed
+    spec = dataclasses.replace(spec, val_dir=None, val_abnormal_dir=None, val_mask_dir=None)
     if data is not None:
         spec = dataclasses.replace(spec, root=str(data), category=category or spec.category)
     elif category is not None:

@@ -267,8 +267,9 @@ def read_options_file(
     if not isinstance(per_category, dict) or not all(isinstance(v, dict) for v in per_category.values()):
         raise InputError(f"config file {path}: per_category must map category names to mappings of options")
     category = category or options.get("category")
-    if category in per_category:
-        options.update(_checked_options(per_category[category], known - {"category"}, path, f"per_category.{category}"))
+    if category in per_category:  # the options a category may change: the model's (and, in train, the data's)
+        own = known - {"category"} if command == "train" else set(_model_fields())
+        options.update(_checked_options(per_category[category], own, path, f"per_category.{category}"))
     return options
 
 
@@ -313,6 +314,8 @@ def main(argv: list[str] | None = None) -> int:
                 args.per_category = {
                     c: {k: v for k, v in opts.items() if k not in given} for c, opts in per_category.items()
                 }
+        if distributed.launched_processes() > 1 and args.command not in ("train", "predict", "benchmark"):
+            raise InputError(f"flowad {args.command} runs in one process; run it without torchrun")
         timeout, device = getattr(args, "dist_timeout", distributed.DEFAULT_TIMEOUT), getattr(args, "device", "auto")
         with distributed.session(timeout, device), _main_prints_only():  # under torchrun: one process group
             return _run(args)
@@ -398,11 +401,11 @@ def _run(args: argparse.Namespace) -> int:
 
 def _print_best_and_last(run: Path) -> None:
     """With a validation split that holds anomalies: the best epoch's run and the last epoch's."""
-    from flowad.api import read_json
+    from flowad.checkpoint import read_config
 
     if not distributed.is_main():  # the main process writes the run, maybe still now
         return
-    summary = read_json(run / "config.json")["train"]
+    summary = read_config(run)["train"]
     for which, path in (("best", run / "best"), ("last", run)):
         if which in summary:
             val = ", ".join(f"{k} {v:.4f}" for k, v in summary[which]["val"].items())

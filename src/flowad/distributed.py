@@ -93,11 +93,15 @@ def session(timeout: float = DEFAULT_TIMEOUT, device: str = "auto") -> Iterator[
         raise FlowadError(f"could not join the torchrun job (rank {os.environ.get('RANK')}): {err}") from err
     _job = _Job(timeout, patient, torch.device("cuda", torch.cuda.current_device()) if cuda else torch.device("cpu"))
     previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    lost = False
     try:
         with peers_lost_as_error():
             yield
+    except LostProcess:
+        lost = True  # SIGTERM stays ignored: torchrun's stop must not cut the message that is on its way out
+        raise
     finally:
-        if not _job.stop_requested:
+        if not lost and not _job.stop_requested:
             signal.signal(signal.SIGTERM, previous)
         _job = None
         dist.destroy_process_group()

@@ -9,6 +9,7 @@ of the images and every step averages the processes' gradients (see :func:`_step
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import math
@@ -27,7 +28,10 @@ from flowad.errors import FlowadError
 from flowad.models.base import AnomalyModel
 
 BYTES_PER_FLOAT = 4
-logger = logging.getLogger("flowad")
+# what a run did, for RUN_DIR/flowad.log (flowad.api.log_to); kept out of the host application's logging
+logger = logging.getLogger("flowad.run")
+logger.setLevel(logging.INFO)
+logger.propagate = False
 
 
 @dataclasses.dataclass
@@ -49,14 +53,18 @@ class EngineSettings:
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def prepare(model: AnomalyModel, settings: EngineSettings) -> torch.device:
-    """Move ``model`` to the settings' device and set its backbone's precision; returns the device."""
+@contextlib.contextmanager
+def running(model: AnomalyModel, settings: EngineSettings) -> Iterator[torch.device]:
+    """Move ``model`` to the settings' device and run its backbone at their precision while the block runs."""
     if settings.precision not in PRECISIONS:
         raise FlowadError(f"unknown precision {settings.precision!r}; expected one of {', '.join(PRECISIONS)}")
     device = resolve_device(settings.device)
     model.to(device)
-    model.encoder_dtype = PRECISIONS[settings.precision]
-    return device
+    before, model.encoder_dtype = model.encoder_dtype, PRECISIONS[settings.precision]
+    try:
+        yield device
+    finally:
+        model.encoder_dtype = before
 
 
 def resolve_device(name: str) -> torch.device:
@@ -226,7 +234,11 @@ def train(
     once: the head goes back to the last finished epoch's weights, and the log says where it stopped
     (``log["diverged"]``); without any finished epoch, :class:`TrainingDiverged` is raised.
     """
-    device = prepare(model, settings)
+    with running(model, settings) as device:
+        return _train(model, train_set, settings, device, state_dir, resume, validate)
+
+
+def _train(model, train_set, settings, device, state_dir, resume, validate) -> dict[str, Any]:
     torch.manual_seed(settings.seed)
     generator = torch.Generator().manual_seed(settings.seed)
     optimizer = model.optimizer()
@@ -274,13 +286,16 @@ def train(
         mean_loss = float(np.mean(losses))
         entry = {"epoch": epoch + 1, "loss": mean_loss, "seconds": time.perf_counter() - t0}
         log["epochs"].append(entry)
-        if validate is not None:
+        improved = False
+        if validate is not None and distributed.is_main():  # the other processes' models are not kept
             entry["val"] = _validate(model, everything, validate)
-            _keep_if_best(log, entry, model, save_dir)
+            improved = _is_best(log, entry)
         _report_epoch(epochs, entry, model.config.epochs, validate is not None)
         if save_dir is not None:
             with distributed.uninterrupted():  # a stop from torchrun lets the epoch's state be written whole
-                save_train_state(save_dir, model, optimizer, scheduler, generator, log)
+                if improved:
+                    save_best_state(save_dir, model)
+                save_train_state(save_dir, model, optimizer, scheduler, generator, log)  # last: it names the best
         distributed.wait_for_all()  # the others wait for the main process's writing without a timeout
     model.eval()
     with torch.no_grad():
@@ -298,14 +313,14 @@ def _validate(model: AnomalyModel, source, validate: Callable[[AnomalyModel], di
     return metrics
 
 
-def _keep_if_best(log: dict[str, Any], entry: dict[str, Any], model: AnomalyModel, state_dir: Path | None) -> None:
-    """Remember the epoch with the highest first validation metric (the earliest of equals)."""
+def _is_best(log: dict[str, Any], entry: dict[str, Any]) -> bool:
+    """Whether this epoch has the highest first validation metric so far (the earliest of equals wins)."""
     key, value = next(iter(entry["val"].items()))
     best = log.get("best")
-    if best is None or value > best["val"][key]:
-        log["best"] = {"epoch": entry["epoch"], "val": entry["val"]}
-        if state_dir is not None:
-            save_best_state(state_dir, model)
+    if best is not None and value <= best["val"][key]:
+        return False
+    log["best"] = {"epoch": entry["epoch"], "val": entry["val"]}
+    return True
 
 
 def _report_epoch(bar, entry: dict[str, Any], total: int, validating: bool) -> None:
@@ -349,7 +364,7 @@ def _calibration_batches(
     n = source[0].shape[0] if isinstance(source, list) else source.shape0
     for start in range(0, n, model.config.batch_size):
         idx = torch.arange(start, min(start + model.config.batch_size, n))
-        yield [f[idx] for f in source] if isinstance(source, list) else source.take(idx)
+        yield _take(source, idx)
 
 
 @torch.inference_mode()
@@ -357,7 +372,11 @@ def infer(
     model: AnomalyModel, dataset: Dataset, settings: EngineSettings, keep_latents: bool = False
 ) -> dict[str, Any]:
     """Maps (N, H, W), scores (N,), ground-truth masks (N, H, W) bool, and optionally latents, of ``dataset``."""
-    device = prepare(model, settings)
+    with running(model, settings) as device:
+        return _infer(model, dataset, settings, device, keep_latents)
+
+
+def _infer(model, dataset, settings, device, keep_latents) -> dict[str, Any]:
     model.eval()
     latents_of = torch.compile(model.latents, dynamic=True) if settings.compile else model.latents
     loader = _loader(dataset, settings.inference_batch_size, settings, device)

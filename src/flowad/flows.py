@@ -191,16 +191,14 @@ class _ScaleAndShift(torch.autograd.Function):
         return y2, t.flatten(1).sum(1) * clamp
 
     @staticmethod
-    def backward(ctx, grad_y2: torch.Tensor | None, grad_log_det: torch.Tensor | None):
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_y2: torch.Tensor, grad_log_det: torch.Tensor):
         x2, t, e = ctx.saved_tensors
         change = x2.shape[1]
-        if grad_y2 is None:
-            grad_y2 = torch.zeros_like(x2)
         grad_a = grad_y2.new_empty((x2.shape[0], 2 * change, *x2.shape[2:]))
         grad_x2 = grad_y2 * e
         grad_s = torch.mul(grad_x2, x2, out=grad_a[:, :change])  # d/ds of x2 * exp(s)
-        if grad_log_det is not None:
-            grad_s.add_(grad_log_det.view(-1, *([1] * (x2.dim() - 1))))
+        grad_s.add_(grad_log_det.view(-1, *([1] * (x2.dim() - 1))))  # autograd passes zeros when unused
         grad_s.mul_(torch.square(t).neg_().add_(1.0)).mul_(0.1 * ctx.clamp)  # through clamp * tanh(0.1 a_s)
         torch.mul(grad_y2, 0.1, out=grad_a[:, change:])
         return grad_a, grad_x2, None
@@ -220,6 +218,7 @@ class _AffineShuffle(torch.autograd.Function):
         return out
 
     @staticmethod
+    @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out: torch.Tensor):
         x1, y2, scale, perm_inverse = ctx.saved_tensors
         keep = x1.shape[1]
