@@ -251,6 +251,22 @@ def read_options_file(
     as papers that tune settings per category ship them; ``category`` picks the entry (else the file's own
     ``category``).
     """
+    options, per_category = _read_config(path, parser, command)
+    options.update(per_category.get(category or options.get("category"), {}))
+    return options
+
+
+def per_category_options(path: Path, parser: argparse.ArgumentParser) -> dict[str, dict[str, object]]:
+    """Category -> the model options a config file gives it (its own options, then its per_category entry)."""
+    options, per_category = _read_config(path, parser, "benchmark")
+    fields = _model_fields()
+    return {c: {k: v for k, v in {**options, **own}.items() if k in fields} for c, own in per_category.items()}
+
+
+def _read_config(
+    path: Path, parser: argparse.ArgumentParser, command: str
+) -> tuple[dict[str, object], dict[str, dict[str, object]]]:
+    """A config file's options for ``command`` and its per_category entries, each checked."""
     if not path.is_file():
         raise InputError(f"config file {path} does not exist")
     try:
@@ -266,23 +282,10 @@ def read_options_file(
     per_category = options.pop("per_category", None) or {}
     if not isinstance(per_category, dict) or not all(isinstance(v, dict) for v in per_category.values()):
         raise InputError(f"config file {path}: per_category must map category names to mappings of options")
-    category = category or options.get("category")
-    if category in per_category:  # the options a category may change: the model's (and, in train, the data's)
-        own = known - {"category"} if command == "train" else set(_model_fields())
-        options.update(_checked_options(per_category[category], own, path, f"per_category.{category}"))
-    return options
-
-
-def per_category_options(path: Path, parser: argparse.ArgumentParser) -> dict[str, dict[str, object]]:
-    """Category -> the model options a config file gives it (its own options, then its per_category entry)."""
-    import yaml
-
-    fields = _model_fields()
-    names = (yaml.safe_load(path.read_text()) or {}).get("per_category") or {}
-    return {
-        str(c): {k: v for k, v in read_options_file(path, parser, "benchmark", str(c)).items() if k in fields}
-        for c in names
-    }
+    # the options a category may change: the model's (and, in train, the data's)
+    own = known - {"category"} if command == "train" else set(_model_fields())
+    checked = {str(c): _checked_options(v, own, path, f"per_category.{c}") for c, v in per_category.items()}
+    return options, checked
 
 
 def _checked_options(values: dict, known: set[str], path: Path, where: str) -> dict[str, object]:
