@@ -3,7 +3,8 @@
 Yu et al., "FastFlow: Unsupervised Anomaly Detection and Localization via 2D Normalizing Flows".
 CNN path: stages at strides 4, 8, 16, each followed by a trainable LayerNorm over (C, H, W), then one
 2D flow per scale. ViT path (CaiT m48 at 448, DeiT-base-distilled at 384): one token map, one flow.
-Loss: sum over scales of mean over the batch of 0.5 * sum(z^2) - log|det|.
+Loss: sum over scales of mean over the batch of 0.5 * sum(z^2) - log|det| (the LayerNorms' affines
+included: see :class:`flowad.models.base.StageNorms`).
 Map: 1 - mean over scales of the upsampled exp(-0.5 * mean_c z^2). Image score: max of the map.
 """
 
@@ -17,7 +18,7 @@ from torch import nn
 from flowad.backbones import CNNEncoder, ViTEncoder
 from flowad.errors import InputError
 from flowad.flows import conv_flow
-from flowad.models.base import AnomalyModel, ModelConfig, stage_norms
+from flowad.models.base import AnomalyModel, ModelConfig, StageNorms, stage_norms
 
 # ViT backbones of the paper: how many transformer blocks feed the flow, and their input size.
 VIT_BLOCKS = {"cait_m48_448": (41, 448), "deit_base_distilled_patch16_384": (8, 384)}
@@ -45,7 +46,7 @@ class FastFlow(AnomalyModel):
                     f"backbone {config.backbone} takes {size}x{size} images; got image_size={config.image_size}"
                 )
             self.encoder = ViTEncoder(config.backbone, blocks, config.weights)
-            self.norms = nn.ModuleList([nn.Identity()])  # the ViT's own final norm is kept
+            self.norms = StageNorms([nn.Identity()])  # the ViT's own final norm is kept
         else:
             self.encoder = CNNEncoder(config.backbone, (4, 8, 16), config.weights)
             self.norms = stage_norms(self.encoder, config.image_size, config.backbone)
@@ -55,9 +56,10 @@ class FastFlow(AnomalyModel):
         )
 
     def head(self, features: list[torch.Tensor]) -> tuple[list[torch.Tensor], torch.Tensor]:
-        latents, log_det = [], 0
-        for feature, norm, flow in zip(features, self.norms, self.flows, strict=True):
-            z, ld = flow(norm(feature))
+        normalised, log_det = self.norms(features)
+        latents = []
+        for feature, flow in zip(normalised, self.flows, strict=True):
+            z, ld = flow(feature)
             latents.append(z)
             log_det = log_det + ld
         return latents, log_det

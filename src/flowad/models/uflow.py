@@ -11,7 +11,8 @@ scale's features, which go through the next stage, and so on; the finest stage's
 latent. With MS-CaiT at 448 the latents are 816x28x28 (816 = 768 + 384 / 2 / 4) and 192x14x14.
 Every step is invertible, so ``inverse`` rebuilds the (normalised) features from the latents.
 
-Loss: mean over the batch of sum_s 0.5 * sum(z_s^2) - log|det|. Map: 1 - mean over scales of the
+Loss: mean over the batch of sum_s 0.5 * sum(z_s^2) - log|det| (the LayerNorms' affines included:
+see :class:`flowad.models.base.StageNorms`). Map: 1 - mean over scales of the
 upsampled exp(-0.5 * mean_c z^2). Image score: max of the map. The a contrario segmentation
 (log NFA < 0) works on ``model.latents(images)``: see :mod:`flowad.nfa`.
 """
@@ -27,7 +28,7 @@ from torch import nn
 from flowad.backbones import CNNEncoder, MSCaiTEncoder
 from flowad.errors import InputError
 from flowad.flows import conv_flow
-from flowad.models.base import AnomalyModel, ModelConfig, stage_norms
+from flowad.models.base import AnomalyModel, ModelConfig, StageNorms, stage_norms
 
 MCAIT_SIZE = 448  # MS-CaiT's input size: cait_m48_448's fixed positional embedding
 
@@ -122,7 +123,7 @@ class UFlow(AnomalyModel):
                 size = f"{MCAIT_SIZE}x{MCAIT_SIZE}"
                 raise InputError(f"backbone mcait (MS-CaiT) takes {size} images; got image_size={config.image_size}")
             self.encoder = MSCaiTEncoder(config.weights)
-            self.norms = nn.ModuleList([nn.Identity(), nn.Identity()])  # the ViTs' own final norms are kept
+            self.norms = StageNorms([nn.Identity(), nn.Identity()])  # the ViTs' own final norms are kept
         else:
             self.encoder = CNNEncoder(config.backbone, (4, 8, 16), config.weights)
             self.norms = stage_norms(self.encoder, config.image_size, config.backbone)
@@ -135,7 +136,9 @@ class UFlow(AnomalyModel):
         )
 
     def head(self, features: list[torch.Tensor]) -> tuple[list[torch.Tensor], torch.Tensor]:
-        return self.flow([norm(f) for norm, f in zip(self.norms, features, strict=True)])
+        normalised, norm_log_det = self.norms(features)
+        latents, log_det = self.flow(normalised)
+        return latents, log_det + norm_log_det
 
     def inverse(self, latents: list[torch.Tensor]) -> list[torch.Tensor]:
         """Latents -> the normalised features they came from (the inverse of ``head``)."""
