@@ -16,9 +16,9 @@ import time
 import numpy as np
 import torch
 
-from flowad import metrics
-from flowad.data.datasets import ImageDataset, mvtec_splits, split_validation
-from flowad.engine import EngineSettings, infer, train
+from flowad.api import DataSpec, _validation_metrics
+from flowad.data.datasets import ImageDataset
+from flowad.engine import EngineSettings, train
 from flowad.models import model_class
 
 
@@ -29,22 +29,17 @@ def main() -> None:
     settings = EngineSettings(quiet=True, device=options.pop("device", "auto"))
     cls = model_class(model)
     config = cls.config_class.from_dict(options)
-    splits = mvtec_splits(data, category)
-    train_images, _ = split_validation(splits.train, 0.2, 0)
+    splits = DataSpec(root=data, category=category).splits(seed=0)  # the split flowad train makes
     torch.manual_seed(0)
     net = cls(config)
-    train_set = ImageDataset(train_images, config.image_size, net.encoder.mean, net.encoder.std)
+    train_set = ImageDataset(splits.train, config.image_size, net.encoder.mean, net.encoder.std)
     test_set = ImageDataset(splits.test, config.image_size, net.encoder.mean, net.encoder.std)
-    labels = np.array([s.label for s in splits.test])
+    test_metrics = _validation_metrics(test_set, np.array([s.label for s in splits.test]), settings)
     epoch, start = [0], time.perf_counter()
 
     def score(trained) -> dict[str, float]:  # called by the engine after every epoch, on the calibrated model
         epoch[0] += 1
-        out = infer(trained, test_set, settings)
-        result = {
-            "image_auroc": metrics.image_auroc(out["scores"], labels),
-            "pixel_auroc": metrics.pixel_auroc(out["maps"], out["masks"]),
-        }
+        result = test_metrics(trained)
         seconds = round(time.perf_counter() - start)
         print(json.dumps({"epoch": epoch[0], **{k: round(v, 4) for k, v in result.items()}, "seconds": seconds}))
         return result
