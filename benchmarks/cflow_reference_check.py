@@ -81,13 +81,20 @@ def score(path: str) -> None:
     )
 
 
+def _usage(message: str) -> None:
+    print(f"cflow_reference_check: error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
 if __name__ == "__main__":
-    step, rest = sys.argv[1], sys.argv[2:]
+    step, rest = (sys.argv[1], sys.argv[2:]) if len(sys.argv) > 1 else ("", [])
+    if step not in ("weights", "run", "score"):
+        _usage(f"step {step!r} is not known; expected weights FILE, run ARGS... or score FILE.npz")
+    if step != "run" and len(rest) != 1:
+        _usage(f"{step} takes one file path, got {rest}")
     if step == "weights":
         weights(rest[0])
     elif step == "run":
         run(rest)
-    elif step == "score":
-        score(rest[0])
     else:
-        raise SystemExit(f"unknown step {step!r}; expected weights, run or score")
+        score(rest[0])
