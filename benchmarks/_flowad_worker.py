@@ -64,7 +64,7 @@ def run(args: argparse.Namespace) -> dict:
     splits = mvtec_splits(args.data, args.category)
     torch.manual_seed(args.seed)  # the flows' initial weights
     net = build_model(args.model, **options(args))
-    mean, std = net.encoder.mean, net.encoder.std
+    mean, std = net.input_statistics
     train_set = ImageDataset(splits.train, args.image_size, mean, std)
     test_set = ImageDataset(splits.test, args.image_size, mean, std)
     settings = EngineSettings(seed=args.seed, device="cpu", quiet=True)

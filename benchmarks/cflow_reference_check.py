@@ -6,12 +6,15 @@ benchmarks/vs_anomalib.py for how ``.venv-anomalib`` is made):
     python benchmarks/cflow_reference_check.py weights runs/ref/lite0.safetensors
     .venv-anomalib/bin/python benchmarks/cflow_reference_check.py run --model cflow --data runs/demo/data \\
         --category fabric --backbone tf_efficientnet_lite0 --weights runs/ref/lite0.safetensors --epochs 20 \\
-        --work runs/ref --maps-out runs/ref/cflow.npz --json-out runs/ref/cflow.json [--one-test-batch]
+        --work runs/ref --maps-out runs/ref/cflow.npz --json-out runs/ref/cflow.json [--one-test-batch] \\
+        [--weights-stats]
     python benchmarks/cflow_reference_check.py score runs/ref/cflow.npz
 
 ``run`` is ``_anomalib_worker.py``'s run with the encoder at timm's feature levels 2, 3, 4 (strides 8, 16,
 32, as flowad's CFLOW-AD) and, with ``--one-test-batch``, the whole test split scored as one batch (the
-reference normalises its maps by the maxima of each test batch).
+reference normalises its maps by the maxima of each test batch). anomalib normalises every backbone's input
+with ImageNet statistics; ``--weights-stats`` uses the weights' own instead (mean 0.5, std 0.5 for the
+TF EfficientNet-Lite weights, as flowad does).
 """
 
 from __future__ import annotations
@@ -41,7 +44,8 @@ def run(argv: list[str]) -> None:
     import _anomalib_worker as worker
 
     one_batch = "--one-test-batch" in argv
-    sys.argv = [sys.argv[0], "run", *(a for a in argv if a != "--one-test-batch")]
+    weights_stats = "--weights-stats" in argv
+    sys.argv = [sys.argv[0], "run", *(a for a in argv if a not in ("--one-test-batch", "--weights-stats"))]
 
     def build(args):
         from anomalib.models import Cflow
@@ -49,7 +53,8 @@ def run(argv: list[str]) -> None:
         from torchvision.transforms.v2 import Compose, Normalize, Resize
 
         size = (args.image_size, args.image_size)
-        steps = [Resize(size, antialias=True), Normalize(worker.IMAGENET_MEAN, worker.IMAGENET_STD)]
+        mean, std = (worker.IMAGENET_MEAN, worker.IMAGENET_STD) if not weights_stats else _weights_stats(args)
+        steps = [Resize(size, antialias=True), Normalize(mean, std)]
         pre = PreProcessor(transform=Compose(steps))
         module = Cflow(backbone=args.backbone, layers=(2, 3, 4), pre_trained=False, pre_processor=pre)
         extractor = module.model.encoder.feature_extractor
@@ -66,6 +71,14 @@ def run(argv: list[str]) -> None:
 
         anomalib.data.MVTecAD = OneTestBatch
     worker.main(worker.__doc__, worker.run, worker.aupro)
+
+
+def _weights_stats(args) -> tuple[list[float], list[float]]:
+    """The input statistics timm's configuration gives ``args.backbone``'s weights."""
+    import timm
+
+    cfg = timm.create_model(args.backbone, pretrained=False).pretrained_cfg
+    return list(cfg["mean"]), list(cfg["std"])
 
 
 def score(path: str) -> None:

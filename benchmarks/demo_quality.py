@@ -3,7 +3,8 @@
     python benchmarks/demo_quality.py --models fastflow cflow uflow --append benchmarks/RESULTS.md
 
 Runs ``flowad demo --model M`` (demo data, train, test, predict) unless ``--reuse`` reads the metrics
-of runs already in runs/demo, then prints one row per model and category.
+of runs already in runs/demo, then prints one row per model and category. Any other argument goes to
+``flowad demo`` as a model option over the defaults, e.g. ``--out runs/demo_imagenet --input-statistics imagenet``.
 """
 
 from __future__ import annotations
@@ -26,11 +27,11 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("runs/demo"))
     parser.add_argument("--reuse", action="store_true", help="read existing runs instead of training")
     parser.add_argument("--append", help="append the Markdown table to this file")
-    args = parser.parse_args()
+    args, demo_options = parser.parse_known_args()
     rows = []
     for model in args.models:
         if not args.reuse:
-            cmd = ["flowad", "demo", "--model", model, "--out", str(args.out), "--force", "--quiet"]
+            cmd = ["flowad", "demo", "--model", model, "--out", str(args.out), "--force", "--quiet", *demo_options]
             subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
         for category in CATEGORIES:
             m = json.loads((args.out / model / category / "metrics.json").read_text())
@@ -40,7 +41,8 @@ def main() -> None:
             rows.append(f"| {model} | {category} | " + " | ".join(cells) + " |")
     text = "\n".join(
         [
-            f"### Demo-data quality, {date.today()}: default settings, offline EfficientNet-Lite0",
+            f"### Demo-data quality, {date.today()}: "
+            f"{' '.join(demo_options) if demo_options else 'default settings'}, offline EfficientNet-Lite0",
             "",
             f"Command: `python benchmarks/demo_quality.py {' '.join(sys.argv[1:])}` "
             "(each model: `flowad demo --model M`).",

@@ -32,8 +32,8 @@ def main() -> None:
     splits = DataSpec(root=data, category=category).splits(seed=0)  # the split flowad train makes
     torch.manual_seed(0)
     net = cls(config)
-    train_set = ImageDataset(splits.train, config.image_size, net.encoder.mean, net.encoder.std)
-    test_set = ImageDataset(splits.test, config.image_size, net.encoder.mean, net.encoder.std)
+    train_set = ImageDataset(splits.train, config.image_size, *net.input_statistics)
+    test_set = ImageDataset(splits.test, config.image_size, *net.input_statistics)
     test_metrics = _validation_metrics(test_set, np.array([s.label for s in splits.test]), settings)
     epoch, start = [0], time.perf_counter()
 

@@ -38,7 +38,7 @@ def main() -> None:
 
     net, _ = load_run(run)
     tests = mvtec_splits(data, category).test
-    out_ = infer(net, ImageDataset(tests, net.config.image_size, net.encoder.mean, net.encoder.std), settings, True)
+    out_ = infer(net, ImageDataset(tests, net.config.image_size, *net.input_statistics), settings, True)
     labels = np.array([s.label for s in tests])
     anomalous = (labels == 1) & out_["masks"].any(axis=(1, 2))
     latents = out_["latents"]

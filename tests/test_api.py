@@ -10,6 +10,7 @@ import flowad
 from flowad.data.images import read_image
 from flowad.data.synthetic import make_demo_dataset
 from flowad.errors import InputError
+from flowad.models import build_model
 
 
 @pytest.fixture(scope="module")
@@ -57,3 +58,22 @@ def test_scores_do_not_depend_on_the_batch(run: Path) -> None:
         together = model(x)[0]
         alone = torch.cat([model(x[i : i + 1])[0] for i in range(4)])
     assert (together - alone).abs().max() < 1e-5
+
+
+def test_imagenet_input_statistics_reach_the_run_and_the_detector(run: Path, tmp_path: Path) -> None:
+    root = Path(flowad.load(run).config["data"]["root"])
+    options = {"image_size": 64, "epochs": 1, "batch_size": 4, "input_statistics": "imagenet"}
+    detector = flowad.load(flowad.train("fastflow", root, out=tmp_path / "imagenet", category="pill", **options))
+    mean, std = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+    assert detector.config["normalisation"] == pytest.approx({"mean": mean, "std": std})
+    image = read_image(next((root / "pill" / "test" / "good").iterdir()))  # 64 x 64: no resizing
+    pixels = torch.from_numpy(image).permute(2, 0, 1).float() / 255
+    x = (pixels - torch.tensor(mean).view(3, 1, 1)) / torch.tensor(std).view(3, 1, 1)
+    with torch.no_grad():
+        score = detector.model(x[None])[1].item()
+    assert detector.predict([image])[0]["score"] == pytest.approx(score, abs=1e-5)
+
+
+def test_unknown_input_statistics_are_named() -> None:
+    with pytest.raises(InputError, match=r"input_statistics='coco'.*'weights', 'imagenet'"):
+        build_model("fastflow", weights="random", input_statistics="coco")

@@ -157,3 +157,10 @@ def test_export_and_predict_with_onnxruntime_give_the_same_masks(run: Path, demo
     for a, b in zip(outputs["torch"], outputs["onnx"], strict=True):
         assert a["score"] == pytest.approx(b["score"], abs=1e-4) and a["anomalous"] == b["anomalous"]
         assert np.array_equal(np.asarray(Image.open(a["mask"])), np.asarray(Image.open(b["mask"])))
+
+
+def test_demo_takes_the_model_options_over_its_presets() -> None:
+    from flowad.cli import build_parser
+
+    args = build_parser().parse_args(["demo", "--model", "cflow", "--epochs", "3", "--input-statistics", "imagenet"])
+    assert (args.epochs, args.input_statistics, args.fiber_batch_size) == (3, "imagenet", None)

@@ -28,7 +28,7 @@ def scored(tmp_path_factory):
         for key, p in model.named_parameters():
             if not key.startswith("encoder."):
                 p.add_(0.05 * torch.randn_like(p))
-    dataset = ImageDataset(mvtec_splits(data, "pill").test, 64, model.encoder.mean, model.encoder.std)
+    dataset = ImageDataset(mvtec_splits(data, "pill").test, 64, *model.input_statistics)
     return model, dataset, infer(model, dataset, EngineSettings(quiet=True), keep_latents=True)
 
 

@@ -145,7 +145,7 @@ def test_validation_with_anomalies_keeps_the_best_and_the_last_epoch(data: Path,
     for path, expected in ((run / "best", vals[best]), (run, vals[3])):
         net, config = load_run(path)
         assert config["thresholds"]["method"] == "f1"
-        dataset = ImageDataset(val_samples, 64, net.encoder.mean, net.encoder.std)
+        dataset = ImageDataset(val_samples, 64, *net.input_statistics)
         out = engine.infer(net, dataset, engine.EngineSettings(quiet=True))
         assert image_auroc(out["scores"], labels) == pytest.approx(expected["image_auroc"], abs=1e-6)
         assert pixel_auroc(out["maps"], out["masks"]) == pytest.approx(expected["pixel_auroc"], abs=1e-6)

@@ -166,8 +166,8 @@ def _train_run(run_dir: Path, request: dict[str, Any], settings: EngineSettings,
 
     torch.manual_seed(seed)  # the flows' initial weights
     net = cls(config)
-    train_set = ImageDataset(splits.train, config.image_size, net.encoder.mean, net.encoder.std)
-    val_set = ImageDataset(splits.val, config.image_size, net.encoder.mean, net.encoder.std)
+    train_set = ImageDataset(splits.train, config.image_size, *net.input_statistics)
+    val_set = ImageDataset(splits.val, config.image_size, *net.input_statistics)
     val_labels = np.array([s.label for s in splits.val])
     validate = _validation_metrics(val_set, val_labels, settings) if 0 < val_labels.sum() < len(val_labels) else None
     with log_to(run_dir):
@@ -295,7 +295,7 @@ def test(
         spec = dataclasses.replace(spec, category=category)
     splits = spec.splits(config.get("seed", 0))
     check_masks(splits.test)
-    dataset = ImageDataset(splits.test, net.config.image_size, net.encoder.mean, net.encoder.std)
+    dataset = ImageDataset(splits.test, net.config.image_size, *net.input_statistics)
     start = time.perf_counter()
     out = infer(net, dataset, settings, keep_latents=True)
     nfa = _nfa_masks(net, out["latents"])

@@ -21,6 +21,9 @@ from flowad.errors import FlowadError, InputError
 DEFAULT_BACKBONE = "tf_efficientnet_lite0"
 OFFLINE_BACKBONE = "tf_efficientnet_lite0"
 WEIGHT_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt", ".safetensors")
+# the usual input statistics of ImageNet weights (timm's default when a configuration gives none)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def _timm():
@@ -187,10 +190,7 @@ class CNNEncoder(Encoder):
         self.channels = list(self.body.feature_info.channels())
         self.strides = list(self.body.feature_info.reduction())
         cfg = full.pretrained_cfg
-        self.mean, self.std = (
-            tuple(cfg.get("mean", (0.485, 0.456, 0.406))),
-            tuple(cfg.get("std", (0.229, 0.224, 0.225))),
-        )
+        self.mean, self.std = tuple(cfg.get("mean", IMAGENET_MEAN)), tuple(cfg.get("std", IMAGENET_STD))
         self.freeze()
 
     def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
@@ -216,10 +216,7 @@ class ViTEncoder(Encoder):
         self.channels = [self.vit.embed_dim]
         self.strides = [patch[0]]
         cfg = self.vit.pretrained_cfg
-        self.mean, self.std = (
-            tuple(cfg.get("mean", (0.485, 0.456, 0.406))),
-            tuple(cfg.get("std", (0.229, 0.224, 0.225))),
-        )
+        self.mean, self.std = tuple(cfg.get("mean", IMAGENET_MEAN)), tuple(cfg.get("std", IMAGENET_STD))
         self.freeze()
 
     def forward(self, images: torch.Tensor) -> list[torch.Tensor]:

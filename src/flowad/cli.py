@@ -42,6 +42,8 @@ OPTION_HELP = {
     "nfa_window_size": "--threshold nfa: window at the finest latent scale (pixels)",
     "nfa_probability_threshold": "--threshold nfa: a latent value is a candidate when P(chi2(1) >= z^2) < 1 - this",
     "nfa_high_precision": "--threshold nfa: binomial tails in exact integer arithmetic (slower)",
+    "input_statistics": "input normalisation: 'weights' (the backbone weights' own mean/std) or 'imagenet' "
+    "(ImageNet's for any backbone, as anomalib)",
 }
 
 
@@ -129,8 +131,8 @@ def build_parser(defaults: dict[str, object] | None = None, command: str = "trai
     )
     p.add_argument("--out", type=Path, default=Path("runs/demo"), help="output folder (default runs/demo)")
     p.add_argument("--model", default="fastflow", help="model to train: fastflow (default), cflow or uflow")
-    p.add_argument("--epochs", type=int, default=None, help="training epochs (model default)")
     p.add_argument("--force", action="store_true", help="overwrite an existing output folder")
+    _add_model_args(p)  # over the demo's presets
     _add_engine_args(p)
 
     p = sub.add_parser("train", help="train a model on good images and write a run directory")
@@ -426,8 +428,7 @@ def _demo(args: argparse.Namespace) -> None:
     if not (data / CATEGORIES[0]).is_dir():
         make_demo_dataset(data, seed=0)
     options = dict(DEMO_PRESETS.get(args.model, {}))
-    if args.epochs is not None:
-        options["epochs"] = args.epochs
+    options.update({k: getattr(args, k) for k in _model_fields() if getattr(args, k) is not None})
     runs = out / args.model
     rows = api.benchmark(args.model, data, runs, CATEGORIES, force=args.force, settings=_settings(args), **options)
     for category in CATEGORIES:

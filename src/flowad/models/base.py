@@ -16,9 +16,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from flowad.backbones import Encoder
+from flowad.backbones import IMAGENET_MEAN, IMAGENET_STD, Encoder
 from flowad.errors import InputError
 from flowad.flows import gaussian_nll
+
+INPUT_STATISTICS = ("weights", "imagenet")
 
 
 @dataclasses.dataclass
@@ -36,6 +38,13 @@ class ModelConfig:
     nfa_window_size: int = 7
     nfa_probability_threshold: float = 0.5
     nfa_high_precision: bool = False
+    # how input images are normalised: "weights" = the statistics the backbone's weights were trained with
+    # (its timm configuration), "imagenet" = ImageNet's mean/std whatever the backbone (as anomalib does)
+    input_statistics: str = "weights"
+
+    def __post_init__(self) -> None:
+        if self.input_statistics not in INPUT_STATISTICS:
+            raise InputError(f"input_statistics={self.input_statistics!r}: expected one of {list(INPUT_STATISTICS)}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -66,6 +75,13 @@ class AnomalyModel(nn.Module):
     @property
     def image_size(self) -> tuple[int, int]:
         return (self.config.image_size, self.config.image_size)
+
+    @property
+    def input_statistics(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        """(mean, std) per RGB channel that images in [0, 1] are normalised with before the encoder."""
+        if self.config.input_statistics == "imagenet":
+            return IMAGENET_MEAN, IMAGENET_STD
+        return tuple(self.encoder.mean), tuple(self.encoder.std)
 
     # how the frozen encoder runs, set by the engine (not part of the model): None = float32, else an
     # autocast dtype. The flows always run in float32: their exp and log-determinants need its range.

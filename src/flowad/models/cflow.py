@@ -54,6 +54,7 @@ class CFlowConfig(ModelConfig):
     epochs: int = 20  # ~4 minutes for 48 images at 256 px on 2 CPU cores; pixel AUROC still rises slowly after
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         self.strides = tuple(self.strides)  # JSON gives a list
         if self.condition_vector <= 0 or self.condition_vector % 4:
             raise InputError(f"condition_vector={self.condition_vector}: expected a positive multiple of 4")
