@@ -108,7 +108,7 @@ def save_run(run_dir: Path, model: AnomalyModel, extra: dict[str, Any]) -> None:
         "flowad_version": flowad_version(),
         "model": model.name,
         "model_config": model.config.to_dict(),
-        "normalisation": dict(zip(("mean", "std"), map(list, model.input_statistics), strict=True)),
+        "normalisation": {"mean": list(model.input_statistics[0]), "std": list(model.input_statistics[1])},
         "backbone": {"fingerprint": fingerprint(model.encoder), "stored": store_backbone},
         "tensors": {k: list(v.shape) for k, v in head.items()},
         **extra,

@@ -60,6 +60,11 @@ def _model_fields() -> dict[str, dict[str, object]]:
     return fields
 
 
+def _given_model_options(args: argparse.Namespace) -> dict[str, object]:
+    """The model options given on the command line (or by a config file): the flags not left at None."""
+    return {k: getattr(args, k) for k in _model_fields() if getattr(args, k, None) is not None}
+
+
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     for field, defaults in _model_fields().items():
         values = set(map(repr, defaults.values()))
@@ -355,7 +360,7 @@ def _run(args: argparse.Namespace) -> int:
     elif args.command == "train":
         if args.data is None or args.out is None:
             raise InputError("train needs --data and --out (or --resume RUN_DIR)")
-        options = {k: getattr(args, k) for k in _model_fields() if getattr(args, k) is not None}
+        options = _given_model_options(args)
         spec = api.DataSpec(
             root=str(args.data),
             category=args.category,
@@ -428,7 +433,7 @@ def _demo(args: argparse.Namespace) -> None:
     if not (data / CATEGORIES[0]).is_dir():
         make_demo_dataset(data, seed=0)
     options = dict(DEMO_PRESETS.get(args.model, {}))
-    options.update({k: getattr(args, k) for k in _model_fields() if getattr(args, k) is not None})
+    options.update(_given_model_options(args))
     runs = out / args.model
     rows = api.benchmark(args.model, data, runs, CATEGORIES, force=args.force, settings=_settings(args), **options)
     for category in CATEGORIES:
@@ -443,7 +448,7 @@ def _demo(args: argparse.Namespace) -> None:
 def _benchmark(args: argparse.Namespace) -> None:
     from flowad import api
 
-    options = {k: getattr(args, k) for k in _model_fields() if getattr(args, k, None) is not None}
+    options = _given_model_options(args)
     rows = api.benchmark(
         args.model,
         args.data,
