@@ -13,7 +13,6 @@ or a square of another photograph ("patch"). Then trains and tests every model w
 from __future__ import annotations
 
 import argparse
-import json
 from datetime import date
 from pathlib import Path
 
@@ -126,7 +125,6 @@ def main() -> None:
         ]
     )
     print(text)
-    (args.out / "table.json").write_text(json.dumps(rows))
     if args.append:
         with open(args.append, "a") as f:
             f.write("\n" + text + "\n")

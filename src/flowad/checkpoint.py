@@ -102,13 +102,14 @@ def save_run(run_dir: Path, model: AnomalyModel, extra: dict[str, Any]) -> None:
     _save_tensors(run_dir / MODEL_FILE, head)
     if store_backbone:
         _save_tensors(run_dir / BACKBONE_FILE, model.encoder.state_dict())
+    mean, std = model.input_statistics
     config = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "flowad_version": flowad_version(),
         "model": model.name,
         "model_config": model.config.to_dict(),
-        "normalisation": {"mean": list(model.input_statistics[0]), "std": list(model.input_statistics[1])},
+        "normalisation": {"mean": list(mean), "std": list(std)},
         "backbone": {"fingerprint": fingerprint(model.encoder), "stored": store_backbone},
         "tensors": {k: list(v.shape) for k, v in head.items()},
         **extra,
