@@ -24,8 +24,9 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from flowad import distributed
 from flowad.checkpoint import load_train_state, save_best_state, save_train_state
-from flowad.errors import FlowadError
+from flowad.errors import FlowadError, InputError
 from flowad.models.base import AnomalyModel
+from flowad.ranges import check_ranges
 
 BYTES_PER_FLOAT = 4
 # what a run did, for RUN_DIR/flowad.log (flowad.api.log_to); kept out of the host application's logging
@@ -49,6 +50,16 @@ class EngineSettings:
     precision: str = "fp32"  # the backbone's: fp32, or bf16 / fp16 autocast (the flows stay float32)
     compile: bool = False  # torch.compile the model for inference (pays off on long runs, on GPUs)
 
+    def __post_init__(self) -> None:
+        check_ranges(self)
+        if self.cache not in CACHE_MODES:
+            raise InputError(f"--cache {self.cache}: expected one of {', '.join(CACHE_MODES)}")
+        if self.precision not in PRECISIONS:
+            raise InputError(f"--precision {self.precision}: expected one of {', '.join(PRECISIONS)}")
+
+
+CACHE_MODES = ("auto", "on", "off")
+
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -56,8 +67,6 @@ PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 @contextlib.contextmanager
 def running(model: AnomalyModel, settings: EngineSettings) -> Iterator[torch.device]:
     """Move ``model`` to the settings' device and run its backbone at their precision while the block runs."""
-    if settings.precision not in PRECISIONS:
-        raise FlowadError(f"unknown precision {settings.precision!r}; expected one of {', '.join(PRECISIONS)}")
     device = resolve_device(settings.device)
     model.to(device)
     before, model.encoder_dtype = model.encoder_dtype, PRECISIONS[settings.precision]

@@ -19,6 +19,7 @@ from torch import nn
 from flowad.backbones import IMAGENET_MEAN, IMAGENET_STD, Encoder
 from flowad.errors import InputError
 from flowad.flows import gaussian_nll
+from flowad.ranges import check_ranges
 
 INPUT_STATISTICS = ("weights", "imagenet")
 
@@ -43,6 +44,7 @@ class ModelConfig:
     input_statistics: str = "weights"
 
     def __post_init__(self) -> None:
+        check_ranges(self)
         if self.input_statistics not in INPUT_STATISTICS:
             raise InputError(f"input_statistics={self.input_statistics!r}: expected one of {list(INPUT_STATISTICS)}")
 
