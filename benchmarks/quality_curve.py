@@ -16,7 +16,7 @@ import time
 import numpy as np
 import torch
 
-from flowad.api import DataSpec, _validation_metrics
+from flowad.api import DataSpec, validation_metrics
 from flowad.data.datasets import ImageDataset
 from flowad.engine import EngineSettings, train
 from flowad.models import model_class
@@ -34,7 +34,7 @@ def main() -> None:
     net = cls(config)
     train_set = ImageDataset(splits.train, config.image_size, *net.input_statistics)
     test_set = ImageDataset(splits.test, config.image_size, *net.input_statistics)
-    test_metrics = _validation_metrics(test_set, np.array([s.label for s in splits.test]), settings)
+    test_metrics = validation_metrics(test_set, np.array([s.label for s in splits.test]), settings)
     epoch, start = [0], time.perf_counter()
 
     def score(trained) -> dict[str, float]:  # called by the engine after every epoch, on the calibrated model

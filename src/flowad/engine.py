@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import logging
 import math
 import time
 from collections.abc import Callable, Iterator
@@ -26,12 +25,9 @@ from flowad import distributed
 from flowad.checkpoint import load_train_state, save_best_state, save_train_state
 from flowad.errors import FlowadError
 from flowad.models.base import AnomalyModel
+from flowad.runlog import logger  # what a run did, for RUN_DIR/flowad.log
 
 BYTES_PER_FLOAT = 4
-# what a run did, for RUN_DIR/flowad.log (flowad.api.log_to); kept out of the host application's logging
-logger = logging.getLogger("flowad.run")
-logger.setLevel(logging.INFO)
-logger.propagate = False
 
 
 @dataclasses.dataclass
