@@ -22,6 +22,7 @@ from flowad.checkpoint import load_run
 from flowad.data.datasets import ImageDataset, mvtec_splits
 from flowad.engine import EngineSettings, infer
 from flowad.nfa import nfa_masks
+from flowad.preprocess import Preprocess
 
 THRESHOLDS = (0.5, 0.7, 0.9)
 
@@ -38,7 +39,7 @@ def main() -> None:
 
     net, _ = load_run(run)
     tests = mvtec_splits(data, category).test
-    out_ = infer(net, ImageDataset(tests, net.config.image_size, *net.input_statistics), settings, True)
+    out_ = infer(net, ImageDataset(tests, Preprocess.from_model(net)), settings, True)
     labels = np.array([s.label for s in tests])
     anomalous = (labels == 1) & out_["masks"].any(axis=(1, 2))
     latents = out_["latents"]

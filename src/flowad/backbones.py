@@ -17,12 +17,10 @@ import torch
 from torch import nn
 
 from flowad.errors import FlowadError, InputError
+from flowad.preprocess import IMAGENET_MEAN, IMAGENET_STD  # timm's default when a configuration gives none
 
 DEFAULT_BACKBONE = "tf_efficientnet_lite0"
 OFFLINE_BACKBONE = "tf_efficientnet_lite0"
-# the usual input statistics of ImageNet weights (timm's default when a configuration gives none)
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def _timm():

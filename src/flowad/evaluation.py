@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from flowad import metrics
-from flowad.checkpoint import atomic_write, load_run, write_json
+from flowad.checkpoint import atomic_write, load_run, run_preprocess, write_json
 from flowad.data.datasets import ImageDataset, Sample, check_masks
 from flowad.data.spec import DataSpec
 from flowad.engine import EngineSettings, infer
@@ -42,7 +42,7 @@ def test(
     spec = _test_spec(DataSpec(**config["data"]), data, category)
     splits = spec.splits(config.get("seed", 0))
     check_masks(splits.test)
-    dataset = ImageDataset(splits.test, net.config.image_size, *net.input_statistics)
+    dataset = ImageDataset(splits.test, run_preprocess(config))  # as the model was trained
     start = time.perf_counter()
     out = infer(net, dataset, settings, keep_latents=True)
     nfa = nfa_masks(net, out["latents"])

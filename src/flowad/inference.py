@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from flowad import distributed
-from flowad.checkpoint import atomic_write, load_run
+from flowad.checkpoint import atomic_write, load_run, run_preprocess
 from flowad.data.datasets import list_images
 from flowad.data.images import is_image_file, read_image
 from flowad.engine import resolve_device
@@ -43,11 +43,8 @@ class Detector:
         self.device = resolve_device("auto")
         if model is not None:
             model.to(self.device).eval()
-        size = config["model_config"]["image_size"]
-        self.image_size = (size, size)
-        norm = config["normalisation"]
-        self._mean = torch.tensor(norm["mean"]).view(3, 1, 1)
-        self._std = torch.tensor(norm["std"]).view(3, 1, 1)
+        self.preprocess = run_preprocess(config)
+        self.image_size = self.preprocess.size
 
     @classmethod
     def load(cls, run: str | Path, threshold: str | float = "f1", engine: str = "torch") -> Detector:
@@ -60,12 +57,6 @@ class Detector:
             raise InputError(f"--engine {engine!r} is not known; expected torch or onnx")
         model, config = load_run(Path(run))
         return cls(model, config, threshold)
-
-    def _tensor(self, rgb: np.ndarray) -> torch.Tensor:
-        h, w = self.image_size
-        resized = Image.fromarray(rgb).resize((w, h), Image.Resampling.BILINEAR)
-        x = torch.from_numpy(np.asarray(resized, dtype=np.float32) / 255.0).permute(2, 0, 1)
-        return (x - self._mean) / self._std
 
     def _maps_and_latents(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor] | None]:
         if self.onnx is not None:
@@ -85,7 +76,7 @@ class Detector:
             rgb = np.asarray(rgb)
             if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
                 raise InputError(f"image of shape {rgb.shape} and dtype {rgb.dtype}; expected (H, W, 3) uint8 RGB")
-            maps, latents = self._maps_and_latents(self._tensor(rgb)[None])
+            maps, latents = self._maps_and_latents(self.preprocess(rgb)[None])
             score = float(maps.amax())
             full_map = _resize(maps, rgb.shape[:2]).numpy()
             if self.use_nfa:

@@ -32,6 +32,7 @@ from flowad.engine import EngineSettings, divergence_message, infer
 from flowad.engine import train as train_head
 from flowad.errors import FlowadError, InputError
 from flowad.models import AnomalyModel, model_class
+from flowad.preprocess import Preprocess
 from flowad.runlog import log_to, logger
 from flowad.thresholds import DEFAULT_FPR, from_validation
 
@@ -119,8 +120,9 @@ def _train_run(run_dir: Path, request: dict[str, Any], settings: EngineSettings,
 
     torch.manual_seed(seed)  # the flows' initial weights
     net = cls(config)
-    train_set = ImageDataset(splits.train, config.image_size, *net.input_statistics)
-    val_set = ImageDataset(splits.val, config.image_size, *net.input_statistics)
+    preprocess = Preprocess.from_model(net)  # save_run stores the same one in the run
+    train_set = ImageDataset(splits.train, preprocess)
+    val_set = ImageDataset(splits.val, preprocess)
     val_labels = np.array([s.label for s in splits.val])
     validate = validation_metrics(val_set, val_labels, settings) if 0 < val_labels.sum() < len(val_labels) else None
     with log_to(run_dir):
