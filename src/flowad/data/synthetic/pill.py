@@ -6,24 +6,8 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-from flowad.data.synthetic.drawing import (
-    SUPERSAMPLE,
-    Scene,
-    blob,
-    curve,
-    downsample,
-    grid,
-    grid_box,
-    illumination,
-    interior,
-    light_vector,
-    line_coverage,
-    pick,
-    polyline_distance,
-    relief_shading,
-    sensor_noise,
-    smooth_noise,
-)
+from flowad.data.synthetic import drawing as draw
+from flowad.data.synthetic.drawing import SUPERSAMPLE, Scene
 
 
 def render(rng: np.random.Generator, size: int) -> Scene:
@@ -33,7 +17,7 @@ def render(rng: np.random.Generator, size: int) -> Scene:
     angle = float(np.deg2rad(np.clip(rng.normal(0, 3), -6, 6)))
     half_length = 0.2 * size * rng.uniform(0.98, 1.02)
     radius = 0.135 * size * rng.uniform(0.98, 1.02)
-    light_dir = light_vector(rng)
+    light_dir = draw.light_vector(rng)
     # Shade only the tablet's bounding box finely: outside it there is nothing to anti-alias.
     reach_y = half_length * abs(np.sin(angle)) + radius + 2
     reach_x = half_length * abs(np.cos(angle)) + radius + 2
@@ -50,12 +34,12 @@ def render(rng: np.random.Generator, size: int) -> Scene:
     )
 
     shape = (size, size)
-    speckle = np.clip((smooth_noise(rng, shape, 1.2) - 2.6) * 1.2, 0, 1)[..., None]
+    speckle = np.clip((draw.smooth_noise(rng, shape, 1.2) - 2.6) * 1.2, 0, 1)[..., None]
     base = np.array([0.9, 0.88, 0.83], dtype=np.float32) * np.float32(rng.uniform(0.96, 1.02))
     albedo = base * (1 - 0.5 * speckle) + np.array([0.72, 0.4, 0.33], dtype=np.float32) * 0.5 * speckle
-    albedo *= (1 + 0.02 * smooth_noise(rng, shape, size / 8))[..., None]
-    yo, xo = grid(size)
-    light = illumination(rng, yo, xo, size)
+    albedo *= (1 + 0.02 * draw.smooth_noise(rng, shape, size / 8))[..., None]
+    yo, xo = draw.grid(size)
+    light = draw.illumination(rng, yo, xo, size)
     tray, cast = _tray(rng, size, cover, light_dir)
     image = tray * (1 - 0.6 * cast) * (1 - cover[..., None]) + albedo * diffuse[..., None] + 0.18 * gloss[..., None]
     image = np.clip(image * light[..., None], 0.03, 0.96).astype(np.float32)
@@ -63,7 +47,7 @@ def render(rng: np.random.Generator, size: int) -> Scene:
     background = np.clip(tray * (1 - 0.3 * cast) * light[..., None], 0.03, 0.96)
     return Scene(
         image=image,
-        noise=sensor_noise(rng, image),
+        noise=draw.sensor_noise(rng, image),
         light=light,
         support=cover,
         background=background.astype(np.float32),
@@ -83,7 +67,7 @@ def _tablet_shading(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Coverage, diffuse and specular light of a capsule in ``box``, supersampled for clean edges."""
     ss = SUPERSAMPLE
-    y, x = grid_box(box, ss)
+    y, x = draw.grid_box(box, ss)
     cos, sin = float(np.cos(angle)), float(np.sin(angle))
     along = (x - centre[1]) * cos + (y - centre[0]) * sin
     across = -(x - centre[1]) * sin + (y - centre[0]) * cos
@@ -106,13 +90,13 @@ def _tablet_shading(
     hy, hx, hz = np.array([ly, lx, lz + 1]) / np.linalg.norm([ly, lx, lz + 1])
     specular = np.clip((n_y * hy + n_x * hx + n_z * hz) / norm, 0, 1) ** 40
     diffuse = cover * (0.3 + 0.7 * cosine) * (1 - 0.25 * groove)
-    return downsample(cover, ss), downsample(diffuse, ss), downsample(cover * specular, ss)
+    return draw.downsample(cover, ss), draw.downsample(diffuse, ss), draw.downsample(cover * specular, ss)
 
 
 def _tray(rng: np.random.Generator, size: int, cover: np.ndarray, light: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """A dark matte tray with fine grain (``HxWx3``) and the tablet's soft cast shadow (``HxWx1``)."""
     shape = (size, size)
-    grain = 1 + 0.06 * smooth_noise(rng, shape, 1.5) + 0.05 * smooth_noise(rng, shape, size / 4)
+    grain = 1 + 0.06 * draw.smooth_noise(rng, shape, 1.5) + 0.05 * draw.smooth_noise(rng, shape, size / 4)
     grey = np.array([0.16, 0.16, 0.17], dtype=np.float32) * np.float32(rng.uniform(0.85, 1.15))
     offset = (-light[0] / light[2] * 0.06 * size, -light[1] / light[2] * 0.06 * size)
     cast = ndimage.gaussian_filter(ndimage.shift(cover, offset, order=1), 0.02 * size)
@@ -121,25 +105,25 @@ def _tray(rng: np.random.Generator, size: int, cover: np.ndarray, light: np.ndar
 
 def _pill_crack(scene: Scene, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     size, img = scene.size, scene.image
-    y, x = grid(size)
+    y, x = draw.grid(size)
     # Run roughly along the tablet through a random point near its middle, so it stays on it.
     heading = scene.angle + rng.uniform(-0.4, 0.4) + np.pi * rng.integers(2)
     length = size * rng.uniform(0.3, 0.5)
     ys, xs = np.nonzero(scene.support > 0.5)
     middle = np.array([ys.mean(), xs.mean()]) + rng.normal(0, [0.3 * scene.scale, 0.1 * size])
     start = middle - 0.5 * length * np.array([np.sin(heading), np.cos(heading)])
-    main = curve(rng, start, heading, length, 0.08, 0.35)
+    main = draw.curve(rng, start, heading, length, 0.08, 0.35)
     paths = [main]
     for _ in range(rng.integers(1, 4)):
         fork = main[rng.integers(4, len(main) - 4)]
         side = heading + rng.choice([-1, 1]) * rng.uniform(0.5, 1.1)
-        paths.append(curve(rng, fork, side, size * rng.uniform(0.08, 0.18), 0.05, 0.35))
+        paths.append(draw.curve(rng, fork, side, size * rng.uniform(0.08, 0.18), 0.05, 0.35))
     # The crevice opens and closes along its length.
-    core_half = (size * 0.0045 + 0.4) * (0.75 + 0.35 * np.clip(smooth_noise(rng, y.shape, size / 12), -1, 1))
+    core_half = (size * 0.0045 + 0.4) * (0.75 + 0.35 * np.clip(draw.smooth_noise(rng, y.shape, size / 12), -1, 1))
     halo_half = core_half + max(size * 0.007, 0.8)
-    distance = np.min([polyline_distance(y, x, p, size * 0.02 + 3)[0] for p in paths], axis=0)
-    core = line_coverage(distance, core_half) * scene.support
-    halo = line_coverage(distance, halo_half) * scene.support
+    distance = np.min([draw.polyline_distance(y, x, p, size * 0.02 + 3)[0] for p in paths], axis=0)
+    core = draw.line_coverage(distance, core_half) * scene.support
+    halo = draw.line_coverage(distance, halo_half) * scene.support
     # A dark crevice whose chipped edges catch less light than the intact surface.
     out = img * (1 - 0.16 * halo - 0.4 * core)[..., None]
     return out, np.maximum(core, 0.6 * halo)
@@ -147,12 +131,12 @@ def _pill_crack(scene: Scene, rng: np.random.Generator) -> tuple[np.ndarray, np.
 
 def _pill_missing(scene: Scene, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     size, img = scene.size, scene.image
-    y, x = grid(size)
+    y, x = draw.grid(size)
     edge = (scene.support > 0.3) & (scene.support < 0.7)
     radius = size * rng.uniform(0.07, 0.14)
-    centre = pick(rng, edge)
-    rn = blob(y, x, centre, radius, rng, rough=0.2)
-    rn = rn + (0.8 / radius) * smooth_noise(rng, rn.shape, 2)  # a broken edge is not smooth
+    centre = draw.pick(rng, edge)
+    rn = draw.blob(y, x, centre, radius, rng, rough=0.2)
+    rn = rn + (0.8 / radius) * draw.smooth_noise(rng, rn.shape, 2)  # a broken edge is not smooth
     chunk = np.clip((1 - rn) * radius + 0.5, 0, 1)
     removed = chunk * scene.support
     # The fracture face left behind: a rough band along the break, shaded by which way it faces.
@@ -160,7 +144,7 @@ def _pill_missing(scene: Scene, rng: np.random.Generator) -> tuple[np.ndarray, n
     band = np.clip(1 - (rn - 1) * radius / band_width, 0, 1) * (1 - chunk) * scene.support
     dy, dx = centre[0] - y, centre[1] - x
     facing = (dy * -0.4 + dx * -0.35) / (np.hypot(dy, dx) + 1e-3)  # faces the light from the upper left?
-    rough = 0.85 + 0.1 * smooth_noise(rng, rn.shape, 1.5)
+    rough = 0.85 + 0.1 * draw.smooth_noise(rng, rn.shape, 1.5)
     fracture = img.mean(axis=2, keepdims=True) * (rough * (0.62 + 0.3 * facing))[..., None]
     out = img * (1 - removed[..., None]) + scene.background * removed[..., None]
     out = out + (0.9 * band)[..., None] * (fracture * np.array([0.98, 0.97, 0.95]) - out)
@@ -170,15 +154,15 @@ def _pill_missing(scene: Scene, rng: np.random.Generator) -> tuple[np.ndarray, n
 
 def _pill_contamination(scene: Scene, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     size, img = scene.size, scene.image
-    y, x = grid(size)
+    y, x = draw.grid(size)
     radius = size * rng.uniform(0.05, 0.11)
-    rn = blob(y, x, pick(rng, interior(scene, scene.scale * 0.35)), radius, rng, rough=0.3)
-    rn = rn + (0.6 / radius) * smooth_noise(rng, rn.shape, 2)
+    rn = draw.blob(y, x, draw.pick(rng, draw.interior(scene, scene.scale * 0.35)), radius, rng, rough=0.3)
+    rn = rn + (0.6 / radius) * draw.smooth_noise(rng, rn.shape, 2)
     cover = np.clip((1 - rn) * radius + 0.5, 0, 1) * scene.support
     # A slightly raised, textured deposit shaded by the same light as the tablet.
     bump = np.clip(1 - rn, 0, 1) ** 0.5
-    shade = relief_shading(bump, radius * 0.3, np.array([-0.4, -0.35, 1.0]) / np.linalg.norm([-0.4, -0.35, 1.0]))
-    texture = 1 + 0.2 * smooth_noise(rng, rn.shape, max(radius / 4, 1.5))
+    shade = draw.relief_shading(bump, radius * 0.3, np.array([-0.4, -0.35, 1.0]) / np.linalg.norm([-0.4, -0.35, 1.0]))
+    texture = 1 + 0.2 * draw.smooth_noise(rng, rn.shape, max(radius / 4, 1.5))
     colours = ([0.3, 0.2, 0.12], [0.13, 0.13, 0.14], [0.38, 0.42, 0.26], [0.55, 0.42, 0.3])
     colour = np.array(colours[rng.integers(len(colours))])
     deposit = colour * (shade * texture * scene.light)[..., None]
@@ -188,10 +172,10 @@ def _pill_contamination(scene: Scene, rng: np.random.Generator) -> tuple[np.ndar
 
 def _pill_color(scene: Scene, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     size, img = scene.size, scene.image
-    y, x = grid(size)
+    y, x = draw.grid(size)
     radius = size * rng.uniform(0.07, 0.13)
-    rn = blob(y, x, pick(rng, interior(scene, scene.scale * 0.3)), radius, rng, rough=0.3)
-    weight = np.clip(1.15 - rn, 0, 1) ** 0.7 * (1 + 0.1 * smooth_noise(rng, rn.shape, radius / 2))
+    rn = draw.blob(y, x, draw.pick(rng, draw.interior(scene, scene.scale * 0.3)), radius, rng, rough=0.3)
+    weight = np.clip(1.15 - rn, 0, 1) ** 0.7 * (1 + 0.1 * draw.smooth_noise(rng, rn.shape, radius / 2))
     weight = np.clip(weight, 0, 1) * scene.support
     tints = ([1.0, 0.82, 0.5], [1.0, 0.72, 0.72], [0.82, 0.68, 0.55], [0.78, 0.84, 1.0])
     tint = np.array(tints[rng.integers(len(tints))])
