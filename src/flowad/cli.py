@@ -72,6 +72,10 @@ def _add_threshold_arg(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_config_arg(p: argparse.ArgumentParser, holding: str) -> None:
+    p.add_argument("--config", type=Path, help=f"a YAML or JSON file of {holding}")
+
+
 def build_parser(defaults: dict[str, object] | None = None, command: str = "train") -> argparse.ArgumentParser:
     """The whole command line; ``defaults`` (from a config file) become the defaults of ``command``."""
     parser = argparse.ArgumentParser(prog="flowad", description="Visual anomaly detection with normalizing flows.")
@@ -111,11 +115,7 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train a model on good images and write a run directory")
-    p.add_argument(
-        "--config",
-        type=Path,
-        help="a YAML or JSON file of train options (keys as the flags, e.g. image_size: 256); flags override it",
-    )
+    _add_config_arg(p, "train options (keys as the flags, e.g. image_size: 256); flags override it")
     p.add_argument("--model", default="fastflow", help="fastflow (default), cflow or uflow")
     p.add_argument("--data", type=Path, help="data set root (mvtec, btad) or folder of good images (folder)")
     p.add_argument("--category", help="category folder inside the data set root (mvtec, btad)")
@@ -167,11 +167,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 
 def _add_benchmark(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("benchmark", help="train and test one model on every category of a data set: the papers' table")
-    p.add_argument(
-        "--config",
-        type=Path,
-        help="a YAML or JSON file of model options, with optional per_category entries (e.g. configs/uflow.yaml)",
-    )
+    _add_config_arg(p, "model options, with optional per_category entries (e.g. configs/uflow.yaml)")
     p.add_argument("--data", required=True, type=Path, help="MVTec AD (or BTAD) root folder")
     p.add_argument("--model", default="fastflow", help="fastflow (default), cflow or uflow")
     p.add_argument("--layout", default="mvtec", choices=["mvtec", "btad"], help="data set layout (default mvtec)")
