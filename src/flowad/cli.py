@@ -117,28 +117,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train a model on good images and write a run directory")
     _add_config_arg(p, "train options (keys as the flags, e.g. image_size: 256); flags override it")
     p.add_argument("--model", default="fastflow", help="fastflow (default), cflow or uflow")
-    p.add_argument("--data", type=Path, help="data set root (mvtec, btad) or folder of good images (folder)")
-    p.add_argument("--category", help="category folder inside the data set root (mvtec, btad)")
-    p.add_argument(
-        "--layout",
-        default="mvtec",
-        choices=["mvtec", "btad", "folder"],
-        help="data set layout (default mvtec)",
-    )
-    p.add_argument("--abnormal", help="folder layout: folder of anomalous test images")
-    p.add_argument("--masks", help="folder layout: folder of their masks (default: <stem>_mask files beside them)")
-    p.add_argument("--val-dir", help="folder of good validation images (default: a fraction of the training images)")
-    p.add_argument(
-        "--val-fraction",
-        type=float,
-        default=0.2,
-        help="fraction of good training images held out to set thresholds (default 0.2)",
-    )
-    p.add_argument(
-        "--val-abnormal",
-        help="folder of anomalous validation images: F1 thresholds, and the best epoch kept beside the last",
-    )
-    p.add_argument("--val-masks", help="folder of their masks (default: <stem>_mask files beside them)")
+    _add_data_args(p)
     p.add_argument(
         "--fpr",
         type=float,
@@ -163,6 +142,32 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         help="continue an interrupted run from its last finished epoch (every other option comes from RUN_DIR)",
     )
     _add_engine_args(p)
+
+
+def _add_data_args(p: argparse.ArgumentParser) -> None:
+    """Where train finds its images and how it picks validation images (the fields of flowad.api.DataSpec)."""
+    p.add_argument("--data", type=Path, help="data set root (mvtec, btad) or folder of good images (folder)")
+    p.add_argument("--category", help="category folder inside the data set root (mvtec, btad)")
+    p.add_argument(
+        "--layout",
+        default="mvtec",
+        choices=["mvtec", "btad", "folder"],
+        help="data set layout (default mvtec)",
+    )
+    p.add_argument("--abnormal", help="folder layout: folder of anomalous test images")
+    p.add_argument("--masks", help="folder layout: folder of their masks (default: <stem>_mask files beside them)")
+    p.add_argument("--val-dir", help="folder of good validation images (default: a fraction of the training images)")
+    p.add_argument(
+        "--val-fraction",
+        type=float,
+        default=0.2,
+        help="fraction of good training images held out to set thresholds (default 0.2)",
+    )
+    p.add_argument(
+        "--val-abnormal",
+        help="folder of anomalous validation images: F1 thresholds, and the best epoch kept beside the last",
+    )
+    p.add_argument("--val-masks", help="folder of their masks (default: <stem>_mask files beside them)")
 
 
 def _add_benchmark(sub: argparse._SubParsersAction) -> None:
