@@ -60,13 +60,14 @@ def run(args: argparse.Namespace) -> dict:
     from flowad.data.datasets import ImageDataset, mvtec_splits
     from flowad.engine import EngineSettings, infer, train
     from flowad.models import build_model
+    from flowad.preprocess import Preprocess
 
     splits = mvtec_splits(args.data, args.category)
     torch.manual_seed(args.seed)  # the flows' initial weights
     net = build_model(args.model, **options(args))
-    mean, std = net.input_statistics
-    train_set = ImageDataset(splits.train, args.image_size, mean, std)
-    test_set = ImageDataset(splits.test, args.image_size, mean, std)
+    preprocess = Preprocess.from_model(net)  # net was built with args.image_size
+    train_set = ImageDataset(splits.train, preprocess)
+    test_set = ImageDataset(splits.test, preprocess)
     settings = EngineSettings(seed=args.seed, device="cpu", quiet=True)
 
     t0 = time.perf_counter()

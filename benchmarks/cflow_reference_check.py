@@ -29,11 +29,11 @@ def weights(path: str) -> None:
     import timm
     from safetensors.torch import save_file
 
-    from flowad.backbones import _offline_lite0_state
+    from flowad.backbones import offline_lite0_state
 
     model = timm.create_model("tf_efficientnet_lite0", pretrained=False)
     state = model.state_dict()
-    state.update(_offline_lite0_state(model))
+    state.update(offline_lite0_state(model))
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in state.items()}, path)
     print(f"wrote {path}")

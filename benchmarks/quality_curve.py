@@ -16,10 +16,11 @@ import time
 import numpy as np
 import torch
 
-from flowad.api import DataSpec, _validation_metrics
+from flowad.api import DataSpec, validation_metrics
 from flowad.data.datasets import ImageDataset
 from flowad.engine import EngineSettings, train
 from flowad.models import model_class
+from flowad.preprocess import Preprocess
 
 
 def main() -> None:
@@ -32,9 +33,9 @@ def main() -> None:
     splits = DataSpec(root=data, category=category).splits(seed=0)  # the split flowad train makes
     torch.manual_seed(0)
     net = cls(config)
-    train_set = ImageDataset(splits.train, config.image_size, *net.input_statistics)
-    test_set = ImageDataset(splits.test, config.image_size, *net.input_statistics)
-    test_metrics = _validation_metrics(test_set, np.array([s.label for s in splits.test]), settings)
+    train_set = ImageDataset(splits.train, Preprocess.from_model(net))
+    test_set = ImageDataset(splits.test, Preprocess.from_model(net))
+    test_metrics = validation_metrics(test_set, np.array([s.label for s in splits.test]), settings)
     epoch, start = [0], time.perf_counter()
 
     def score(trained) -> dict[str, float]:  # called by the engine after every epoch, on the calibrated model

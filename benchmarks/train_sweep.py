@@ -18,10 +18,11 @@ import numpy as np
 import torch
 
 from flowad import api, metrics
-from flowad.api import _nfa_masks
 from flowad.checkpoint import load_run
 from flowad.data.datasets import ImageDataset, mvtec_splits
 from flowad.engine import EngineSettings, infer
+from flowad.nfa import nfa_masks
+from flowad.preprocess import Preprocess
 
 THRESHOLDS = (0.5, 0.7, 0.9)
 
@@ -38,13 +39,13 @@ def main() -> None:
 
     net, _ = load_run(run)
     tests = mvtec_splits(data, category).test
-    out_ = infer(net, ImageDataset(tests, net.config.image_size, *net.input_statistics), settings, True)
+    out_ = infer(net, ImageDataset(tests, Preprocess.from_model(net)), settings, True)
     labels = np.array([s.label for s in tests])
     anomalous = (labels == 1) & out_["masks"].any(axis=(1, 2))
     latents = out_["latents"]
     for thr in THRESHOLDS:
         net.config.nfa_probability_threshold = thr  # the model's own window size and precision otherwise
-        masks = _nfa_masks(net, latents)
+        masks = nfa_masks(net, latents)
         row[f"iou_nfa_{thr}"] = metrics.iou(masks[anomalous], out_["masks"][anomalous])
         row[f"good_flagged_{thr}"] = float(masks[labels == 0].any(axis=(1, 2)).mean())
     row["good_mean_z2"] = [round(float(z[labels == 0].float().pow(2).mean()), 3) for z in latents]

@@ -27,6 +27,7 @@ from flowad.data.datasets import ImageDataset, Sample, folder_splits, list_image
 from flowad.data.images import read_image, read_mask
 from flowad.data.synthetic import make_demo_dataset
 from flowad.errors import InputError
+from flowad.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocess
 
 TINY = ["--image-size", "64", "--epochs", "1", "--batch-size", "4", "--quiet"]
 Check = Callable[[np.ndarray], bool]
@@ -201,7 +202,7 @@ def test_corpus_through_the_data_set_loader(case: Case, tmp_path: Path) -> None:
     case.write(path)
     Image.new("RGB", (4, 4)).save(tmp_path / "other.png")  # so that the folder is never empty
     assert (path.absolute() in list_images(tmp_path)) == case.listed
-    dataset = ImageDataset([Sample(path, 0)], image_size=16, mean=(0, 0, 0), std=(1, 1, 1))
+    dataset = ImageDataset([Sample(path, 0)], Preprocess(16, mean=(0, 0, 0), std=(1, 1, 1)))
     if case.error:
         with pytest.raises(InputError, match=_pattern(case, path)):
             dataset[0]
@@ -289,7 +290,7 @@ def test_non_binary_mask_is_thresholded_at_half_range(broken: Path) -> None:
     ramp = np.tile(np.arange(0, 256, 4, dtype=np.uint8), (64, 1))  # 0, 4, ..., 252 across
     Image.fromarray(ramp).save(mask)
     sample = next(s for s in mvtec_splits(broken, "fabric").test if s.defect == "hole")
-    item = ImageDataset([sample], image_size=64)[0]
+    item = ImageDataset([sample], Preprocess(64, IMAGENET_MEAN, IMAGENET_STD))[0]
     np.testing.assert_array_equal(item["mask"][0].numpy(), (ramp > 127).astype(np.float32))
 
 

@@ -12,8 +12,6 @@ import torch
 from PIL import Image
 
 from flowad.data.datasets import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
     DatasetSplits,
     ImageDataset,
     Sample,
@@ -27,6 +25,7 @@ from flowad.data.datasets import (
 )
 from flowad.data.synthetic import DEFECTS, make_demo_dataset
 from flowad.errors import InputError
+from flowad.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocess
 
 
 def _write(path: Path, size: tuple[int, int] = (20, 16), value: int = 128, mode: str = "RGB") -> Path:
@@ -43,6 +42,10 @@ def _write_mask(path: Path, size: tuple[int, int] = (20, 16)) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(mask).save(path)
     return path
+
+
+def _imagenet(size: int | tuple[int, int]) -> Preprocess:
+    return Preprocess(size, IMAGENET_MEAN, IMAGENET_STD)
 
 
 def _escaped(path: Path) -> str:
@@ -289,7 +292,7 @@ def test_validation_from_folder(tmp_path):
 
 def test_dataset_items_are_resized_normalised_tensors(mvtec_root):
     samples = mvtec_splits(mvtec_root, "pill").test
-    dataset = ImageDataset(samples, image_size=(16, 24))
+    dataset = ImageDataset(samples, _imagenet((16, 24)))
     assert len(dataset) == len(samples)
     index = next(i for i, s in enumerate(samples) if s.label == 1)
     item = dataset[index]
@@ -304,17 +307,17 @@ def test_dataset_items_are_resized_normalised_tensors(mvtec_root):
 
 def test_dataset_normalisation_and_square_size(tmp_path):
     path = _write(tmp_path / "gray.png", size=(40, 30), value=128)
-    item = ImageDataset([Sample(path, 0)], image_size=8)[0]
+    item = ImageDataset([Sample(path, 0)], _imagenet(8))[0]
     assert item["image"].shape == (3, 8, 8)
     expected = (128 / 255 - np.array(IMAGENET_MEAN)) / np.array(IMAGENET_STD)
     np.testing.assert_allclose(item["image"].mean(dim=(1, 2)).numpy(), expected, atol=1e-5)
-    plain = ImageDataset([Sample(path, 0)], image_size=8, mean=(0, 0, 0), std=(1, 1, 1))[0]
+    plain = ImageDataset([Sample(path, 0)], Preprocess(8, mean=(0, 0, 0), std=(1, 1, 1)))[0]
     np.testing.assert_allclose(plain["image"].numpy(), 128 / 255, atol=1e-6)
 
 
 def test_dataset_batches_with_default_collate(mvtec_root):
     samples = mvtec_splits(mvtec_root, "pill").test
-    loader = torch.utils.data.DataLoader(ImageDataset(samples, 16), batch_size=3)
+    loader = torch.utils.data.DataLoader(ImageDataset(samples, _imagenet(16)), batch_size=3)
     batch = next(iter(loader))
     assert batch["image"].shape == (3, 3, 16, 16) and batch["index"].tolist() == [0, 1, 2]
 
@@ -322,7 +325,7 @@ def test_dataset_batches_with_default_collate(mvtec_root):
 def test_dataset_mask_size_mismatch(tmp_path):
     image = _write(tmp_path / "a.png", size=(20, 16))
     mask = _write_mask(tmp_path / "a_mask.png", size=(16, 20))
-    dataset = ImageDataset([Sample(image, 1, mask, "x")], 8)
+    dataset = ImageDataset([Sample(image, 1, mask, "x")], _imagenet(8))
     with pytest.raises(InputError, match=rf"mask {_escaped(mask)} is 16x20 but its image is 20x16"):
         dataset[0]
 
@@ -330,12 +333,12 @@ def test_dataset_mask_size_mismatch(tmp_path):
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"image_size": 0}, "image_size is 0"),
-        ({"image_size": (8, 8, 8)}, "expected a positive int or"),
-        ({"image_size": 8, "std": (1, 0, 1)}, "std is .*expected three positive numbers"),
-        ({"image_size": 8, "mean": (0, 0)}, "mean is .*expected three numbers"),
+        ({"size": 0}, "image_size is 0"),
+        ({"size": (8, 8, 8)}, "expected a positive int or"),
+        ({"size": 8, "std": (1, 0, 1)}, "std is .*expected three positive numbers"),
+        ({"size": 8, "mean": (0, 0)}, "mean is .*expected three numbers"),
     ],
 )
 def test_dataset_rejects_bad_settings(kwargs, message):
     with pytest.raises(InputError, match=message):
-        ImageDataset([], **kwargs)
+        ImageDataset([], Preprocess(**{"mean": IMAGENET_MEAN, "std": IMAGENET_STD, **kwargs}))

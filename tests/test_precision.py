@@ -9,6 +9,7 @@ from flowad.data.synthetic import make_demo_dataset
 from flowad.engine import EngineSettings, infer
 from flowad.errors import FlowadError
 from flowad.models import build_model
+from flowad.preprocess import Preprocess
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +29,7 @@ def scored(tmp_path_factory):
         for key, p in model.named_parameters():
             if not key.startswith("encoder."):
                 p.add_(0.05 * torch.randn_like(p))
-    dataset = ImageDataset(mvtec_splits(data, "pill").test, 64, *model.input_statistics)
+    dataset = ImageDataset(mvtec_splits(data, "pill").test, Preprocess.from_model(model))
     return model, dataset, infer(model, dataset, EngineSettings(quiet=True), keep_latents=True)
 
 

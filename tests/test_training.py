@@ -16,6 +16,7 @@ from flowad.data.synthetic import make_demo_dataset
 from flowad.errors import FlowadError
 from flowad.metrics import image_auroc, pixel_auroc
 from flowad.models.fastflow import FastFlow, FastFlowConfig
+from flowad.preprocess import Preprocess
 
 TINY = {"image_size": 64, "epochs": 4, "batch_size": 4, "flow_steps": 2}
 
@@ -145,7 +146,7 @@ def test_validation_with_anomalies_keeps_the_best_and_the_last_epoch(data: Path,
     for path, expected in ((run / "best", vals[best]), (run, vals[3])):
         net, config = load_run(path)
         assert config["thresholds"]["method"] == "f1"
-        dataset = ImageDataset(val_samples, 64, *net.input_statistics)
+        dataset = ImageDataset(val_samples, Preprocess.from_model(net))
         out = engine.infer(net, dataset, engine.EngineSettings(quiet=True))
         assert image_auroc(out["scores"], labels) == pytest.approx(expected["image_auroc"], abs=1e-6)
         assert pixel_auroc(out["maps"], out["masks"]) == pytest.approx(expected["pixel_auroc"], abs=1e-6)

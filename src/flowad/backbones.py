@@ -17,13 +17,10 @@ import torch
 from torch import nn
 
 from flowad.errors import FlowadError, InputError
+from flowad.preprocess import IMAGENET_MEAN, IMAGENET_STD  # timm's default when a configuration gives none
 
 DEFAULT_BACKBONE = "tf_efficientnet_lite0"
 OFFLINE_BACKBONE = "tf_efficientnet_lite0"
-WEIGHT_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt", ".safetensors")
-# the usual input statistics of ImageNet weights (timm's default when a configuration gives none)
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def _timm():
@@ -32,7 +29,7 @@ def _timm():
     return timm
 
 
-def _offline_lite0_state(model: nn.Module) -> dict[str, torch.Tensor]:
+def offline_lite0_state(model: nn.Module) -> dict[str, torch.Tensor]:
     """The offline package's state dict, renamed onto timm's ``tf_efficientnet_lite0``.
 
     Both list the same tensors in the same order once every ``num_batches_tracked`` entry is dropped.
@@ -99,7 +96,7 @@ def create_timm_model(name: str, weights: str, **kwargs) -> nn.Module:
     if weights == "random":
         return model
     if weights == "pretrained":
-        state = _offline_lite0_state(model)
+        state = offline_lite0_state(model)
     else:
         state = read_weights_file(weights)
     _load_strict(model, state, source=weights)

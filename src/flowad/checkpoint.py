@@ -1,6 +1,6 @@
 """Run directories: weights in safetensors beside a JSON config, loaded without unpickling anything.
 
-A run directory holds ``config.json`` (model, its config, input normalisation, thresholds, data,
+A run directory holds ``config.json`` (model, its config, input preprocessing, thresholds, data,
 format and flowad versions), ``model.safetensors`` (the trained head) and, unless the backbone's
 weights ship with flowad, ``backbone.safetensors`` (so the run does not depend on a file or a download
 that may be gone later). Every file is written atomically: a temporary file, then a rename.
@@ -19,6 +19,7 @@ import torch
 from flowad.backbones import OFFLINE_BACKBONE, fingerprint
 from flowad.errors import InputError
 from flowad.models import AnomalyModel, model_class
+from flowad.preprocess import Preprocess
 
 TRAIN_STATE_TENSORS = "train_state.safetensors"
 TRAIN_STATE_JSON = "train_state.json"
@@ -29,6 +30,7 @@ FORMAT_VERSION = 1
 CONFIG_FILE = "config.json"
 MODEL_FILE = "model.safetensors"
 BACKBONE_FILE = "backbone.safetensors"
+PREPROCESS_KEY = "preprocess"  # in config.json: see flowad.preprocess
 
 
 def flowad_version() -> str:
@@ -102,14 +104,16 @@ def save_run(run_dir: Path, model: AnomalyModel, extra: dict[str, Any]) -> None:
     _save_tensors(run_dir / MODEL_FILE, head)
     if store_backbone:
         _save_tensors(run_dir / BACKBONE_FILE, model.encoder.state_dict())
-    mean, std = model.input_statistics
+    preprocess = Preprocess.from_model(model)
     config = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "flowad_version": flowad_version(),
         "model": model.name,
         "model_config": model.config.to_dict(),
-        "normalisation": {"mean": list(mean), "std": list(std)},
+        # the statistics alone, as the ONNX graph's users read them; the whole preprocessing beside them
+        "normalisation": {"mean": list(preprocess.mean), "std": list(preprocess.std)},
+        PREPROCESS_KEY: preprocess.to_dict(),
         "backbone": {"fingerprint": fingerprint(model.encoder), "stored": store_backbone},
         "tensors": {k: list(v.shape) for k, v in head.items()},
         **extra,
@@ -130,6 +134,15 @@ def read_config(run_dir: Path) -> dict[str, Any]:
             f"this flowad reads version {FORMAT_VERSION}"
         )
     return config
+
+
+def run_preprocess(config: dict[str, Any]) -> Preprocess:
+    """How a run's model takes images; runs written before config.json held it say so by their
+    ``normalisation`` and ``model_config.image_size`` (bilinear resizing, the only filter then)."""
+    if PREPROCESS_KEY in config:
+        return Preprocess.from_dict(config[PREPROCESS_KEY])
+    size, norm = config["model_config"]["image_size"], config["normalisation"]
+    return Preprocess(size, tuple(norm["mean"]), tuple(norm["std"]))
 
 
 def load_run(run_dir: Path) -> tuple[AnomalyModel, dict[str, Any]]:

@@ -9,78 +9,20 @@ import argparse
 import contextlib
 import io
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from flowad import distributed
+from flowad.cli_options import (
+    add_model_args,
+    given_model_options,
+    model_fields,
+    per_category_options,
+    read_options_file,
+    subparser,
+)
 from flowad.engine import EngineSettings
 from flowad.errors import FlowadError, InputError
-
-# What each model-config field means on the command line; every field of every model's config gets a
-# flag (--image-size for image_size), with the models' own defaults listed in its help.
-OPTION_HELP = {
-    "backbone": "timm backbone name (tf_efficientnet_lite0's ImageNet weights ship with flowad; U-Flow: also 'mcait')",
-    "weights": "backbone weights: 'pretrained' (offline for tf_efficientnet_lite0, else downloaded by timm), "
-    "'random', or a path to a .pth/.safetensors file",
-    "image_size": "square input size in pixels (a multiple of the backbone's largest stride)",
-    "lr": "Adam learning rate",
-    "weight_decay": "Adam weight decay",
-    "batch_size": "training batch size (images)",
-    "epochs": "training epochs",
-    "flow_steps": "coupling blocks per flow stage",
-    "conv3x3_only": "FastFlow: 3x3 kernels in every subnet (else 3 and 1 alternate)",
-    "hidden_ratio": "FastFlow: subnet hidden channels / input channels",
-    "clamp": "FastFlow: soft clamp of the coupling's log-scale",
-    "strides": "CFLOW: encoder stages to model, by stride",
-    "fiber_batch_size": "CFLOW: fibers (feature vectors) per optimiser step",
-    "condition_vector": "CFLOW: channels of the positional encoding (a multiple of 4)",
-    "coupling_blocks": "CFLOW: conditional coupling blocks per decoder",
-    "clamp_alpha": "CFLOW: soft clamp of the coupling's log-scale",
-    "permute_soft": "a random rotation instead of a channel shuffle between coupling blocks (slow above 512 channels)",
-    "affine_clamp": "U-Flow: soft clamp of the coupling's log-scale",
-    "affine_subnet_channels_ratio": "U-Flow: subnet hidden channels / input channels",
-    "lr_end_factor": "U-Flow: the learning rate decays linearly to this fraction of --lr over the run",
-    "nfa_window_size": "--threshold nfa: window at the finest latent scale (pixels)",
-    "nfa_probability_threshold": "--threshold nfa: a latent value is a candidate when P(chi2(1) >= z^2) < 1 - this",
-    "nfa_high_precision": "--threshold nfa: binomial tails in exact integer arithmetic (slower)",
-    "input_statistics": "input normalisation: 'weights' (the backbone weights' own mean/std) or 'imagenet' "
-    "(ImageNet's for any backbone, as anomalib)",
-}
-
-
-def _model_fields() -> dict[str, dict[str, object]]:
-    """Every model-config field -> {model name: its default}."""
-    import dataclasses
-
-    from flowad.models import MODELS
-
-    fields: dict[str, dict[str, object]] = {}
-    for name, cls in MODELS.items():
-        for f in dataclasses.fields(cls.config_class):
-            fields.setdefault(f.name, {})[name] = f.default
-    return fields
-
-
-def _given_model_options(args: argparse.Namespace) -> dict[str, object]:
-    """The model options given on the command line (or by a config file): the flags not left at None."""
-    return {k: getattr(args, k) for k in _model_fields() if getattr(args, k, None) is not None}
-
-
-def _add_model_args(p: argparse.ArgumentParser) -> None:
-    for field, defaults in _model_fields().items():
-        values = set(map(repr, defaults.values()))
-        shown = (
-            next(iter(defaults.values())) if len(values) == 1 else ", ".join(f"{m} {v}" for m, v in defaults.items())
-        )
-        text = f"{OPTION_HELP.get(field, field)} (default: {shown})"
-        flag = "--" + field.replace("_", "-")
-        example = next(iter(defaults.values()))
-        if isinstance(example, bool):
-            p.add_argument(flag, dest=field, action="store_const", const=True, help=text)
-        elif isinstance(example, tuple):
-            p.add_argument(flag, dest=field, type=type(example[0]), nargs="+", help=text)
-        else:
-            p.add_argument(flag, dest=field, type=type(example), help=text)
-
 
 # The demo data set has 48 training images per category: at the papers' batch of 32 that is two optimiser
 # steps per epoch, so the demo trains the image-batched models with batches of 8 (more steps for the same
@@ -122,31 +64,88 @@ def _settings(args: argparse.Namespace, **extra) -> EngineSettings:
     )
 
 
+def _add_threshold_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--threshold",
+        default="f1",
+        help="f1 (default: the threshold chosen on validation data), nfa (log NFA < 0, no calibration) or a number",
+    )
+
+
+def _add_config_arg(p: argparse.ArgumentParser, holding: str) -> None:
+    p.add_argument("--config", type=Path, help=f"a YAML or JSON file of {holding}")
+
+
 def build_parser(defaults: dict[str, object] | None = None, command: str = "train") -> argparse.ArgumentParser:
     """The whole command line; ``defaults`` (from a config file) become the defaults of ``command``."""
     parser = argparse.ArgumentParser(prog="flowad", description="Visual anomaly detection with normalizing flows.")
     sub = parser.add_subparsers(dest="command", required=True)
+    for add_command in (
+        _add_demo_data,
+        _add_demo,
+        _add_train,
+        _add_benchmark,
+        _add_test,
+        _add_report,
+        _add_predict,
+        _add_export,
+    ):
+        add_command(sub)
+    if defaults:
+        subparser(parser, command).set_defaults(**defaults)
+    return parser
 
+
+def _add_demo_data(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo-data", help="write the synthetic demo data set (MVTec AD layout)")
     p.add_argument("out", type=Path, help="folder to write the data set to")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0): the same seed gives the same files")
 
+
+def _add_demo(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "demo", help="generate demo data, train, test and predict: the whole pipeline on built-in defaults"
     )
     p.add_argument("--out", type=Path, default=Path("runs/demo"), help="output folder (default runs/demo)")
     p.add_argument("--model", default="fastflow", help="model to train: fastflow (default), cflow or uflow")
     p.add_argument("--force", action="store_true", help="overwrite an existing output folder")
-    _add_model_args(p)  # over the demo's presets
+    add_model_args(p)  # over the demo's presets
     _add_engine_args(p)
 
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train a model on good images and write a run directory")
-    p.add_argument(
-        "--config",
-        type=Path,
-        help="a YAML or JSON file of train options (keys as the flags, e.g. image_size: 256); flags override it",
-    )
+    _add_config_arg(p, "train options (keys as the flags, e.g. image_size: 256); flags override it")
     p.add_argument("--model", default="fastflow", help="fastflow (default), cflow or uflow")
+    _add_data_args(p)
+    p.add_argument(
+        "--fpr",
+        type=float,
+        default=0.01,
+        help="false-positive rate on good validation images for the threshold (default 0.01)",
+    )
+    add_model_args(p)
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument(
+        "--cache",
+        default="auto",
+        choices=["auto", "on", "off"],
+        help="feature cache: auto (default) uses it when it fits --cache-limit-gb",
+    )
+    p.add_argument("--cache-limit-gb", type=float, default=4.0, help="memory budget of the feature cache (default 4)")
+    p.add_argument("--out", type=Path, help="run directory to write")
+    p.add_argument("--force", action="store_true", help="overwrite an existing run directory")
+    p.add_argument(
+        "--resume",
+        type=Path,
+        metavar="RUN_DIR",
+        help="continue an interrupted run from its last finished epoch (every other option comes from RUN_DIR)",
+    )
+    _add_engine_args(p)
+
+
+def _add_data_args(p: argparse.ArgumentParser) -> None:
+    """Where train finds its images and how it picks validation images (the fields of flowad.api.DataSpec)."""
     p.add_argument("--data", type=Path, help="data set root (mvtec, btad) or folder of good images (folder)")
     p.add_argument("--category", help="category folder inside the data set root (mvtec, btad)")
     p.add_argument(
@@ -169,69 +168,41 @@ def build_parser(defaults: dict[str, object] | None = None, command: str = "trai
         help="folder of anomalous validation images: F1 thresholds, and the best epoch kept beside the last",
     )
     p.add_argument("--val-masks", help="folder of their masks (default: <stem>_mask files beside them)")
-    p.add_argument(
-        "--fpr",
-        type=float,
-        default=0.01,
-        help="false-positive rate on good validation images for the threshold (default 0.01)",
-    )
-    _add_model_args(p)
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    p.add_argument(
-        "--cache",
-        default="auto",
-        choices=["auto", "on", "off"],
-        help="feature cache: auto (default) uses it when it fits --cache-limit-gb",
-    )
-    p.add_argument("--cache-limit-gb", type=float, default=4.0, help="memory budget of the feature cache (default 4)")
-    p.add_argument("--out", type=Path, help="run directory to write")
-    p.add_argument("--force", action="store_true", help="overwrite an existing run directory")
-    p.add_argument(
-        "--resume",
-        type=Path,
-        metavar="RUN_DIR",
-        help="continue an interrupted run from its last finished epoch (every other option comes from RUN_DIR)",
-    )
-    _add_engine_args(p)
 
+
+def _add_benchmark(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("benchmark", help="train and test one model on every category of a data set: the papers' table")
-    p.add_argument(
-        "--config",
-        type=Path,
-        help="a YAML or JSON file of model options, with optional per_category entries (e.g. configs/uflow.yaml)",
-    )
+    _add_config_arg(p, "model options, with optional per_category entries (e.g. configs/uflow.yaml)")
     p.add_argument("--data", required=True, type=Path, help="MVTec AD (or BTAD) root folder")
     p.add_argument("--model", default="fastflow", help="fastflow (default), cflow or uflow")
     p.add_argument("--layout", default="mvtec", choices=["mvtec", "btad"], help="data set layout (default mvtec)")
     p.add_argument("--categories", nargs="+", help="only these categories (default: every category folder)")
     p.add_argument("--out", type=Path, default=Path("runs/benchmark"), help="runs and tables (default runs/benchmark)")
     p.add_argument("--force", action="store_true", help="overwrite existing runs")
-    _add_model_args(p)
+    add_model_args(p)
     _add_engine_args(p)
 
+
+def _add_test(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("test", help="evaluate a run on a test split; prints metrics, writes RUN/metrics.json")
     p.add_argument("--run", required=True, type=Path, help="run directory written by 'flowad train'")
     p.add_argument("--data", type=Path, help="another data set root (default: the one the run was trained on)")
     p.add_argument("--category", help="another category")
-    p.add_argument(
-        "--threshold",
-        default="f1",
-        help="f1 (default: the threshold chosen on validation data), nfa (log NFA < 0, no calibration) or a number",
-    )
+    _add_threshold_arg(p)
     _add_engine_args(p)
 
+
+def _add_report(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("report", help="re-render RUN/report.html from the outputs of the last 'flowad test'")
     p.add_argument("run", type=Path, help="run directory")
 
+
+def _add_predict(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("predict", help="score images: heat map, mask and a JSON line per image")
     p.add_argument("--run", required=True, type=Path, help="run directory written by 'flowad train'")
     p.add_argument("--input", required=True, nargs="+", help="image files and/or folders of images")
     p.add_argument("--out", required=True, type=Path, help="output folder")
-    p.add_argument(
-        "--threshold",
-        default="f1",
-        help="f1 (default: the threshold chosen on validation data), nfa (log NFA < 0, no calibration) or a number",
-    )
+    _add_threshold_arg(p)
     p.add_argument("--quiet", action="store_true", help="no summary line")
     p.add_argument(
         "--engine",
@@ -241,75 +212,12 @@ def build_parser(defaults: dict[str, object] | None = None, command: str = "trai
     )
     _add_dist_timeout(p)
 
+
+def _add_export(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("export", help="export a run for deployment: one ONNX graph, image batch -> map and score")
     p.add_argument("--run", required=True, type=Path, help="run directory")
     p.add_argument("--format", default="onnx", choices=["onnx"], help="onnx (default)")
     p.add_argument("--out", type=Path, help="output file (default RUN/model.onnx)")
-    if defaults:
-        _subparser(parser, command).set_defaults(**defaults)
-    return parser
-
-
-def read_options_file(
-    path: Path, parser: argparse.ArgumentParser, command: str = "train", category: str | None = None
-) -> dict[str, object]:
-    """Options of ``command`` from a YAML or JSON file, checked against its flags.
-
-    A ``per_category`` mapping (category -> options) overrides the file's other options for that category,
-    as papers that tune settings per category ship them; ``category`` picks the entry (else the file's own
-    ``category``).
-    """
-    options, per_category = _read_config(path, parser, command)
-    options.update(per_category.get(category or options.get("category"), {}))
-    return options
-
-
-def per_category_options(path: Path, parser: argparse.ArgumentParser) -> dict[str, dict[str, object]]:
-    """Category -> the model options a config file gives it (its own options, then its per_category entry)."""
-    options, per_category = _read_config(path, parser, "benchmark")
-    fields = _model_fields()
-    return {c: {k: v for k, v in {**options, **own}.items() if k in fields} for c, own in per_category.items()}
-
-
-def _read_config(
-    path: Path, parser: argparse.ArgumentParser, command: str
-) -> tuple[dict[str, object], dict[str, dict[str, object]]]:
-    """A config file's options for ``command`` and its per_category entries, each checked."""
-    if not path.is_file():
-        raise InputError(f"config file {path} does not exist")
-    try:
-        import yaml
-
-        values = yaml.safe_load(path.read_text())  # YAML is a superset of JSON
-    except (yaml.YAMLError, UnicodeDecodeError) as err:
-        raise InputError(f"config file {path} is not valid YAML or JSON: {err}") from err
-    if not isinstance(values, dict):
-        raise InputError(f"config file {path} must hold a mapping of option: value")
-    known = {a.dest for a in _subparser(parser, command)._actions} - {"help", "config"}
-    options = _checked_options(values, known | {"per_category"}, path, "")
-    per_category = options.pop("per_category", None) or {}
-    if not isinstance(per_category, dict) or not all(isinstance(v, dict) for v in per_category.values()):
-        raise InputError(f"config file {path}: per_category must map category names to mappings of options")
-    # the options a category may change: the model's (and, in train, the data's)
-    own = known - {"category"} if command == "train" else set(_model_fields())
-    checked = {str(c): _checked_options(v, own, path, f"per_category.{c}") for c, v in per_category.items()}
-    return options, checked
-
-
-def _checked_options(values: dict, known: set[str], path: Path, where: str) -> dict[str, object]:
-    options = {str(k).replace("-", "_"): v for k, v in values.items()}
-    unknown = sorted(set(options) - known)
-    if unknown:
-        place = f" ({where})" if where else ""
-        raise InputError(
-            f"config file {path}{place}: unknown option(s) {unknown}; expected options such as {sorted(known)[:6]}"
-        )
-    return options
-
-
-def _subparser(parser: argparse.ArgumentParser, name: str) -> argparse.ArgumentParser:
-    action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    return action.choices[name]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -317,19 +225,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         if getattr(args, "config", None) is not None:  # the file's values become defaults; flags still win
-            defaults = read_options_file(args.config, parser, args.command, getattr(args, "category", None))
-            given = {k for k, v in vars(args).items() if v is not None and k in _model_fields()}  # flags win
-            args = build_parser(defaults, args.command).parse_args(argv)
-            if args.command == "benchmark":
-                per_category = per_category_options(args.config, parser)
-                args.per_category = {
-                    c: {k: v for k, v in opts.items() if k not in given} for c, opts in per_category.items()
-                }
+            args = _with_config_file(parser, args, argv)
         if distributed.launched_processes() > 1 and args.command not in ("train", "predict", "benchmark"):
             raise InputError(f"flowad {args.command} runs in one process; run it without torchrun")
         timeout, device = getattr(args, "dist_timeout", distributed.DEFAULT_TIMEOUT), getattr(args, "device", "auto")
         with distributed.session(timeout, device), _main_prints_only():  # under torchrun: one process group
-            return _run(args)
+            COMMANDS[args.command](args)
+            return 0
     except FlowadError as err:
         if not getattr(err, "reported_by_main", False):  # under torchrun: the same error from every process
             print(f"flowad: error: {err}", file=sys.stderr)
@@ -339,6 +241,19 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+def _with_config_file(
+    parser: argparse.ArgumentParser, args: argparse.Namespace, argv: list[str] | None
+) -> argparse.Namespace:
+    """The command line parsed again over the defaults of its --config file."""
+    defaults = read_options_file(args.config, parser, args.command, getattr(args, "category", None))
+    given = {k for k, v in vars(args).items() if v is not None and k in model_fields()}  # flags win
+    args = build_parser(defaults, args.command).parse_args(argv)
+    if args.command == "benchmark":
+        per_category = per_category_options(args.config, parser)
+        args.per_category = {c: {k: v for k, v in opts.items() if k not in given} for c, opts in per_category.items()}
+    return args
+
+
 def _main_prints_only() -> contextlib.AbstractContextManager:
     """Under torchrun only the main process prints results (errors and warnings still come from every one)."""
     if distributed.is_main():
@@ -346,68 +261,70 @@ def _main_prints_only() -> contextlib.AbstractContextManager:
     return contextlib.redirect_stdout(io.StringIO())
 
 
-def _run(args: argparse.Namespace) -> int:
-    from flowad import api
+def _demo_data(args: argparse.Namespace) -> None:
     from flowad.data.synthetic import make_demo_dataset
 
-    if args.command == "demo-data":
-        path = make_demo_dataset(args.out, seed=args.seed)
-        print(f"wrote the demo data set to {path}")
-    elif args.command == "train" and args.resume is not None:
+    path = make_demo_dataset(args.out, seed=args.seed)
+    print(f"wrote the demo data set to {path}")
+
+
+def _train(args: argparse.Namespace) -> None:
+    from flowad import api
+
+    if args.resume is not None:
         run = api.resume(args.resume, _settings(args))
         print(f"resumed and finished {run}")
         _print_best_and_last(run)
-    elif args.command == "train":
-        if args.data is None or args.out is None:
-            raise InputError("train needs --data and --out (or --resume RUN_DIR)")
-        options = _given_model_options(args)
-        spec = api.DataSpec(
-            root=str(args.data),
-            category=args.category,
-            layout=args.layout,
-            abnormal_dir=args.abnormal,
-            mask_dir=args.masks,
-            val_dir=args.val_dir,
-            val_fraction=args.val_fraction,
-            val_abnormal_dir=args.val_abnormal,
-            val_mask_dir=args.val_masks,
-        )
-        settings = _settings(args, cache=args.cache, cache_limit_gb=args.cache_limit_gb)
-        run = api.train(
-            args.model,
-            spec,
-            args.out,
-            seed=args.seed,
-            force=args.force,
-            fpr=args.fpr,
-            settings=settings,
-            **options,
-        )
-        print(f"trained {args.model}; run directory: {run}")
-        _print_best_and_last(run)
-    elif args.command == "test":
-        result = api.test(args.run, args.data, args.category, args.threshold, _settings(args))
-        print(api.format_metrics(result))
-        print(f"report: {args.run / 'report.html'}")
-        print(
-            f"train {result['train_seconds']:.1f} s, test {result['test_seconds']:.1f} s; "
-            f"wrote {args.run / 'metrics.json'}"
-        )
-    elif args.command == "predict":
-        api.predict(args.run, args.input, args.out, args.threshold, quiet=args.quiet, engine=args.engine)
-    elif args.command == "export":
-        from flowad.export import export_onnx
+        return
+    if args.data is None or args.out is None:
+        raise InputError("train needs --data and --out (or --resume RUN_DIR)")
+    spec = api.DataSpec(
+        root=str(args.data),
+        category=args.category,
+        layout=args.layout,
+        abnormal_dir=args.abnormal,
+        mask_dir=args.masks,
+        val_dir=args.val_dir,
+        val_fraction=args.val_fraction,
+        val_abnormal_dir=args.val_abnormal,
+        val_mask_dir=args.val_masks,
+    )
+    settings = _settings(args, cache=args.cache, cache_limit_gb=args.cache_limit_gb)
+    options = given_model_options(args)
+    run = api.train(
+        args.model, spec, args.out, seed=args.seed, force=args.force, fpr=args.fpr, settings=settings, **options
+    )
+    print(f"trained {args.model}; run directory: {run}")
+    _print_best_and_last(run)
 
-        print(f"wrote {export_onnx(args.run, args.out)}")
-    elif args.command == "demo":
-        _demo(args)
-    elif args.command == "benchmark":
-        _benchmark(args)
-    elif args.command == "report":
-        from flowad.report import render_report
 
-        print(f"wrote {render_report(args.run)}")
-    return 0
+def _test(args: argparse.Namespace) -> None:
+    from flowad import api
+
+    result = api.test(args.run, args.data, args.category, args.threshold, _settings(args))
+    print(api.format_metrics(result))
+    print(f"report: {args.run / 'report.html'}")
+    print(
+        f"train {result['train_seconds']:.1f} s, test {result['test_seconds']:.1f} s; wrote {args.run / 'metrics.json'}"
+    )
+
+
+def _predict(args: argparse.Namespace) -> None:
+    from flowad import api
+
+    api.predict(args.run, args.input, args.out, args.threshold, quiet=args.quiet, engine=args.engine)
+
+
+def _export(args: argparse.Namespace) -> None:
+    from flowad.export import export_onnx
+
+    print(f"wrote {export_onnx(args.run, args.out)}")
+
+
+def _report(args: argparse.Namespace) -> None:
+    from flowad.report import render_report
+
+    print(f"wrote {render_report(args.run)}")
 
 
 def _print_best_and_last(run: Path) -> None:
@@ -433,7 +350,7 @@ def _demo(args: argparse.Namespace) -> None:
     if not (data / CATEGORIES[0]).is_dir():
         make_demo_dataset(data, seed=0)
     options = dict(DEMO_PRESETS.get(args.model, {}))
-    options.update(_given_model_options(args))
+    options.update(given_model_options(args))
     runs = out / args.model
     rows = api.benchmark(args.model, data, runs, CATEGORIES, force=args.force, settings=_settings(args), **options)
     for category in CATEGORIES:
@@ -448,7 +365,7 @@ def _demo(args: argparse.Namespace) -> None:
 def _benchmark(args: argparse.Namespace) -> None:
     from flowad import api
 
-    options = _given_model_options(args)
+    options = given_model_options(args)
     rows = api.benchmark(
         args.model,
         args.data,
@@ -462,6 +379,18 @@ def _benchmark(args: argparse.Namespace) -> None:
     )
     print(api.format_table(rows))
     print(f"\nwrote {args.out / 'table.csv'} and {args.out / 'table.md'}")
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], None]] = {
+    "demo-data": _demo_data,
+    "demo": _demo,
+    "train": _train,
+    "benchmark": _benchmark,
+    "test": _test,
+    "report": _report,
+    "predict": _predict,
+    "export": _export,
+}
 
 
 if __name__ == "__main__":

@@ -4,14 +4,13 @@ The backbone is frozen and no augmentation is used, so the encoder's features ar
 every epoch trains the flow head on the cache. When the cache would not fit the memory budget the
 features are recomputed each epoch instead (streaming); both paths see the same batches in the same
 order for the same seed. Under torchrun the same loop trains data-parallel: each process holds its share
-of the images and every step averages the processes' gradients (see :func:`_steps`).
+of the images and every step averages the processes' gradients (see :func:`flowad.batches.epoch_steps`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import logging
 import math
 import time
 from collections.abc import Callable, Iterator
@@ -23,16 +22,18 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from flowad import distributed
+from flowad.batches import (
+    FeatureSource,
+    StreamedFeatures,
+    calibration_batches,
+    epoch_steps,
+    feature_cache_bytes,
+)
 from flowad.checkpoint import load_train_state, save_best_state, save_train_state
 from flowad.errors import FlowadError, InputError
 from flowad.models.base import AnomalyModel
 from flowad.ranges import check_ranges
-
-BYTES_PER_FLOAT = 4
-# what a run did, for RUN_DIR/flowad.log (flowad.api.log_to); kept out of the host application's logging
-logger = logging.getLogger("flowad.run")
-logger.setLevel(logging.INFO)
-logger.propagate = False
+from flowad.runlog import logger  # what a run did, for RUN_DIR/flowad.log
 
 
 @dataclasses.dataclass
@@ -107,12 +108,6 @@ def _loader(dataset: Dataset, batch_size: int, settings: EngineSettings, device:
     )
 
 
-def feature_cache_bytes(model: AnomalyModel, n_images: int) -> int:
-    """Memory the feature cache of ``n_images`` needs, from the encoder's feature shapes."""
-    per_image = sum(math.prod(s) for s in model.encoder.feature_shapes(model.image_size))
-    return per_image * n_images * BYTES_PER_FLOAT
-
-
 @torch.inference_mode()
 def extract_features(
     model: AnomalyModel, dataset: Dataset, settings: EngineSettings, device: torch.device
@@ -123,68 +118,6 @@ def extract_features(
     for batch in progress(loader, len(loader), "features", settings.quiet):
         chunks.append(model.extract(batch["image"].to(device, non_blocking=True)))
     return [torch.cat(scale) for scale in zip(*chunks, strict=True)]
-
-
-class _StreamedFeatures:
-    """Stands in for the cache when it does not fit: computes the features of a batch on demand."""
-
-    def __init__(self, model: AnomalyModel, dataset: Dataset, device: torch.device) -> None:
-        self.model, self.dataset, self.device = model, dataset, device
-        self.shape0 = len(dataset)
-
-    @torch.no_grad()
-    def take(self, idx: torch.Tensor) -> list[torch.Tensor]:
-        images = torch.stack([self.dataset[int(i)]["image"] for i in idx]).to(self.device)
-        return self.model.extract(images)
-
-
-def _epoch_batches(
-    model: AnomalyModel, cache: list[torch.Tensor] | _StreamedFeatures, generator: torch.Generator
-) -> Iterator[list[torch.Tensor]]:
-    if isinstance(cache, list):
-        yield from model.training_batches(cache, model.config.batch_size, generator)
-        return
-    # streaming: the same shuffled image order as the cached path, features made per batch
-    order = torch.randperm(cache.shape0, generator=generator)
-    for start in range(0, len(order), model.config.batch_size):
-        features = cache.take(order[start : start + model.config.batch_size])
-        # the model may regroup features (fibers); it shuffles within the batch with the same generator
-        yield from model.training_batches(features, features[0].shape[0], generator)
-
-
-def _steps(
-    model: AnomalyModel, source: list[torch.Tensor] | _StreamedFeatures, generator: torch.Generator, n_images: int
-) -> Iterator[tuple[Any, float]]:
-    """One epoch of optimiser steps: (this process's batch, or None when it has no part, and its share of the step).
-
-    ``source`` holds this process's share of the ``n_images`` training images: image i is row i // world of
-    process i % world (see :func:`flowad.distributed.shard`).
-    """
-    world, rank = distributed.world_size(), distributed.rank()
-    if world == 1:
-        for batch in _epoch_batches(model, source, generator):
-            yield batch, 1.0
-        return
-    if model.image_batches:
-        # every process draws the global batches of a one-process run, and keeps its own images of each
-        for (ids,) in model.training_batches([torch.arange(n_images)], model.config.batch_size, generator):
-            rows = ids[ids % world == rank] // world
-            yield (_take(source, rows) if len(rows) else None), len(rows) / len(ids)
-        return
-    # batches the model regroups (fibers) come from this process's images, shuffled by a generator of its
-    # own drawn from the shared one (so a resumed run goes on alike); a step averages the processes with a batch
-    seed = int(torch.randint(2**62, (), generator=generator))
-    own = _epoch_batches(model, source, torch.Generator().manual_seed(seed + rank))
-    while True:
-        batch = next(own, None)
-        active = int(distributed.all_sum(torch.tensor(float(batch is not None))).item())
-        if not active:
-            return
-        yield batch, (1 / active if batch is not None else 0.0)
-
-
-def _take(source: list[torch.Tensor] | _StreamedFeatures, rows: torch.Tensor) -> list[torch.Tensor]:
-    return [f[rows] for f in source] if isinstance(source, list) else source.take(rows)
 
 
 def _plain_loss(model: AnomalyModel) -> Callable[[Any, float], tuple[torch.Tensor, float]]:
@@ -247,7 +180,15 @@ def train(
         return _train(model, train_set, settings, device, state_dir, resume, validate)
 
 
-def _train(model, train_set, settings, device, state_dir, resume, validate) -> dict[str, Any]:
+def _train(
+    model: AnomalyModel,
+    train_set: Dataset,
+    settings: EngineSettings,
+    device: torch.device,
+    state_dir: Path | None,
+    resume: bool,
+    validate: Callable[[AnomalyModel], dict[str, float]] | None,
+) -> dict[str, Any]:
     torch.manual_seed(settings.seed)
     generator = torch.Generator().manual_seed(settings.seed)
     optimizer = model.optimizer()
@@ -255,21 +196,12 @@ def _train(model, train_set, settings, device, state_dir, resume, validate) -> d
     log: dict[str, Any] = {"epochs": []}
     if resume:
         log = _restore(state_dir, model, optimizer, scheduler, generator)
-    # data-parallel (under torchrun): this process caches its share of the images; only the main one writes
+    # data-parallel (under torchrun): each process trains on its share of the images; only the main one writes
     parallel = distributed.world_size() > 1
-    images = Subset(train_set, distributed.shard(range(len(train_set)))) if parallel else train_set
     save_dir = state_dir if distributed.is_main() else None
     settings = settings if distributed.is_main() else dataclasses.replace(settings, quiet=True)
-
-    needed = feature_cache_bytes(model, len(images))
-    use_cache = settings.cache == "on" or (settings.cache == "auto" and needed <= settings.cache_limit_gb * 2**30)
-    log.update(cache=use_cache, cache_bytes=needed)
     start = time.perf_counter()
-    cache = extract_features(model, images, settings, device) if use_cache else None
-    log["feature_seconds"] = time.perf_counter() - start
-    source = cache if cache is not None else _StreamedFeatures(model, images, device)
-    # calibration needs every training image: a data-parallel run streams them (only models that calibrate read)
-    everything = _StreamedFeatures(model, train_set, device) if parallel else source
+    source, everything = _feature_sources(model, train_set, settings, device, log)
     step_loss = distributed.DataParallelLoss(model, model.image_batches) if parallel else _plain_loss(model)
 
     model.train()
@@ -277,23 +209,14 @@ def _train(model, train_set, settings, device, state_dir, resume, validate) -> d
     epochs = progress(range(first, model.config.epochs), model.config.epochs - first, "training", settings.quiet)
     for epoch in epochs:
         t0 = time.perf_counter()
-        losses = []
-        for batch, share in _steps(model, source, generator, len(train_set)):
-            loss, value = step_loss(batch, share)
-            if not math.isfinite(value):
-                log["diverged"] = {"epoch": epoch + 1, "loss": value}
-                break
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            losses.append(value)
-        if "diverged" in log:
+        losses, bad_loss = _optimise_epoch(model, source, generator, len(train_set), step_loss, optimizer)
+        if bad_loss is not None:
+            log["diverged"] = {"epoch": epoch + 1, "loss": bad_loss}
             _back_to_last_good(log, model, state_dir, optimizer, scheduler, generator)
             break
         if scheduler is not None:
             scheduler.step()
-        mean_loss = float(np.mean(losses))
-        entry = {"epoch": epoch + 1, "loss": mean_loss, "seconds": time.perf_counter() - t0}
+        entry = {"epoch": epoch + 1, "loss": float(np.mean(losses)), "seconds": time.perf_counter() - t0}
         log["epochs"].append(entry)
         improved = False
         if validate is not None and distributed.is_main():  # the other processes' models are not kept
@@ -308,15 +231,52 @@ def _train(model, train_set, settings, device, state_dir, resume, validate) -> d
         distributed.wait_for_all()  # the others wait for the main process's writing without a timeout
     model.eval()
     with torch.no_grad():
-        model.calibrate(_calibration_batches(model, everything))
+        model.calibrate(calibration_batches(model, everything))
     log["train_seconds"] = time.perf_counter() - start
     return log
+
+
+def _feature_sources(
+    model: AnomalyModel, train_set: Dataset, settings: EngineSettings, device: torch.device, log: dict[str, Any]
+) -> tuple[FeatureSource, FeatureSource]:
+    """What the epochs read (this process's images: cached if they fit the budget, else streamed) and what
+    calibration reads (every training image; a data-parallel run streams them, only models that calibrate read)."""
+    parallel = distributed.world_size() > 1
+    images = Subset(train_set, distributed.shard(range(len(train_set)))) if parallel else train_set
+    needed = feature_cache_bytes(model, len(images))
+    use_cache = settings.cache == "on" or (settings.cache == "auto" and needed <= settings.cache_limit_gb * 2**30)
+    log.update(cache=use_cache, cache_bytes=needed)
+    start = time.perf_counter()
+    source = extract_features(model, images, settings, device) if use_cache else StreamedFeatures(model, images, device)
+    log["feature_seconds"] = time.perf_counter() - start
+    return source, (StreamedFeatures(model, train_set, device) if parallel else source)
+
+
+def _optimise_epoch(
+    model: AnomalyModel,
+    source: FeatureSource,
+    generator: torch.Generator,
+    n_images: int,
+    step_loss: Callable[[Any, float], tuple[torch.Tensor, float]],
+    optimizer: torch.optim.Optimizer,
+) -> tuple[list[float], float | None]:
+    """One epoch of optimiser steps: the losses, and the first non-finite one, at which it stopped (else None)."""
+    losses = []
+    for batch, share in epoch_steps(model, source, generator, n_images):
+        loss, value = step_loss(batch, share)
+        if not math.isfinite(value):
+            return losses, value
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        losses.append(value)
+    return losses, None
 
 
 def _validate(model: AnomalyModel, source, validate: Callable[[AnomalyModel], dict[str, float]]) -> dict[str, float]:
     model.eval()
     with torch.no_grad():
-        model.calibrate(_calibration_batches(model, source))  # the maps as the finished model would make them
+        model.calibrate(calibration_batches(model, source))  # the maps as the finished model would make them
         metrics = validate(model)
     model.train()
     return metrics
@@ -364,16 +324,6 @@ def _back_to_last_good(log, model, state_dir, optimizer, scheduler, generator) -
     kept = _restore(state_dir, model, optimizer, scheduler, generator)
     log.clear()
     log.update(kept, diverged=diverged)
-
-
-def _calibration_batches(
-    model: AnomalyModel, source: list[torch.Tensor] | _StreamedFeatures
-) -> Iterator[list[torch.Tensor]]:
-    """The training features in image batches, in order, for ``AnomalyModel.calibrate``."""
-    n = source[0].shape[0] if isinstance(source, list) else source.shape0
-    for start in range(0, n, model.config.batch_size):
-        idx = torch.arange(start, min(start + model.config.batch_size, n))
-        yield _take(source, idx)
 
 
 @torch.inference_mode()

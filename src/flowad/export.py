@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from flowad.checkpoint import atomic_write, load_run, read_config
+from flowad.checkpoint import atomic_write, load_run, read_config, run_preprocess
 from flowad.errors import InputError
 from flowad.models import AnomalyModel
 
@@ -41,10 +41,10 @@ class _MapsAndScores(nn.Module):
 def export_onnx(run_dir: str | Path, out: str | Path | None = None, opset: int = 17) -> Path:
     """Export the run's model to one ONNX graph (default ``RUN/model.onnx``, written atomically).
 
-    Input ``image``: float32 (N, 3, image_size, image_size), any N. Each image is resized (bilinear) to
-    ``config["model_config"]["image_size"]``, scaled to [0, 1] (/255) and normalised per channel as
-    (x - mean) / std with ``config["normalisation"]["mean"]`` and ``["std"]`` of the run's config.json,
-    exactly as :class:`flowad.api.Detector` does before the model.
+    Input ``image``: float32 (N, 3, height, width), any N: images as the run's
+    :class:`~flowad.preprocess.Preprocess` makes them (``config["preprocess"]`` in the run's config.json):
+    resized (bilinear) to its ``size``, scaled to [0, 1] (/255) and normalised per channel as
+    (x - mean) / std, exactly as :class:`flowad.inference.Detector` does before the model.
     Outputs ``anomaly_map``: float32 (N, image_size, image_size), higher is more anomalous, and ``score``:
     float32 (N,), the maximum of each map: the same values as ``model(images)`` in PyTorch.
     """
@@ -52,9 +52,9 @@ def export_onnx(run_dir: str | Path, out: str | Path | None = None, opset: int =
         raise InputError(f"ONNX export needs the 'onnx' package: {INSTALL_HINT}")
     run_dir = Path(run_dir)
     out = run_dir / ONNX_FILE if out is None else Path(out)
-    model, _ = load_run(run_dir)
+    model, config = load_run(run_dir)
     graph = _MapsAndScores(model).eval()
-    example = torch.zeros(2, 3, *model.image_size)  # batch 2: the tracer must not specialise on 1
+    example = torch.zeros(2, 3, *run_preprocess(config).size)  # batch 2: the tracer must not specialise on 1
     batch_axis = {0: "batch"}
     buffer = io.BytesIO()
     with torch.no_grad(), warnings.catch_warnings():
@@ -81,10 +81,8 @@ class OnnxDetector:
 
     def __init__(self, session: Any, config: dict[str, Any]) -> None:
         self.session, self.config = session, config
-        size = config["model_config"]["image_size"]
-        self.image_size: tuple[int, int] = (size, size)
-        self.mean = np.asarray(config["normalisation"]["mean"], dtype=np.float32)
-        self.std = np.asarray(config["normalisation"]["std"], dtype=np.float32)
+        self.preprocess = run_preprocess(config)  # what makes the graph's input of an image
+        self.image_size: tuple[int, int] = self.preprocess.size
 
     @classmethod
     def load(cls, run_dir: str | Path, onnx_path: str | Path | None = None, threads: int | None = None) -> OnnxDetector:

@@ -30,12 +30,17 @@ __all__ = [
     "iou",
     "oracle_iou",
     "pixel_auroc",
+    # the building blocks of the curves, which flowad.report draws
+    "REGION_STRUCTURE",
+    "fpr_cutoff",
+    "group_ends",
+    "pro_curve_from_regions",
 ]
 
 # 8-connectivity inside one image, none across images: defect regions that touch diagonally are one
 # region, and labelling the whole (N, H, W) stack at once gives ids that are unique over the set.
-_REGION_STRUCTURE = np.zeros((3, 3, 3), dtype=bool)
-_REGION_STRUCTURE[1] = True
+REGION_STRUCTURE = np.zeros((3, 3, 3), dtype=bool)
+REGION_STRUCTURE[1] = True
 
 
 # --------------------------------------------------------------------------------------------------
@@ -176,13 +181,13 @@ def pixel_auroc(maps: Any, masks: Any) -> float:
 # --------------------------------------------------------------------------------------------------
 
 
-def _group_ends(sorted_values: np.ndarray) -> np.ndarray:
+def group_ends(sorted_values: np.ndarray) -> np.ndarray:
     """Index of the last element of each run of equal values in a sorted array."""
     change = np.flatnonzero(sorted_values[1:] != sorted_values[:-1])
     return np.append(change, sorted_values.size - 1)
 
 
-def _fpr_cutoff(normal_scores: np.ndarray, fpr_limit: float) -> float:
+def fpr_cutoff(normal_scores: np.ndarray, fpr_limit: float) -> float:
     """A score low enough that thresholding there already gives FPR >= fpr_limit.
 
     Pixels below it never influence the curve up to ``fpr_limit``, so they need not be sorted.
@@ -193,7 +198,7 @@ def _fpr_cutoff(normal_scores: np.ndarray, fpr_limit: float) -> float:
     return float(np.partition(normal_scores, n - m)[n - m])
 
 
-def _pro_curve(
+def pro_curve_from_regions(
     scores: np.ndarray, region_ids: np.ndarray, region_sizes: np.ndarray, num_normal: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """Exact (FPR, PRO) points for every distinct threshold, highest threshold first, from (0, 0)."""
@@ -204,7 +209,7 @@ def _pro_curve(
     # Each defect pixel adds 1 / (regions * its region's size) to PRO; each normal pixel 1 / n to FPR.
     weight = 1.0 / (num_regions * region_sizes.astype(np.float64))
     weight[0] = 0.0
-    ends = _group_ends(s)
+    ends = group_ends(s)
     fpr = np.cumsum(ids == 0)[ends] / num_normal
     pro = np.cumsum(weight[ids])[ends]
     return np.concatenate([[0.0], fpr]), np.concatenate([[0.0], pro])
@@ -234,7 +239,7 @@ def aupro(maps: Any, masks: Any, fpr_limit: float = 0.3) -> float:
     if not 0.0 < fpr_limit <= 1.0:
         raise InputError(f"fpr_limit is {fpr_limit}; expected a value in (0, 1]")
     m, g = _pixel_inputs(maps, masks)
-    regions, num_regions = ndimage.label(g, structure=_REGION_STRUCTURE)
+    regions, num_regions = ndimage.label(g, structure=REGION_STRUCTURE)
     if num_regions == 0:
         raise InputError("masks contain no anomalous pixel; AUPRO is undefined without any defect region")
     normal = ~g
@@ -242,8 +247,8 @@ def aupro(maps: Any, masks: Any, fpr_limit: float = 0.3) -> float:
     if num_normal == 0:
         raise InputError("masks mark every pixel as anomalous; AUPRO needs normal pixels to measure FPR")
     region_sizes = np.bincount(regions.ravel(), minlength=num_regions + 1)
-    keep = m >= _fpr_cutoff(m[normal], fpr_limit)
-    fpr, pro = _pro_curve(m[keep], regions[keep], region_sizes, num_normal)
+    keep = m >= fpr_cutoff(m[normal], fpr_limit)
+    fpr, pro = pro_curve_from_regions(m[keep], regions[keep], region_sizes, num_normal)
     area = _area_up_to(fpr, pro, fpr_limit) / fpr_limit
     return float(np.clip(area, 0.0, 1.0))  # clip only guards against cumulative-sum rounding
 
@@ -279,7 +284,7 @@ def f1_max(scores: Any, labels: Any) -> tuple[float, float]:
         raise InputError("labels contain no positive (label 1); F1 is undefined without positives")
     order = np.argsort(s)[::-1]
     s_desc = s[order]
-    ends = _group_ends(s_desc)
+    ends = group_ends(s_desc)
     tp = np.cumsum(y[order])[ends]
     predicted = ends + 1
     # 2tp / (2tp + fp + fn) with fp + tp = predicted and fn = num_pos - tp.
@@ -310,7 +315,7 @@ def iou(pred_masks: Any, gt_masks: Any) -> float:
 
 def _candidate_thresholds(sorted_values: np.ndarray, num_thresholds: int) -> np.ndarray:
     """All distinct values if there are few, else ``num_thresholds`` evenly spaced order statistics."""
-    distinct = sorted_values[_group_ends(sorted_values)]
+    distinct = sorted_values[group_ends(sorted_values)]
     if distinct.size <= num_thresholds:
         return distinct
     # Order statistics (not interpolated quantiles) so every candidate is an actual map value.

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import functools
 import math
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -38,6 +39,9 @@ from scipy.special import gammaln
 from scipy.stats import chi2
 
 from flowad.errors import InputError
+
+if TYPE_CHECKING:
+    from flowad.models.base import AnomalyModel
 
 
 def log_nfa(
@@ -76,15 +80,20 @@ def log_nfa(
     return total_log_p + math.log10(n_tests)
 
 
-def nfa_mask(
-    latents: list[torch.Tensor],
-    size: tuple[int, int],
-    window_size: int = 7,
-    probability_threshold: float = 0.5,
-    high_precision: bool = False,
-) -> torch.Tensor:
-    """Boolean (B, H, W) segmentation at ``size``: True where log NFA < 0 (anomalous)."""
-    return log_nfa(latents, size, window_size, probability_threshold, high_precision) < 0
+def nfa_mask(latents: list[torch.Tensor], size: tuple[int, int], *args: Any, **kwargs: Any) -> torch.Tensor:
+    """Boolean (B, H, W) segmentation at ``size``: True where log NFA < 0 (anomalous); settings as :func:`log_nfa`."""
+    return log_nfa(latents, size, *args, **kwargs) < 0
+
+
+def nfa_masks(model: AnomalyModel, latents: list[torch.Tensor], batch: int = 16) -> np.ndarray:
+    """log NFA < 0 for every image of ``latents`` (N, H, W) bool, with the model's window, threshold and precision.
+
+    No threshold is chosen: the a contrario test decides. A batch of images at a time, as the float64 maps
+    of a whole test set at once would take much memory.
+    """
+    n = latents[0].shape[0]
+    chunks = [(model.log_nfa([z[i : i + batch] for z in latents]) < 0).numpy() for i in range(0, n, batch)]
+    return np.concatenate(chunks)
 
 
 def _check(latents: list[torch.Tensor], size: tuple[int, int], window_size: int, threshold: float) -> None:

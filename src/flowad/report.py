@@ -124,7 +124,7 @@ def roc_curve(scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.nd
         return None
     order = np.argsort(-np.asarray(scores, dtype=np.float64), kind="stable")
     s, y = np.asarray(scores)[order], labels[order]
-    ends = metrics._group_ends(s)
+    ends = metrics.group_ends(s)
     tpr = np.cumsum(y)[ends] / y.sum()
     fpr = np.cumsum(~y)[ends] / (~y).sum()
     return np.concatenate([[0.0], fpr]), np.concatenate([[0.0], tpr])
@@ -142,11 +142,11 @@ def pro_curve(
     if not g.any() or g.all():
         return None
     m = np.asarray(maps, dtype=np.float32)
-    regions, num_regions = ndimage.label(g, structure=metrics._REGION_STRUCTURE)
+    regions, num_regions = ndimage.label(g, structure=metrics.REGION_STRUCTURE)
     sizes = np.bincount(regions.ravel(), minlength=num_regions + 1)
     normal = ~g
-    keep = m >= metrics._fpr_cutoff(m[normal], fpr_limit)
-    fpr, pro = metrics._pro_curve(m[keep], regions[keep], sizes, int(normal.sum()))
+    keep = m >= metrics.fpr_cutoff(m[normal], fpr_limit)
+    fpr, pro = metrics.pro_curve_from_regions(m[keep], regions[keep], sizes, int(normal.sum()))
     j = int(np.searchsorted(fpr, fpr_limit, side="left"))
     if j >= fpr.size:
         return fpr, pro

@@ -11,6 +11,7 @@ Never the test split, and never the minimum score.
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import numpy as np
 
@@ -52,7 +53,7 @@ def from_validation(
     if not 0 <= fpr < 1:
         raise InputError(f"false-positive rate {fpr} is out of range; expected 0 <= fpr < 1")
     if labels.any() and not labels.all():
-        image_f1, image_t = metrics.f1_max(scores, labels)
+        image_t = metrics.f1_max(scores, labels)[1]
         pixel_t = image_t
         if masks is not None and np.asarray(masks).any():
             pixel_t = metrics.f1_max(np.asarray(maps).ravel(), np.asarray(masks).ravel() > 0)[1]
@@ -77,3 +78,16 @@ def fpr_threshold(good_scores: np.ndarray, fpr: float) -> float:
 def fixed(value: float, low: float, high: float) -> Thresholds:
     """A user-given threshold for both images and pixels."""
     return Thresholds(image=value, pixel=value, method=f"value={value:g}", low=min(low, value), high=max(high, value))
+
+
+def from_option(config: dict[str, Any], threshold: str | float | None) -> Thresholds:
+    """The thresholds a ``--threshold`` option picks from a run's ``config``: its stored (validation) ones,
+    or a user's number. ``nfa`` keeps the stored ones, which still normalise the scores."""
+    stored = Thresholds(**config["thresholds"])
+    if threshold in ("f1", "auto", "val", "nfa", None):
+        return stored
+    try:
+        value = float(threshold)
+    except (TypeError, ValueError):
+        raise InputError(f"--threshold {threshold!r} is not understood; expected f1, nfa or a number") from None
+    return fixed(value, stored.low, stored.high)

@@ -9,7 +9,7 @@ Three layouts are understood:
 Each returns a :class:`DatasetSplits` of :class:`Sample` records (paths and labels, no
 pixels). Validation images are only ever taken from good training images
 (:func:`split_validation`) or from a separate folder (:func:`validation_from_folder`),
-never from the test set. :class:`ImageDataset` reads, resizes and normalises the samples.
+never from the test set. :class:`ImageDataset` reads the samples and preprocesses them for a model.
 """
 
 from __future__ import annotations
@@ -20,13 +20,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
 from flowad.data.images import IMAGE_SUFFIXES, read_image, read_image_size, read_mask
 from flowad.errors import InputError
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from flowad.preprocess import Preprocess
 
 _MASK_TAG = "_mask"
 _SUFFIX_LIST = ", ".join(IMAGE_SUFFIXES)
@@ -186,43 +183,31 @@ def check_masks(samples: Sequence[Sample]) -> None:
 
 
 class ImageDataset(torch.utils.data.Dataset):
-    """Resized, normalised images and masks of a list of samples.
+    """Images and masks of a list of samples, as ``preprocess`` makes a model's input of them.
 
-    ``image_size`` is the output ``(H, W)``, or one int for a square. Items are dicts with
-    ``"image"`` (float32 ``3xHxW``, normalised with ``mean``/``std``), ``"mask"`` (float32
-    ``1xHxW`` of 0/1, zeros without a mask), ``"label"`` (int64 tensor) and ``"index"`` (int;
-    the path is ``dataset.samples[index].path``, kept out of the dict so default collation works).
+    Items are dicts with ``"image"`` (float32 ``3xHxW``, see :class:`~flowad.preprocess.Preprocess`),
+    ``"mask"`` (float32 ``1xHxW`` of 0/1, zeros without a mask), ``"label"`` (int64 tensor) and ``"index"``
+    (int; the path is ``dataset.samples[index].path``, kept out of the dict so default collation works).
     """
 
-    def __init__(
-        self,
-        samples: Sequence[Sample],
-        image_size: int | tuple[int, int],
-        mean: Sequence[float] = IMAGENET_MEAN,
-        std: Sequence[float] = IMAGENET_STD,
-    ) -> None:
+    def __init__(self, samples: Sequence[Sample], preprocess: Preprocess) -> None:
+        if not isinstance(preprocess, Preprocess):  # the model's statistics must be chosen, never defaulted
+            raise InputError(f"preprocess is {preprocess!r}; expected a flowad.preprocess.Preprocess")
         self.samples = list(samples)
-        self.size = _size_hw(image_size)
-        self.mean = _channel_stats("mean", mean, positive=False)
-        self.std = _channel_stats("std", std, positive=True)
+        self.preprocess = preprocess
 
     def __len__(self) -> int:
         return len(self.samples)
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor | int]:
         sample = self.samples[index]
-        height, width = self.size
         rgb = read_image(sample.path)
-        resized = Image.fromarray(rgb).resize((width, height), Image.Resampling.BILINEAR)
-        image = (np.asarray(resized, dtype=np.float32) / 255.0 - self.mean) / self.std
-        mask = np.zeros((height, width), dtype=np.float32)
+        image = self.preprocess.tensor(rgb)
+        mask = np.zeros(self.preprocess.size, dtype=np.float32)
         if sample.mask_path is not None:
-            defect = read_mask(sample.mask_path, expected_size=rgb.shape[:2])
-            # Nearest keeps the mask binary; bilinear would invent fractional labels.
-            small = Image.fromarray(defect.astype(np.uint8) * 255).resize((width, height), Image.Resampling.NEAREST)
-            mask = (np.asarray(small) > 127).astype(np.float32)
+            mask = self.preprocess.mask(read_mask(sample.mask_path, expected_size=rgb.shape[:2]))
         return {
-            "image": torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))),
+            "image": image,
             "mask": torch.from_numpy(mask[None]),
             "label": torch.tensor(sample.label, dtype=torch.int64),
             "index": index,
@@ -361,21 +346,6 @@ def _is_plain_image(path: Path) -> bool:
 def _check_fraction(what: str, fraction: float) -> None:
     if not 0 <= fraction < 1:
         raise InputError(f"{what} is {fraction}; expected a number in [0, 1)")
-
-
-def _size_hw(image_size: int | tuple[int, int]) -> tuple[int, int]:
-    size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
-    if len(size) != 2 or not all(isinstance(v, int) and v > 0 for v in size):
-        raise InputError(f"image_size is {image_size!r}; expected a positive int or (height, width)")
-    return size[0], size[1]
-
-
-def _channel_stats(what: str, values: Sequence[float], positive: bool) -> np.ndarray:
-    array = np.asarray(values, dtype=np.float32).reshape(-1)
-    if array.shape != (3,) or (positive and not np.all(array > 0)):
-        kind = "three positive numbers" if positive else "three numbers"
-        raise InputError(f"{what} is {tuple(values)!r}; expected {kind}, one per RGB channel")
-    return array
 
 
 def _wxh(hw: tuple[int, int]) -> str:

@@ -16,9 +16,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from flowad.backbones import IMAGENET_MEAN, IMAGENET_STD, Encoder
+from flowad.backbones import Encoder
 from flowad.errors import InputError
 from flowad.flows import gaussian_nll
+from flowad.preprocess import IMAGENET_MEAN, IMAGENET_STD
 from flowad.ranges import check_ranges
 
 INPUT_STATISTICS = ("weights", "imagenet")

@@ -1,0 +1,138 @@
+"""What a command line or a config file may set: a flag per model option, and config files checked
+against the flags of the command they are given to."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from pathlib import Path
+
+from flowad.errors import InputError
+
+# What each model-config field means on the command line; every field of every model's config gets a
+# flag (--image-size for image_size), with the models' own defaults listed in its help.
+OPTION_HELP = {
+    "backbone": "timm backbone name (tf_efficientnet_lite0's ImageNet weights ship with flowad; U-Flow: also 'mcait')",
+    "weights": "backbone weights: 'pretrained' (offline for tf_efficientnet_lite0, else downloaded by timm), "
+    "'random', or a path to a .pth/.safetensors file",
+    "image_size": "square input size in pixels (a multiple of the backbone's largest stride)",
+    "lr": "Adam learning rate",
+    "weight_decay": "Adam weight decay",
+    "batch_size": "training batch size (images)",
+    "epochs": "training epochs",
+    "flow_steps": "coupling blocks per flow stage",
+    "conv3x3_only": "FastFlow: 3x3 kernels in every subnet (else 3 and 1 alternate)",
+    "hidden_ratio": "FastFlow: subnet hidden channels / input channels",
+    "clamp": "FastFlow: soft clamp of the coupling's log-scale",
+    "strides": "CFLOW: encoder stages to model, by stride",
+    "fiber_batch_size": "CFLOW: fibers (feature vectors) per optimiser step",
+    "condition_vector": "CFLOW: channels of the positional encoding (a multiple of 4)",
+    "coupling_blocks": "CFLOW: conditional coupling blocks per decoder",
+    "clamp_alpha": "CFLOW: soft clamp of the coupling's log-scale",
+    "permute_soft": "a random rotation instead of a channel shuffle between coupling blocks (slow above 512 channels)",
+    "affine_clamp": "U-Flow: soft clamp of the coupling's log-scale",
+    "affine_subnet_channels_ratio": "U-Flow: subnet hidden channels / input channels",
+    "lr_end_factor": "U-Flow: the learning rate decays linearly to this fraction of --lr over the run",
+    "nfa_window_size": "--threshold nfa: window at the finest latent scale (pixels)",
+    "nfa_probability_threshold": "--threshold nfa: a latent value is a candidate when P(chi2(1) >= z^2) < 1 - this",
+    "nfa_high_precision": "--threshold nfa: binomial tails in exact integer arithmetic (slower)",
+    "input_statistics": "input normalisation: 'weights' (the backbone weights' own mean/std) or 'imagenet' "
+    "(ImageNet's for any backbone, as anomalib)",
+}
+
+
+def model_fields() -> dict[str, dict[str, object]]:
+    """Every model-config field -> {model name: its default}."""
+    from flowad.models import MODELS
+
+    fields: dict[str, dict[str, object]] = {}
+    for name, cls in MODELS.items():
+        for f in dataclasses.fields(cls.config_class):
+            fields.setdefault(f.name, {})[name] = f.default
+    return fields
+
+
+def given_model_options(args: argparse.Namespace) -> dict[str, object]:
+    """The model options given on the command line (or by a config file): the flags not left at None."""
+    return {k: getattr(args, k) for k in model_fields() if getattr(args, k, None) is not None}
+
+
+def add_model_args(p: argparse.ArgumentParser) -> None:
+    """A flag per model option, left at None unless given, so that each model keeps its own default."""
+    for field, defaults in model_fields().items():
+        values = set(map(repr, defaults.values()))
+        shown = (
+            next(iter(defaults.values())) if len(values) == 1 else ", ".join(f"{m} {v}" for m, v in defaults.items())
+        )
+        text = f"{OPTION_HELP.get(field, field)} (default: {shown})"
+        flag = "--" + field.replace("_", "-")
+        example = next(iter(defaults.values()))
+        if isinstance(example, bool):
+            p.add_argument(flag, dest=field, action="store_const", const=True, help=text)
+        elif isinstance(example, tuple):
+            p.add_argument(flag, dest=field, type=type(example[0]), nargs="+", help=text)
+        else:
+            p.add_argument(flag, dest=field, type=type(example), help=text)
+
+
+def subparser(parser: argparse.ArgumentParser, name: str) -> argparse.ArgumentParser:
+    """The parser of one command of ``parser``."""
+    action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return action.choices[name]
+
+
+def read_options_file(
+    path: Path, parser: argparse.ArgumentParser, command: str = "train", category: str | None = None
+) -> dict[str, object]:
+    """Options of ``command`` from a YAML or JSON file, checked against its flags.
+
+    A ``per_category`` mapping (category -> options) overrides the file's other options for that category,
+    as papers that tune settings per category ship them; ``category`` picks the entry (else the file's own
+    ``category``).
+    """
+    options, per_category = _read_config(path, parser, command)
+    options.update(per_category.get(category or options.get("category"), {}))
+    return options
+
+
+def per_category_options(path: Path, parser: argparse.ArgumentParser) -> dict[str, dict[str, object]]:
+    """Category -> the model options a config file gives it (its own options, then its per_category entry)."""
+    options, per_category = _read_config(path, parser, "benchmark")
+    fields = model_fields()
+    return {c: {k: v for k, v in {**options, **own}.items() if k in fields} for c, own in per_category.items()}
+
+
+def _read_config(
+    path: Path, parser: argparse.ArgumentParser, command: str
+) -> tuple[dict[str, object], dict[str, dict[str, object]]]:
+    """A config file's options for ``command`` and its per_category entries, each checked."""
+    if not path.is_file():
+        raise InputError(f"config file {path} does not exist")
+    try:
+        import yaml
+
+        values = yaml.safe_load(path.read_text())  # YAML is a superset of JSON
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        raise InputError(f"config file {path} is not valid YAML or JSON: {err}") from err
+    if not isinstance(values, dict):
+        raise InputError(f"config file {path} must hold a mapping of option: value")
+    known = {a.dest for a in subparser(parser, command)._actions} - {"help", "config"}
+    options = _checked_options(values, known | {"per_category"}, path, "")
+    per_category = options.pop("per_category", None) or {}
+    if not isinstance(per_category, dict) or not all(isinstance(v, dict) for v in per_category.values()):
+        raise InputError(f"config file {path}: per_category must map category names to mappings of options")
+    # the options a category may change: the model's (and, in train, the data's)
+    own = known - {"category"} if command == "train" else set(model_fields())
+    checked = {str(c): _checked_options(v, own, path, f"per_category.{c}") for c, v in per_category.items()}
+    return options, checked
+
+
+def _checked_options(values: dict, known: set[str], path: Path, where: str) -> dict[str, object]:
+    options = {str(k).replace("-", "_"): v for k, v in values.items()}
+    unknown = sorted(set(options) - known)
+    if unknown:
+        place = f" ({where})" if where else ""
+        raise InputError(
+            f"config file {path}{place}: unknown option(s) {unknown}; expected options such as {sorted(known)[:6]}"
+        )
+    return options

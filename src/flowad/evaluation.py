@@ -1,0 +1,173 @@
+"""Testing a run: its test split scored, the field's metrics, RUN/metrics.json and the report's inputs.
+
+Data flows one way: image files -> features -> latents -> maps -> scores and masks -> metrics.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from flowad import metrics
+from flowad.checkpoint import atomic_write, load_run, run_preprocess, write_json
+from flowad.data.datasets import ImageDataset, Sample, check_masks
+from flowad.data.spec import DataSpec
+from flowad.engine import EngineSettings, infer
+from flowad.errors import InputError
+from flowad.nfa import nfa_masks
+from flowad.report import TEST_OUTPUTS, render_report
+from flowad.runlog import log_to, logger
+from flowad.thresholds import from_option
+
+
+def test(
+    run: str | Path,
+    data: str | Path | None = None,
+    category: str | None = None,
+    threshold: str | float = "f1",
+    settings: EngineSettings | None = None,
+    write: bool = True,
+) -> dict[str, Any]:
+    """Evaluate a run on its data set's test split (or another one); writes RUN/metrics.json."""
+    run = Path(run)
+    net, config = load_run(run)
+    settings = settings or EngineSettings(seed=config.get("seed", 0))
+    spec = _test_spec(DataSpec(**config["data"]), data, category)
+    splits = spec.splits(config.get("seed", 0))
+    check_masks(splits.test)
+    dataset = ImageDataset(splits.test, run_preprocess(config))  # as the model was trained
+    start = time.perf_counter()
+    out = infer(net, dataset, settings, keep_latents=True)
+    nfa = nfa_masks(net, out["latents"])
+    masks = out["masks"]  # read with the images: each test file is decoded once
+    labels = np.array([s.label for s in splits.test])
+    thresholds = from_option(config, threshold)
+    if threshold == "nfa":
+        pred_masks, pred_images, method = nfa, nfa.any(axis=(1, 2)), "nfa"
+    else:
+        pred_images = out["scores"] >= thresholds.image
+        pred_masks, method = (out["maps"] >= thresholds.pixel) & pred_images[:, None, None], thresholds.method
+    result = evaluate(out["scores"], out["maps"], labels, masks, pred_images, pred_masks)
+    anomalous = (labels == 1) & masks.any(axis=(1, 2))
+    result["iou_nfa"] = metrics.iou(nfa[anomalous], masks[anomalous]) if anomalous.any() else None
+    result["threshold"] = {"image": thresholds.image, "pixel": thresholds.pixel, "method": method}
+    result["test_seconds"] = time.perf_counter() - start
+    result["train_seconds"] = config["train"]["seconds"]
+    result["test_images"] = len(dataset)
+    result["data"] = f"{spec.layout}:{spec.root}" + (f"/{spec.category}" if spec.category else "")
+    if write:
+        write_json(run / "metrics.json", result)
+        with log_to(run):
+            shown = {k: result[k] for k in ("image_auroc", "pixel_auroc", "aupro", "iou", "iou_nfa", "threshold")}
+            logger.info("test on %s (%d images): %s", result["data"], len(dataset), json.dumps(shown))
+        _save_test_outputs(run / TEST_OUTPUTS, splits.test, out, labels, masks, pred_images, pred_masks, nfa)
+        render_report(run)
+    return result
+
+
+def _test_spec(trained_on: DataSpec, data: str | Path | None, category: str | None) -> DataSpec:
+    """The data to test on: the run's own, or another root or category. Only the test split is read,
+    so no validation folder is needed."""
+    spec = dataclasses.replace(trained_on, val_dir=None, val_abnormal_dir=None, val_mask_dir=None)
+    if data is not None:
+        return dataclasses.replace(spec, root=str(data), category=category or spec.category)
+    if category is not None:
+        return dataclasses.replace(spec, category=category)
+    return spec
+
+
+def _save_test_outputs(
+    path: Path,
+    samples: list[Sample],
+    out: dict[str, Any],
+    labels: np.ndarray,
+    masks: np.ndarray,
+    pred_images: np.ndarray,
+    pred_masks: np.ndarray,
+    nfa: np.ndarray,
+) -> None:
+    """Per test image: path, label, score, decision; maps (float16) and masks at the model's input size."""
+    buffer = io.BytesIO()
+    np.savez_compressed(
+        buffer,
+        paths=np.array([str(s.path) for s in samples]),
+        defects=np.array([s.defect for s in samples]),
+        labels=labels,
+        scores=out["scores"],
+        maps=out["maps"].astype(np.float16),
+        masks=masks,
+        pred_images=pred_images,
+        pred_masks=pred_masks,
+        nfa_masks=nfa,
+    )
+    atomic_write(path, buffer.getvalue())
+
+
+def evaluate(
+    scores: np.ndarray,
+    maps: np.ndarray,
+    labels: np.ndarray,
+    masks: np.ndarray,
+    pred_images: np.ndarray,
+    pred_masks: np.ndarray,
+) -> dict[str, Any]:
+    """The field's metrics; a metric undefined on this test set (e.g. one class only) is None.
+
+    IoU is the mean over the anomalous test images (those with a defect mask), as U-Flow reports it; the
+    oracle IoU beside it uses the best threshold on the test set itself, so it is a bound, not a result.
+    """
+
+    def defined(fn: Callable[..., float], *args: Any) -> float | None:
+        try:
+            return fn(*args)
+        except InputError:
+            return None
+
+    has_masks = bool(masks.any())
+    anomalous = (labels == 1) & masks.any(axis=(1, 2))
+    return {
+        "image_auroc": defined(metrics.image_auroc, scores, labels),
+        "pixel_auroc": defined(metrics.pixel_auroc, maps, masks) if has_masks else None,
+        "aupro": defined(metrics.aupro, maps, masks) if has_masks else None,
+        "image_f1": metrics.f1_score(pred_images, labels),
+        "pixel_f1": metrics.f1_score(pred_masks, masks) if has_masks else None,
+        "iou": metrics.iou(pred_masks[anomalous], masks[anomalous]) if anomalous.any() else None,
+        "image_f1_max": defined(lambda: metrics.f1_max(scores, labels)[0]),
+        "oracle_iou": metrics.oracle_iou(maps[anomalous], masks[anomalous])[0] if anomalous.any() else None,
+    }
+
+
+PRINTED_METRICS = (
+    "image_auroc",
+    "pixel_auroc",
+    "aupro",
+    "image_f1",
+    "pixel_f1",
+    "iou",
+    "iou_nfa",
+    "oracle_iou",
+    "image_f1_max",
+)
+
+
+def format_metrics(result: dict[str, Any]) -> str:
+    """A two-column table of the metrics; iou_nfa is the IoU of the log NFA < 0 masks, always reported."""
+    lines = [f"{'metric':<14}{'value':>8}"]
+    for key in PRINTED_METRICS:
+        value = result.get(key)
+        lines.append(f"{key:<14}{'n/a' if value is None else f'{value:.4f}':>8}")
+    t = result.get("threshold", {})
+    if t:
+        lines.append(
+            "threshold     log NFA < 0 (nfa)"
+            if t["method"] == "nfa"
+            else f"threshold     {t['image']:.4g} ({t['method']})"
+        )
+    return "\n".join(lines)

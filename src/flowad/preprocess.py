@@ -1,0 +1,104 @@
+"""How an image becomes a model's input: resized, scaled to [0, 1], normalised per RGB channel.
+
+One :class:`Preprocess` serves training, testing, the in-memory detector and the ONNX export, and a run
+stores it in its config.json, so every path feeds the model the same pixels, bit for bit.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from flowad.errors import InputError
+
+if TYPE_CHECKING:
+    from flowad.models.base import AnomalyModel
+
+# the usual input statistics of ImageNet weights (timm's default when a configuration gives none)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+RESAMPLING = {"bilinear": Image.Resampling.BILINEAR}
+
+
+@dataclasses.dataclass(frozen=True)
+class Preprocess:
+    """The input of a model: ``size`` (height, width), or one int for a square; ``mean`` and ``std`` per RGB
+    channel of the image scaled to [0, 1]; ``resize``, the PIL filter that brings an image to ``size``."""
+
+    size: tuple[int, int] | int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    resize: str = "bilinear"
+
+    def __post_init__(self) -> None:
+        # settings are kept in one form (tuples of Python numbers) so that equal ones compare and serialise alike
+        object.__setattr__(self, "size", _size_hw(self.size))
+        object.__setattr__(self, "mean", _channel_stats("mean", self.mean, positive=False))
+        object.__setattr__(self, "std", _channel_stats("std", self.std, positive=True))
+        if self.resize not in RESAMPLING:
+            raise InputError(f"resize filter {self.resize!r} is not known; expected one of {sorted(RESAMPLING)}")
+
+    @classmethod
+    def from_model(cls, model: AnomalyModel) -> Preprocess:
+        """What ``model`` takes: its input size, and the statistics its ``input_statistics`` option picks."""
+        mean, std = model.input_statistics
+        return cls(model.image_size, mean, std)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"size": list(self.size), "mean": list(self.mean), "std": list(self.std), "resize": self.resize}
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> Preprocess:
+        missing = sorted({"size", "mean", "std"} - set(values))
+        if missing:
+            raise InputError(f"preprocessing settings {values!r} lack {missing}")
+        return cls(tuple(values["size"]), tuple(values["mean"]), tuple(values["std"]), values.get("resize", "bilinear"))
+
+    # float32, as the arithmetic below runs: (x / 255 - mean) / std in float32 numpy
+    @functools.cached_property
+    def _mean32(self) -> np.ndarray:
+        return np.asarray(self.mean, dtype=np.float32)
+
+    @functools.cached_property
+    def _std32(self) -> np.ndarray:
+        return np.asarray(self.std, dtype=np.float32)
+
+    def array(self, rgb: np.ndarray) -> np.ndarray:
+        """RGB uint8 (H, W, 3) of any size -> normalised float32 (height, width, 3) at ``size``."""
+        height, width = self.size
+        resized = Image.fromarray(rgb).resize((width, height), RESAMPLING[self.resize])
+        return (np.asarray(resized, dtype=np.float32) / 255.0 - self._mean32) / self._std32
+
+    def tensor(self, rgb: np.ndarray) -> torch.Tensor:
+        """RGB uint8 (H, W, 3) of any size -> the model's input: normalised float32 (3, height, width)."""
+        return torch.from_numpy(np.ascontiguousarray(self.array(rgb).transpose(2, 0, 1)))
+
+    __call__ = tensor
+
+    def mask(self, defect: np.ndarray) -> np.ndarray:
+        """A defect mask (H, W) of its image's size -> float32 0/1 (height, width), beside the resized image."""
+        height, width = self.size
+        # nearest keeps the mask binary; bilinear would invent fractional labels
+        small = Image.fromarray(defect.astype(np.uint8) * 255).resize((width, height), Image.Resampling.NEAREST)
+        return (np.asarray(small) > 127).astype(np.float32)
+
+
+def _size_hw(image_size: int | Sequence[int]) -> tuple[int, int]:
+    size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
+    if len(size) != 2 or not all(isinstance(v, int) and v > 0 for v in size):
+        raise InputError(f"image_size is {image_size!r}; expected a positive int or (height, width)")
+    return size[0], size[1]
+
+
+def _channel_stats(what: str, values: Sequence[float], positive: bool) -> tuple[float, float, float]:
+    array = np.asarray(values, dtype=np.float32).reshape(-1)
+    if array.shape != (3,) or (positive and not np.all(array > 0)):
+        kind = "three positive numbers" if positive else "three numbers"
+        raise InputError(f"{what} is {tuple(values)!r}; expected {kind}, one per RGB channel")
+    return tuple(float(v) for v in np.asarray(values, dtype=np.float64).reshape(-1))

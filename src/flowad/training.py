@@ -1,0 +1,185 @@
+"""Training a run: ``train`` writes a run directory, ``resume`` finishes an interrupted one.
+
+A run directory holds the trained model (see :mod:`flowad.checkpoint`), the thresholds chosen on the
+validation split, what was asked for (``request.json``) and, while training, the state after the last epoch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from flowad import distributed, metrics
+from flowad.checkpoint import (
+    BEST_STATE,
+    TRAIN_STATE_JSON,
+    TRAIN_STATE_TENSORS,
+    load_best_state,
+    read_json,
+    save_run,
+    write_json,
+)
+from flowad.data.datasets import ImageDataset, check_masks
+from flowad.data.spec import DataSpec
+from flowad.engine import EngineSettings, divergence_message, infer
+from flowad.engine import train as train_head
+from flowad.errors import FlowadError, InputError
+from flowad.models import AnomalyModel, model_class
+from flowad.preprocess import Preprocess
+from flowad.runlog import log_to, logger
+from flowad.thresholds import DEFAULT_FPR, from_validation
+
+REQUEST_FILE = "request.json"  # what was asked for: lets --resume restart an interrupted run
+
+
+def train(
+    model: str = "fastflow",
+    data: str | Path | DataSpec = "",
+    out: str | Path = "runs/run",
+    category: str | None = None,
+    layout: str = "mvtec",
+    seed: int = 0,
+    force: bool = False,
+    fpr: float = DEFAULT_FPR,
+    settings: EngineSettings | None = None,
+    **options: Any,
+) -> Path:
+    """Train ``model`` on the good images of ``data`` and write a run directory to ``out``.
+
+    ``options`` are the model's config fields (backbone, weights, image_size, epochs, batch_size, lr, ...).
+    Thresholds are chosen on the validation split (see :mod:`flowad.thresholds`). Returns the run path.
+    The training state is saved after every epoch: :func:`resume` continues an interrupted run.
+    """
+    spec = data if isinstance(data, DataSpec) else DataSpec(root=str(data), category=category, layout=layout)
+    settings = dataclasses.replace(settings or EngineSettings(), seed=seed)
+    model_class(model).config_class.from_dict(options)  # bad options fail before anything is written
+    spec.splits(seed)
+    request = {"model": model, "options": options, "data": dataclasses.asdict(spec), "seed": seed, "fpr": fpr}
+
+    def prepare() -> Path:  # under torchrun the main process alone writes the run directory
+        run_dir = _prepare_run_dir(out, force)
+        write_json(run_dir / REQUEST_FILE, {**request, "settings": dataclasses.asdict(settings)})
+        return run_dir
+
+    return _train_run(distributed.on_main(prepare), request, settings, resume=False)
+
+
+def resume(run: str | Path, settings: EngineSettings | None = None) -> Path:
+    """Continue an interrupted ``train`` from its last finished epoch; ends with the same weights."""
+    run_dir = Path(run)
+    request = distributed.on_main(lambda: read_json(run_dir / REQUEST_FILE))
+    saved = EngineSettings(**request.pop("settings"))
+    settings = dataclasses.replace(saved, device=settings.device, quiet=settings.quiet) if settings else saved
+    return _train_run(run_dir, request, settings, resume=True)
+
+
+def validation_metrics(
+    val_set: ImageDataset, labels: np.ndarray, settings: EngineSettings
+) -> Callable[[AnomalyModel], dict[str, float]]:
+    """A scorer of models on a split with anomalies: image AUROC, and pixel AUROC given masks."""
+    quiet = dataclasses.replace(settings, quiet=True)
+
+    def validate(net: AnomalyModel) -> dict[str, float]:
+        out = infer(net, val_set, quiet)
+        result = {"image_auroc": metrics.image_auroc(out["scores"], labels)}
+        if out["masks"].any():
+            result["pixel_auroc"] = metrics.pixel_auroc(out["maps"], out["masks"])
+        return result
+
+    return validate
+
+
+def _prepare_run_dir(out: str | Path, force: bool) -> Path:
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out {out} exists and is not a folder")
+    if out.exists() and any(out.iterdir()):
+        if not force:
+            raise InputError(f"run directory {out} already exists and is not empty; pass --force to overwrite it")
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def _train_run(run_dir: Path, request: dict[str, Any], settings: EngineSettings, resume: bool) -> Path:
+    cls = model_class(request["model"])
+    config = cls.config_class.from_dict(request["options"])
+    spec, seed = DataSpec(**request["data"]), request["seed"]
+    splits = spec.splits(seed)
+    if not splits.val:
+        raise InputError("the validation split is empty; use a larger data set or --val-fraction > 0")
+    check_masks(splits.test)
+    check_masks(splits.val)
+
+    torch.manual_seed(seed)  # the flows' initial weights
+    net = cls(config)
+    preprocess = Preprocess.from_model(net)  # save_run stores the same one in the run
+    train_set = ImageDataset(splits.train, preprocess)
+    val_set = ImageDataset(splits.val, preprocess)
+    val_labels = np.array([s.label for s in splits.val])
+    validate = validation_metrics(val_set, val_labels, settings) if 0 < val_labels.sum() < len(val_labels) else None
+    with log_to(run_dir):
+        logger.info(
+            "train %s on %s: %d images, %d for validation", request["model"], spec.root, len(train_set), len(val_set)
+        )
+        resume_hint = f"the run directory keeps the last finished epoch: continue with flowad train --resume {run_dir}"
+        with distributed.peers_lost_as_error(resume_hint):
+            log = train_head(net, train_set, settings, state_dir=run_dir, resume=resume, validate=validate)
+        if not distributed.is_main():
+            return run_dir  # the main process writes the run
+        summary = _summary(log, len(splits.train), len(splits.val), config.lr)
+        extra = {"data": request["data"], "seed": seed, "train": summary}
+        _save_with_thresholds(run_dir, net, val_set, val_labels, settings, request["fpr"], extra)
+        write_json(run_dir / "train_log.json", log)
+        if "best" in log:  # the best validation epoch, as a run of its own
+            load_best_state(run_dir, net)
+            _save_with_thresholds(run_dir / "best", net, val_set, val_labels, settings, request["fpr"], extra)
+        if "diverged" not in log:  # finished: the per-epoch state has nothing left to resume
+            for name in (TRAIN_STATE_TENSORS, TRAIN_STATE_JSON, BEST_STATE):
+                (run_dir / name).unlink(missing_ok=True)
+        logger.info("finished: %s", json.dumps(summary))
+    if "diverged" in log:
+        raise FlowadError(
+            f"{summary['stopped']}. The weights of the last good epoch ({len(log['epochs'])}) are saved in {run_dir}"
+        )
+    return run_dir
+
+
+def _summary(log: dict[str, Any], n_train: int, n_val: int, lr: float) -> dict[str, Any]:
+    """What config.json says of the training: sizes, epochs, time, and the best and last epochs' validation."""
+    summary = {
+        "images": n_train,
+        "validation_images": n_val,
+        "epochs_completed": len(log["epochs"]),
+        "seconds": log["train_seconds"],
+        "feature_cache": log["cache"],
+    }
+    if "diverged" in log:
+        summary["stopped"] = divergence_message(log, lr)
+    if "best" in log:
+        summary["best"] = {**log["best"], "run": "best"}
+        summary["last"] = {"epoch": len(log["epochs"]), "val": log["epochs"][-1]["val"]}
+    return summary
+
+
+def _save_with_thresholds(
+    run_dir: Path,
+    net: AnomalyModel,
+    val_set: ImageDataset,
+    labels: np.ndarray,
+    settings: EngineSettings,
+    fpr: float,
+    extra: dict[str, Any],
+) -> None:
+    """Choose the thresholds of ``net`` on the validation split and save it as a run."""
+    val = infer(net, val_set, settings)
+    masks = val["masks"] if val["masks"].any() else None
+    thresholds = from_validation(val["scores"], labels, val["maps"], masks, fpr)
+    save_run(run_dir, net, {**extra, "thresholds": dataclasses.asdict(thresholds)})
