@@ -40,7 +40,7 @@ def test_detector_predicts_at_the_image_size(run: Path) -> None:
 
 def test_detector_agrees_with_the_model_on_files(run: Path) -> None:
     detector = flowad.load(run)
-    path = next((Path(detector.config["data"]["root"]) / "pill" / "test" / "good").iterdir())
+    path = next((Path(detector.record.data.root) / "pill" / "test" / "good").iterdir())
     (result,) = detector.predict([read_image(path)])
     records = flowad.predict(run, [path], run / "one", quiet=True)
     assert records[0]["score"] == pytest.approx(result["score"], abs=1e-6)
@@ -61,11 +61,12 @@ def test_scores_do_not_depend_on_the_batch(run: Path) -> None:
 
 
 def test_imagenet_input_statistics_reach_the_run_and_the_detector(run: Path, tmp_path: Path) -> None:
-    root = Path(flowad.load(run).config["data"]["root"])
+    root = Path(flowad.load(run).record.data.root)
     options = {"image_size": 64, "epochs": 1, "batch_size": 4, "input_statistics": "imagenet"}
     detector = flowad.load(flowad.train("fastflow", root, out=tmp_path / "imagenet", category="pill", **options))
     mean, std = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
-    assert detector.config["normalisation"] == pytest.approx({"mean": mean, "std": std})
+    assert detector.record.preprocess.mean == pytest.approx(mean)
+    assert detector.record.preprocess.std == pytest.approx(std)
     image = read_image(next((root / "pill" / "test" / "good").iterdir()))  # 64 x 64: no resizing
     pixels = torch.from_numpy(image).permute(2, 0, 1).float() / 255
     x = (pixels - torch.tensor(mean).view(3, 1, 1)) / torch.tensor(std).view(3, 1, 1)

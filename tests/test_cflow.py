@@ -13,6 +13,7 @@ from flowad.data.synthetic import make_demo_dataset
 from flowad.errors import InputError
 from flowad.models import build_model
 from flowad.models.cflow import CFlow, CFlowConfig, cflow_decoder, log_likelihood, positional_encoding_2d
+from flowad.thresholds import fixed
 
 SIZE = 64
 
@@ -144,7 +145,7 @@ def test_calibrated_constants_survive_a_checkpoint(model: CFlow, tmp_path: Path)
     assert torch.isfinite(model.max_log_likelihood).all() and torch.isfinite(model.max_score)
     assert model.max_log_likelihood.shape == (3,) and model.max_score > 0
     assert not torch.equal(model.max_log_likelihood, torch.zeros(3))
-    save_run(tmp_path / "run", model, {})
+    save_run(tmp_path / "run", model, fixed(1.0, 0.0, 2.0))
     assert {"max_log_likelihood", "max_score"} <= set(
         json.loads((tmp_path / "run" / "config.json").read_text())["tensors"]
     )

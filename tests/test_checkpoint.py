@@ -9,6 +9,7 @@ import torch
 from flowad.checkpoint import load_run, save_run
 from flowad.errors import InputError
 from flowad.models import build_model
+from flowad.thresholds import fixed
 
 
 @pytest.fixture(scope="module")
@@ -19,7 +20,7 @@ def saved(tmp_path_factory) -> tuple[Path, torch.nn.Module]:
         for p in model.flows.parameters():
             p.add_(0.01 * torch.randn_like(p))
     run = tmp_path_factory.mktemp("run")
-    save_run(run, model, {"thresholds": {}})
+    save_run(run, model, fixed(1.0, 0.0, 2.0))
     return run, model
 
 
@@ -30,7 +31,7 @@ def test_round_trip_gives_the_same_maps(saved) -> None:
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         assert torch.equal(model(x)[0], loaded(x)[0])
-    assert config["model_config"]["weights"] == "random"
+    assert config.model_config["weights"] == "random"
 
 
 def _copy(run: Path, tmp_path: Path) -> Path:

@@ -46,7 +46,7 @@ def test_a_config_file_reproduces_a_run_and_flags_override_it(tmp_path: Path) ->
     for key in ("image_auroc", "pixel_auroc", "aupro", "iou"):
         assert results[0][key] == pytest.approx(results[1][key], abs=1e-6)
     request = json.loads((tmp_path / "a" / "request.json").read_text())
-    assert request["seed"] == 7 and request["options"]["epochs"] == 3  # the resolved config is kept
+    assert request["settings"]["seed"] == 7 and request["options"]["epochs"] == 3  # the resolved config is kept
     assert main(["train", "--config", str(config), "--epochs", "1", "--out", str(tmp_path / "c"), "--quiet"]) == 0
     assert json.loads((tmp_path / "c" / "request.json").read_text())["options"]["epochs"] == 1
 

@@ -11,6 +11,7 @@ from flowad.checkpoint import save_run
 from flowad.errors import InputError
 from flowad.export import OnnxDetector, export_onnx
 from flowad.models import AnomalyModel, build_model
+from flowad.thresholds import fixed
 
 SIZE = 64
 SMALL = {
@@ -35,7 +36,7 @@ def _tiny_model(name: str) -> AnomalyModel:
 def exported(request, tmp_path_factory) -> tuple[AnomalyModel, Path]:
     run = tmp_path_factory.mktemp(request.param)
     model = _tiny_model(request.param)
-    save_run(run, model, {"thresholds": {}})
+    save_run(run, model, fixed(1.0, 0.0, 2.0))
     assert export_onnx(run) == run / "model.onnx"
     return model, run
 

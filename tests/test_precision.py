@@ -50,5 +50,5 @@ def test_compiled_model_gives_the_eager_maps(scored) -> None:
 
 def test_unknown_precision_is_a_clear_error(scored) -> None:
     model, dataset, _ = scored
-    with pytest.raises(FlowadError, match="unknown precision 'fp8'; expected one of fp32, bf16, fp16"):
+    with pytest.raises(FlowadError, match="--precision fp8: expected one of fp32, bf16, fp16"):
         infer(model, dataset, EngineSettings(quiet=True, precision="fp8"))

@@ -10,11 +10,13 @@ import pytest
 import torch
 from PIL import Image
 
-from flowad.checkpoint import read_config, run_preprocess, save_run
+from flowad.checkpoint import read_record, save_run
 from flowad.data.datasets import ImageDataset, Sample
 from flowad.errors import InputError
 from flowad.models import build_model
 from flowad.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocess
+from flowad.records import RunRecord
+from flowad.thresholds import fixed
 
 
 def _random_rgb(height: int, width: int, seed: int) -> np.ndarray:
@@ -54,11 +56,11 @@ def test_a_dataset_needs_a_preprocess(tmp_path: Path) -> None:
 
 def test_a_run_stores_its_preprocess_and_older_runs_still_give_it(tmp_path: Path) -> None:
     model = build_model("fastflow", backbone="resnet18", weights="random", image_size=64, input_statistics="imagenet")
-    save_run(tmp_path, model, {"thresholds": {}})
-    config = read_config(tmp_path)
+    save_run(tmp_path, model, fixed(1.0, 0.0, 2.0))
+    config = json.loads((tmp_path / "config.json").read_text())
     expected = Preprocess.from_model(model)
     assert expected == Preprocess(64, IMAGENET_MEAN, IMAGENET_STD)
-    assert run_preprocess(config) == expected
+    assert read_record(tmp_path).preprocess == expected
     assert config["normalisation"] == {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)}
     del config["preprocess"]  # as runs written before the key existed
-    assert run_preprocess(config) == expected
+    assert RunRecord.from_json(config).preprocess == expected

@@ -77,7 +77,7 @@ def test_divergence_keeps_the_last_good_epoch(data: Path, tmp_path: Path, monkey
     with pytest.raises(FlowadError, match=r"diverged at epoch 3.*learning rate.*last good epoch \(2\)"):
         _train(data, tmp_path / "nan")
     model, config = load_run(tmp_path / "nan")  # the last good checkpoint loads ...
-    assert config["train"]["epochs_completed"] == 2 and "diverged" in config["train"]["stopped"]
+    assert config.train["epochs_completed"] == 2 and "diverged" in config.train["stopped"]
     records = flowad.predict(tmp_path / "nan", [data / "fabric" / "test" / "good"], tmp_path / "pred", quiet=True)
     assert len(records) == 2 and all(torch.isfinite(torch.tensor(r["score"])) for r in records)  # ... and predicts
 
@@ -145,7 +145,7 @@ def test_validation_with_anomalies_keeps_the_best_and_the_last_epoch(data: Path,
     labels = [s.label for s in val_samples]
     for path, expected in ((run / "best", vals[best]), (run, vals[3])):
         net, config = load_run(path)
-        assert config["thresholds"]["method"] == "f1"
+        assert config.thresholds.method == "f1"
         dataset = ImageDataset(val_samples, Preprocess.from_model(net))
         out = engine.infer(net, dataset, engine.EngineSettings(quiet=True))
         assert image_auroc(out["scores"], labels) == pytest.approx(expected["image_auroc"], abs=1e-6)

@@ -11,16 +11,19 @@ Data flows one way: image files -> features -> latents -> maps -> scores and mas
 from __future__ import annotations
 
 from flowad.benchmark import benchmark, category_table, format_table
-from flowad.checkpoint import read_config, read_json
+from flowad.checkpoint import read_json, read_record
 from flowad.data.datasets import Sample
 from flowad.data.spec import DataSpec, list_categories
 from flowad.evaluation import evaluate, format_metrics, test
 from flowad.inference import Detector, load, predict
+from flowad.records import EngineSettings, RunRecord, TrainRequest
 from flowad.training import resume, train, validation_metrics
 
 __all__ = [
     "DataSpec",
     "Detector",
+    "EngineSettings",
+    "RunRecord",
     "Sample",
     "benchmark",
     "category_table",
@@ -30,10 +33,11 @@ __all__ = [
     "list_categories",
     "load",
     "predict",
-    "read_config",
+    "read_record",
     "read_json",
     "resume",
     "test",
     "train",
+    "TrainRequest",
     "validation_metrics",
 ]

@@ -8,9 +8,9 @@ from typing import Any
 
 from flowad import distributed
 from flowad.checkpoint import atomic_write
-from flowad.data.spec import list_categories
-from flowad.engine import EngineSettings
+from flowad.data.spec import DataSpec, list_categories
 from flowad.evaluation import test
+from flowad.records import EngineSettings, TrainRequest
 from flowad.training import train
 
 TABLE_KEYS = ("image_auroc", "pixel_auroc", "aupro", "iou")
@@ -32,6 +32,10 @@ def benchmark(
     ``per_category`` maps a category to options that replace ``options`` for it (per-category settings).
     """
     out = Path(out)
+    for own in [{}, *(per_category or {}).values()]:  # every category's options checked before any work
+        TrainRequest(
+            model, DataSpec(str(data), layout=layout), {**options, **own}, settings=settings or EngineSettings()
+        )
     names = list(categories or list_categories(data, layout))
     results = {}
     share = distributed.shard(names)  # under torchrun each process takes its share of the categories

@@ -17,20 +17,20 @@ from typing import Any
 import torch
 
 from flowad.backbones import OFFLINE_BACKBONE, fingerprint
+from flowad.data.spec import DataSpec
 from flowad.errors import InputError
 from flowad.models import AnomalyModel, model_class
 from flowad.preprocess import Preprocess
+from flowad.records import FORMAT_VERSION, RunRecord
+from flowad.thresholds import Thresholds
 
 TRAIN_STATE_TENSORS = "train_state.safetensors"
 TRAIN_STATE_JSON = "train_state.json"
 BEST_STATE = "best_state.safetensors"  # the head at the best validation epoch, while training
 
-FORMAT = "flowad-run"
-FORMAT_VERSION = 1
 CONFIG_FILE = "config.json"
 MODEL_FILE = "model.safetensors"
 BACKBONE_FILE = "backbone.safetensors"
-PREPROCESS_KEY = "preprocess"  # in config.json: see flowad.preprocess
 
 
 def flowad_version() -> str:
@@ -96,81 +96,71 @@ def backbone_ships_with_flowad(model: AnomalyModel) -> bool:
     return model.config.backbone == OFFLINE_BACKBONE and model.config.weights == "pretrained"
 
 
-def save_run(run_dir: Path, model: AnomalyModel, extra: dict[str, Any]) -> None:
-    """Write the model's weights and config (plus ``extra`` entries) into ``run_dir``."""
+def save_run(
+    run_dir: Path,
+    model: AnomalyModel,
+    thresholds: Thresholds,
+    data: DataSpec | None = None,
+    seed: int = 0,
+    train: dict[str, Any] | None = None,
+) -> RunRecord:
+    """Write the model's weights and its record (config.json) into ``run_dir``; returns the record."""
     run_dir = Path(run_dir)
     store_backbone = not backbone_ships_with_flowad(model)
     head = model.trainable_state()
     _save_tensors(run_dir / MODEL_FILE, head)
     if store_backbone:
         _save_tensors(run_dir / BACKBONE_FILE, model.encoder.state_dict())
-    preprocess = Preprocess.from_model(model)
-    config = {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
-        "flowad_version": flowad_version(),
-        "model": model.name,
-        "model_config": model.config.to_dict(),
-        # the statistics alone, as the ONNX graph's users read them; the whole preprocessing beside them
-        "normalisation": {"mean": list(preprocess.mean), "std": list(preprocess.std)},
-        PREPROCESS_KEY: preprocess.to_dict(),
-        "backbone": {"fingerprint": fingerprint(model.encoder), "stored": store_backbone},
-        "tensors": {k: list(v.shape) for k, v in head.items()},
-        **extra,
-    }
-    write_json(run_dir / CONFIG_FILE, config)
+    record = RunRecord(
+        model=model.name,
+        model_config=model.config.to_dict(),
+        preprocess=Preprocess.from_model(model),
+        backbone_fingerprint=fingerprint(model.encoder),
+        backbone_stored=store_backbone,
+        tensors={k: list(v.shape) for k, v in head.items()},
+        thresholds=thresholds,
+        data=data,
+        seed=seed,
+        train=train or {},
+        flowad_version=flowad_version(),
+    )
+    write_json(run_dir / CONFIG_FILE, record.to_json())
+    return record
 
 
-def read_config(run_dir: Path) -> dict[str, Any]:
+def read_record(run_dir: Path) -> RunRecord:
+    """The record of a run directory (its config.json); a missing or damaged one is a clear error."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise InputError(f"run directory {run_dir} does not exist")
-    config = read_json(run_dir / CONFIG_FILE)
-    if not isinstance(config, dict) or config.get("format") != FORMAT:
-        raise InputError(f"{run_dir / CONFIG_FILE} is not a flowad run config")
-    if config.get("format_version") != FORMAT_VERSION:
-        raise InputError(
-            f"{run_dir / CONFIG_FILE} has format version {config.get('format_version')!r}; "
-            f"this flowad reads version {FORMAT_VERSION}"
-        )
-    return config
+    return RunRecord.from_json(read_json(run_dir / CONFIG_FILE), run_dir / CONFIG_FILE)
 
 
-def run_preprocess(config: dict[str, Any]) -> Preprocess:
-    """How a run's model takes images; runs written before config.json held it say so by their
-    ``normalisation`` and ``model_config.image_size`` (bilinear resizing, the only filter then)."""
-    if PREPROCESS_KEY in config:
-        return Preprocess.from_dict(config[PREPROCESS_KEY])
-    size, norm = config["model_config"]["image_size"], config["normalisation"]
-    return Preprocess(size, tuple(norm["mean"]), tuple(norm["std"]))
-
-
-def load_run(run_dir: Path) -> tuple[AnomalyModel, dict[str, Any]]:
+def load_run(run_dir: Path) -> tuple[AnomalyModel, RunRecord]:
     """Rebuild the model of a run directory; every mismatch is a clear error, never a silent guess."""
     run_dir = Path(run_dir)
-    config = read_config(run_dir)
-    cls = model_class(config["model"])
-    model_config = cls.config_class.from_dict(config["model_config"])
-    stored = config["backbone"]["stored"]
-    if stored:
+    record = read_record(run_dir)
+    cls = model_class(record.model)
+    model_config = cls.config_class.from_dict(record.model_config)
+    if record.backbone_stored:
         model_config.weights = "random"  # replaced by the stored tensors just below
     model = cls(model_config)
-    if stored:
+    if record.backbone_stored:
         _load_into(model.encoder, _load_tensors(run_dir / BACKBONE_FILE), run_dir / BACKBONE_FILE)
-        model.config.weights = config["model_config"]["weights"]
+        model.config.weights = record.model_config["weights"]
     found = fingerprint(model.encoder)
-    if found != config["backbone"]["fingerprint"]:
+    if found != record.backbone_fingerprint:
         raise InputError(
             f"the backbone weights of {run_dir} differ from those it was trained with "
-            f"(fingerprint {found}, expected {config['backbone']['fingerprint']})"
+            f"(fingerprint {found}, expected {record.backbone_fingerprint})"
         )
     head = _load_tensors(run_dir / MODEL_FILE)
     declared = {k: list(v.shape) for k, v in head.items()}
-    if declared != config.get("tensors"):
+    if declared != record.tensors:
         raise InputError(f"{run_dir / MODEL_FILE} does not match the tensors its config lists; the run is damaged")
     _load_into(model, head, run_dir / MODEL_FILE, partial=True)
     model.eval()
-    return model, config
+    return model, record
 
 
 def _load_into(module: torch.nn.Module, state: dict[str, torch.Tensor], path: Path, partial: bool = False) -> None:

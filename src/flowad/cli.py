@@ -21,8 +21,8 @@ from flowad.cli_options import (
     read_options_file,
     subparser,
 )
-from flowad.engine import EngineSettings
 from flowad.errors import FlowadError, InputError
+from flowad.records import EngineSettings
 
 # The demo data set has 48 training images per category: at the papers' batch of 32 that is two optimiser
 # steps per epoch, so the demo trains the image-batched models with batches of 8 (more steps for the same
@@ -329,11 +329,11 @@ def _report(args: argparse.Namespace) -> None:
 
 def _print_best_and_last(run: Path) -> None:
     """With a validation split that holds anomalies: the best epoch's run and the last epoch's."""
-    from flowad.checkpoint import read_config
+    from flowad.checkpoint import read_record
 
     if not distributed.is_main():  # the main process writes the run, maybe still now
         return
-    summary = read_config(run)["train"]
+    summary = read_record(run).train
     for which, path in (("best", run / "best"), ("last", run)):
         if which in summary:
             val = ", ".join(f"{k} {v:.4f}" for k, v in summary[which]["val"].items())
@@ -343,16 +343,20 @@ def _print_best_and_last(run: Path) -> None:
 def _demo(args: argparse.Namespace) -> None:
     """The README's first command: demo data -> train -> test -> predict, per demo category."""
     from flowad import api
+    from flowad.data.spec import DataSpec
     from flowad.data.synthetic import CATEGORIES, make_demo_dataset
+    from flowad.records import TrainRequest
 
     out: Path = args.out
     data = out / "data"
-    if not (data / CATEGORIES[0]).is_dir():
-        make_demo_dataset(data, seed=0)
     options = dict(DEMO_PRESETS.get(args.model, {}))
     options.update(given_model_options(args))
+    settings = _settings(args)
+    TrainRequest(args.model, DataSpec(str(data)), options, settings=settings)  # bad options stop it before any work
+    if not (data / CATEGORIES[0]).is_dir():
+        make_demo_dataset(data, seed=0)
     runs = out / args.model
-    rows = api.benchmark(args.model, data, runs, CATEGORIES, force=args.force, settings=_settings(args), **options)
+    rows = api.benchmark(args.model, data, runs, CATEGORIES, force=args.force, settings=settings, **options)
     for category in CATEGORIES:
         test_folders = sorted(p for p in (data / category / "test").iterdir() if p.is_dir())
         api.predict(runs / category, test_folders, runs / category / "predictions", quiet=True)

@@ -30,38 +30,12 @@ from flowad.batches import (
     feature_cache_bytes,
 )
 from flowad.checkpoint import load_train_state, save_best_state, save_train_state
-from flowad.errors import FlowadError, InputError
+from flowad.errors import FlowadError
 from flowad.models.base import AnomalyModel
-from flowad.ranges import check_ranges
+from flowad.records import EngineSettings
 from flowad.runlog import logger  # what a run did, for RUN_DIR/flowad.log
 
-
-@dataclasses.dataclass
-class EngineSettings:
-    """How to run, not what to learn: these never change a model's results (except ``seed``)."""
-
-    seed: int = 0
-    device: str = "auto"
-    cache: str = "auto"  # "auto": cache when it fits cache_limit_gb; "on"; "off" (stream)
-    cache_limit_gb: float = 4.0
-    inference_batch_size: int = 1  # on the CPU batch 1 is the fastest per image
-    num_workers: int = 0
-    quiet: bool = False
-    dist_timeout: float = distributed.DEFAULT_TIMEOUT  # torchrun jobs: seconds to wait for the others in a step
-    precision: str = "fp32"  # the backbone's: fp32, or bf16 / fp16 autocast (the flows stay float32)
-    compile: bool = False  # torch.compile the model for inference (pays off on long runs, on GPUs)
-
-    def __post_init__(self) -> None:
-        check_ranges(self)
-        if self.cache not in CACHE_MODES:
-            raise InputError(f"--cache {self.cache}: expected one of {', '.join(CACHE_MODES)}")
-        if self.precision not in PRECISIONS:
-            raise InputError(f"--precision {self.precision}: expected one of {', '.join(PRECISIONS)}")
-
-
-CACHE_MODES = ("auto", "on", "off")
-
-
+# the backbone's autocast dtype per precision name (records.PRECISION_NAMES)
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 

@@ -16,12 +16,13 @@ from typing import Any
 import numpy as np
 
 from flowad import metrics
-from flowad.checkpoint import atomic_write, load_run, run_preprocess, write_json
+from flowad.checkpoint import atomic_write, load_run, write_json
 from flowad.data.datasets import ImageDataset, Sample, check_masks
 from flowad.data.spec import DataSpec
-from flowad.engine import EngineSettings, infer
+from flowad.engine import infer
 from flowad.errors import InputError
 from flowad.nfa import nfa_masks
+from flowad.records import EngineSettings
 from flowad.report import TEST_OUTPUTS, render_report
 from flowad.runlog import log_to, logger
 from flowad.thresholds import from_option
@@ -37,18 +38,18 @@ def test(
 ) -> dict[str, Any]:
     """Evaluate a run on its data set's test split (or another one); writes RUN/metrics.json."""
     run = Path(run)
-    net, config = load_run(run)
-    settings = settings or EngineSettings(seed=config.get("seed", 0))
-    spec = _test_spec(DataSpec(**config["data"]), data, category)
-    splits = spec.splits(config.get("seed", 0))
+    net, record = load_run(run)
+    settings = settings or EngineSettings(seed=record.seed)
+    spec = _test_spec(record.data, data, category)
+    splits = spec.splits(record.seed)
     check_masks(splits.test)
-    dataset = ImageDataset(splits.test, run_preprocess(config))  # as the model was trained
+    dataset = ImageDataset(splits.test, record.preprocess)  # as the model was trained
     start = time.perf_counter()
     out = infer(net, dataset, settings, keep_latents=True)
     nfa = nfa_masks(net, out["latents"])
     masks = out["masks"]  # read with the images: each test file is decoded once
     labels = np.array([s.label for s in splits.test])
-    thresholds = from_option(config, threshold)
+    thresholds = from_option(record.thresholds, threshold)
     if threshold == "nfa":
         pred_masks, pred_images, method = nfa, nfa.any(axis=(1, 2)), "nfa"
     else:
@@ -59,7 +60,7 @@ def test(
     result["iou_nfa"] = metrics.iou(nfa[anomalous], masks[anomalous]) if anomalous.any() else None
     result["threshold"] = {"image": thresholds.image, "pixel": thresholds.pixel, "method": method}
     result["test_seconds"] = time.perf_counter() - start
-    result["train_seconds"] = config["train"]["seconds"]
+    result["train_seconds"] = record.train.get("seconds")
     result["test_images"] = len(dataset)
     result["data"] = f"{spec.layout}:{spec.root}" + (f"/{spec.category}" if spec.category else "")
     if write:
@@ -72,9 +73,13 @@ def test(
     return result
 
 
-def _test_spec(trained_on: DataSpec, data: str | Path | None, category: str | None) -> DataSpec:
+def _test_spec(trained_on: DataSpec | None, data: str | Path | None, category: str | None) -> DataSpec:
     """The data to test on: the run's own, or another root or category. Only the test split is read,
     so no validation folder is needed."""
+    if trained_on is None:  # a run saved from Python without a data set
+        if data is None:
+            raise InputError("the run records no data set; pass --data (and --category) to test it")
+        return DataSpec(root=str(data), category=category)
     spec = dataclasses.replace(trained_on, val_dir=None, val_abnormal_dir=None, val_mask_dir=None)
     if data is not None:
         return dataclasses.replace(spec, root=str(data), category=category or spec.category)

@@ -17,9 +17,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from flowad.checkpoint import atomic_write, load_run, read_config, run_preprocess
+from flowad.checkpoint import atomic_write, load_run, read_record
 from flowad.errors import InputError
 from flowad.models import AnomalyModel
+from flowad.records import RunRecord
 
 ONNX_FILE = "model.onnx"
 INPUT_NAME = "image"
@@ -42,7 +43,7 @@ def export_onnx(run_dir: str | Path, out: str | Path | None = None, opset: int =
     """Export the run's model to one ONNX graph (default ``RUN/model.onnx``, written atomically).
 
     Input ``image``: float32 (N, 3, height, width), any N: images as the run's
-    :class:`~flowad.preprocess.Preprocess` makes them (``config["preprocess"]`` in the run's config.json):
+    :class:`~flowad.preprocess.Preprocess` makes them (the run's :class:`~flowad.records.RunRecord`):
     resized (bilinear) to its ``size``, scaled to [0, 1] (/255) and normalised per channel as
     (x - mean) / std, exactly as :class:`flowad.inference.Detector` does before the model.
     Outputs ``anomaly_map``: float32 (N, image_size, image_size), higher is more anomalous, and ``score``:
@@ -52,9 +53,9 @@ def export_onnx(run_dir: str | Path, out: str | Path | None = None, opset: int =
         raise InputError(f"ONNX export needs the 'onnx' package: {INSTALL_HINT}")
     run_dir = Path(run_dir)
     out = run_dir / ONNX_FILE if out is None else Path(out)
-    model, config = load_run(run_dir)
+    model, record = load_run(run_dir)
     graph = _MapsAndScores(model).eval()
-    example = torch.zeros(2, 3, *run_preprocess(config).size)  # batch 2: the tracer must not specialise on 1
+    example = torch.zeros(2, 3, *record.preprocess.size)  # batch 2: the tracer must not specialise on 1
     batch_axis = {0: "batch"}
     buffer = io.BytesIO()
     with torch.no_grad(), warnings.catch_warnings():
@@ -79,20 +80,20 @@ def export_onnx(run_dir: str | Path, out: str | Path | None = None, opset: int =
 class OnnxDetector:
     """An exported run on onnxruntime (CPU): ``OnnxDetector.load(run).maps_and_scores(batch)``."""
 
-    def __init__(self, session: Any, config: dict[str, Any]) -> None:
-        self.session, self.config = session, config
-        self.preprocess = run_preprocess(config)  # what makes the graph's input of an image
+    def __init__(self, session: Any, record: RunRecord) -> None:
+        self.session, self.record = session, record
+        self.preprocess = record.preprocess  # what makes the graph's input of an image
         self.image_size: tuple[int, int] = self.preprocess.size
 
     @classmethod
     def load(cls, run_dir: str | Path, onnx_path: str | Path | None = None, threads: int | None = None) -> OnnxDetector:
-        """Open ``onnx_path`` (default ``RUN/model.onnx``) with the run's config; ``threads`` caps intra-op threads."""
+        """Open ``onnx_path`` (default ``RUN/model.onnx``) with the run's record; ``threads`` caps intra-op threads."""
         try:
             import onnxruntime as ort
         except ImportError as err:
             raise InputError(f"the ONNX engine needs onnxruntime: {INSTALL_HINT}") from err
         run_dir = Path(run_dir)
-        config = read_config(run_dir)
+        record = read_record(run_dir)
         path = run_dir / ONNX_FILE if onnx_path is None else Path(onnx_path)
         if not path.is_file():
             raise InputError(
@@ -105,7 +106,7 @@ class OnnxDetector:
             session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         except Exception as err:  # noqa: BLE001 - onnxruntime raises its own error types for bad files
             raise InputError(f"{path} is not a readable ONNX model ({err})") from err
-        return cls(session, config)
+        return cls(session, record)
 
     def maps_and_scores(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Normalised float32 images (N, 3, H, W) -> (anomaly maps (N, H, W), scores (N,)), as ``model(images)``."""

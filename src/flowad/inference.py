@@ -15,12 +15,13 @@ import torch.nn.functional as F
 from PIL import Image
 
 from flowad import distributed
-from flowad.checkpoint import atomic_write, load_run, run_preprocess
+from flowad.checkpoint import atomic_write, load_run
 from flowad.data.datasets import list_images
 from flowad.data.images import is_image_file, read_image
 from flowad.engine import resolve_device
 from flowad.errors import InputError
 from flowad.models import AnomalyModel
+from flowad.records import RunRecord
 from flowad.thresholds import from_option
 from flowad.visualize import mask_image, overlay
 
@@ -33,17 +34,17 @@ class Detector:
     """
 
     def __init__(
-        self, model: AnomalyModel | None, config: dict[str, Any], threshold: str | float = "f1", onnx: Any = None
+        self, model: AnomalyModel | None, record: RunRecord, threshold: str | float = "f1", onnx: Any = None
     ) -> None:
-        self.model, self.config, self.onnx = model, config, onnx
-        self.thresholds = from_option(config, threshold)
+        self.model, self.record, self.onnx = model, record, onnx
+        self.thresholds = from_option(record.thresholds, threshold)
         self.use_nfa = threshold == "nfa"
         if self.use_nfa and model is None:
             raise InputError("--threshold nfa needs the latents: use the torch engine (--engine torch)")
         self.device = resolve_device("auto")
         if model is not None:
             model.to(self.device).eval()
-        self.preprocess = run_preprocess(config)
+        self.preprocess = record.preprocess
         self.image_size = self.preprocess.size
 
     @classmethod
@@ -52,11 +53,11 @@ class Detector:
             from flowad.export import OnnxDetector
 
             onnx = OnnxDetector.load(run)
-            return cls(None, onnx.config, threshold, onnx=onnx)
+            return cls(None, onnx.record, threshold, onnx=onnx)
         if engine != "torch":
             raise InputError(f"--engine {engine!r} is not known; expected torch or onnx")
-        model, config = load_run(Path(run))
-        return cls(model, config, threshold)
+        model, record = load_run(Path(run))
+        return cls(model, record, threshold)
 
     def _maps_and_latents(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor] | None]:
         if self.onnx is not None:

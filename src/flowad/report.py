@@ -19,9 +19,10 @@ from PIL import Image
 from scipy import ndimage
 
 from flowad import metrics
-from flowad.checkpoint import atomic_write, read_config, read_json
+from flowad.checkpoint import atomic_write, read_json, read_record
 from flowad.data.images import read_image
 from flowad.errors import InputError
+from flowad.records import RunRecord
 from flowad.thresholds import Thresholds
 from flowad.visualize import colorize, overlay
 
@@ -73,15 +74,15 @@ table#metrics { border-collapse: collapse; }
 def render_report(run_dir: str | Path) -> Path:
     """Write RUN/report.html (atomically) from the outputs of ``flowad test --run RUN``; returns its path."""
     run = Path(run_dir)
-    config = read_config(run)
+    record = read_record(run)
     result = read_json(_require(run, "metrics.json"))
     outputs = _load_outputs(_require(run, TEST_OUTPUTS))
     page = "\n".join(
         [
-            _head(run, config, result),
+            _head(run, record, result),
             _metrics_table(result),
             _plots(outputs, result),
-            _gallery(outputs, _heat_scale(config, result)),
+            _gallery(outputs, _heat_scale(record, result)),
             "</body></html>\n",
         ]
     )
@@ -105,9 +106,9 @@ def _load_outputs(path: Path) -> dict[str, np.ndarray]:
         raise InputError(f"{path} is not a flowad test output file ({err}); run `flowad test` again") from err
 
 
-def _heat_scale(config: dict[str, Any], result: dict[str, Any]) -> Thresholds:
+def _heat_scale(record: RunRecord, result: dict[str, Any]) -> Thresholds:
     """The stored score range, with 0.5 at the pixel threshold the test used (the predicted masks' boundary)."""
-    stored = Thresholds(**config["thresholds"])
+    stored = record.thresholds
     t = float(result.get("threshold", {}).get("pixel", stored.pixel))
     return dataclasses.replace(stored, image=t, pixel=t, low=min(stored.low, t), high=max(stored.high, t))
 
@@ -186,11 +187,10 @@ def _threshold_text(result: dict[str, Any]) -> str:
     return f"image {t['image']:.4g}{pixel} ({t['method']})"
 
 
-def _head(run: Path, config: dict[str, Any], result: dict[str, Any]) -> str:
-    model_config = config.get("model_config", {})
-    model = (
-        f"{config.get('model', '?')} ({model_config.get('backbone', '?')}, {model_config.get('image_size', '?')} px)"
-    )
+def _head(run: Path, record: RunRecord, result: dict[str, Any]) -> str:
+    height, width = record.preprocess.size
+    size = f"{height}" if height == width else f"{height}x{width}"
+    model = f"{record.model} ({record.model_config.get('backbone', '?')}, {size} px)"
     rows = [
         ("Run", str(run)),
         ("Model", model),
@@ -202,7 +202,7 @@ def _head(run: Path, config: dict[str, Any], result: dict[str, Any]) -> str:
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
-        f"<title>flowad report: {_esc(config.get('model', ''))} on {_esc(result.get('data', ''))}</title>"
+        f"<title>flowad report: {_esc(record.model)} on {_esc(result.get('data', ''))}</title>"
         f'<style>{CSS}</style></head><body>\n<h1>flowad test report</h1>\n<dl class="run">{items}</dl>'
     )
 

@@ -11,7 +11,6 @@ Never the test split, and never the minimum score.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
 
 import numpy as np
 
@@ -80,10 +79,9 @@ def fixed(value: float, low: float, high: float) -> Thresholds:
     return Thresholds(image=value, pixel=value, method=f"value={value:g}", low=min(low, value), high=max(high, value))
 
 
-def from_option(config: dict[str, Any], threshold: str | float | None) -> Thresholds:
-    """The thresholds a ``--threshold`` option picks from a run's ``config``: its stored (validation) ones,
-    or a user's number. ``nfa`` keeps the stored ones, which still normalise the scores."""
-    stored = Thresholds(**config["thresholds"])
+def from_option(stored: Thresholds, threshold: str | float | None) -> Thresholds:
+    """The thresholds a ``--threshold`` option picks: a run's ``stored`` (validation) ones, or a user's
+    number. ``nfa`` keeps the stored ones, which still normalise the scores."""
     if threshold in ("f1", "auto", "val", "nfa", None):
         return stored
     try:

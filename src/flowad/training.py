@@ -28,11 +28,12 @@ from flowad.checkpoint import (
 )
 from flowad.data.datasets import ImageDataset, check_masks
 from flowad.data.spec import DataSpec
-from flowad.engine import EngineSettings, divergence_message, infer
+from flowad.engine import divergence_message, infer
 from flowad.engine import train as train_head
 from flowad.errors import FlowadError, InputError
 from flowad.models import AnomalyModel, model_class
 from flowad.preprocess import Preprocess
+from flowad.records import EngineSettings, TrainRequest
 from flowad.runlog import log_to, logger
 from flowad.thresholds import DEFAULT_FPR, from_validation
 
@@ -59,25 +60,27 @@ def train(
     """
     spec = data if isinstance(data, DataSpec) else DataSpec(root=str(data), category=category, layout=layout)
     settings = dataclasses.replace(settings or EngineSettings(), seed=seed)
-    model_class(model).config_class.from_dict(options)  # bad options fail before anything is written
+    request = TrainRequest(model, spec, options, fpr, settings)  # bad options fail before anything is written
     spec.splits(seed)
-    request = {"model": model, "options": options, "data": dataclasses.asdict(spec), "seed": seed, "fpr": fpr}
 
     def prepare() -> Path:  # under torchrun the main process alone writes the run directory
         run_dir = _prepare_run_dir(out, force)
-        write_json(run_dir / REQUEST_FILE, {**request, "settings": dataclasses.asdict(settings)})
+        write_json(run_dir / REQUEST_FILE, request.to_json())
         return run_dir
 
-    return _train_run(distributed.on_main(prepare), request, settings, resume=False)
+    return _train_run(distributed.on_main(prepare), request, resume=False)
 
 
 def resume(run: str | Path, settings: EngineSettings | None = None) -> Path:
-    """Continue an interrupted ``train`` from its last finished epoch; ends with the same weights."""
+    """Continue an interrupted ``train`` from its last finished epoch; ends with the same weights.
+
+    Only how it runs may change (``settings``' device and progress bars); what it learns comes from the run."""
     run_dir = Path(run)
-    request = distributed.on_main(lambda: read_json(run_dir / REQUEST_FILE))
-    saved = EngineSettings(**request.pop("settings"))
-    settings = dataclasses.replace(saved, device=settings.device, quiet=settings.quiet) if settings else saved
-    return _train_run(run_dir, request, settings, resume=True)
+    path = run_dir / REQUEST_FILE
+    request = TrainRequest.from_json(distributed.on_main(lambda: read_json(path)), path)
+    if settings is not None:
+        request.settings = dataclasses.replace(request.settings, device=settings.device, quiet=settings.quiet)
+    return _train_run(run_dir, request, resume=True)
 
 
 def validation_metrics(
@@ -108,10 +111,8 @@ def _prepare_run_dir(out: str | Path, force: bool) -> Path:
     return out
 
 
-def _train_run(run_dir: Path, request: dict[str, Any], settings: EngineSettings, resume: bool) -> Path:
-    cls = model_class(request["model"])
-    config = cls.config_class.from_dict(request["options"])
-    spec, seed = DataSpec(**request["data"]), request["seed"]
+def _train_run(run_dir: Path, request: TrainRequest, resume: bool) -> Path:
+    config, spec, seed, settings = request.model_config(), request.data, request.seed, request.settings
     splits = spec.splits(seed)
     if not splits.val:
         raise InputError("the validation split is empty; use a larger data set or --val-fraction > 0")
@@ -119,7 +120,7 @@ def _train_run(run_dir: Path, request: dict[str, Any], settings: EngineSettings,
     check_masks(splits.val)
 
     torch.manual_seed(seed)  # the flows' initial weights
-    net = cls(config)
+    net = model_class(request.model)(config)
     preprocess = Preprocess.from_model(net)  # save_run stores the same one in the run
     train_set = ImageDataset(splits.train, preprocess)
     val_set = ImageDataset(splits.val, preprocess)
@@ -127,7 +128,7 @@ def _train_run(run_dir: Path, request: dict[str, Any], settings: EngineSettings,
     validate = validation_metrics(val_set, val_labels, settings) if 0 < val_labels.sum() < len(val_labels) else None
     with log_to(run_dir):
         logger.info(
-            "train %s on %s: %d images, %d for validation", request["model"], spec.root, len(train_set), len(val_set)
+            "train %s on %s: %d images, %d for validation", request.model, spec.root, len(train_set), len(val_set)
         )
         resume_hint = f"the run directory keeps the last finished epoch: continue with flowad train --resume {run_dir}"
         with distributed.peers_lost_as_error(resume_hint):
@@ -135,12 +136,12 @@ def _train_run(run_dir: Path, request: dict[str, Any], settings: EngineSettings,
         if not distributed.is_main():
             return run_dir  # the main process writes the run
         summary = _summary(log, len(splits.train), len(splits.val), config.lr)
-        extra = {"data": request["data"], "seed": seed, "train": summary}
-        _save_with_thresholds(run_dir, net, val_set, val_labels, settings, request["fpr"], extra)
+        saved = {"data": spec, "seed": seed, "train": summary}
+        _save_with_thresholds(run_dir, net, val_set, val_labels, settings, request.fpr, saved)
         write_json(run_dir / "train_log.json", log)
         if "best" in log:  # the best validation epoch, as a run of its own
             load_best_state(run_dir, net)
-            _save_with_thresholds(run_dir / "best", net, val_set, val_labels, settings, request["fpr"], extra)
+            _save_with_thresholds(run_dir / "best", net, val_set, val_labels, settings, request.fpr, saved)
         if "diverged" not in log:  # finished: the per-epoch state has nothing left to resume
             for name in (TRAIN_STATE_TENSORS, TRAIN_STATE_JSON, BEST_STATE):
                 (run_dir / name).unlink(missing_ok=True)
@@ -176,10 +177,10 @@ def _save_with_thresholds(
     labels: np.ndarray,
     settings: EngineSettings,
     fpr: float,
-    extra: dict[str, Any],
+    saved: dict[str, Any],
 ) -> None:
     """Choose the thresholds of ``net`` on the validation split and save it as a run."""
     val = infer(net, val_set, settings)
     masks = val["masks"] if val["masks"].any() else None
     thresholds = from_validation(val["scores"], labels, val["maps"], masks, fpr)
-    save_run(run_dir, net, {**extra, "thresholds": dataclasses.asdict(thresholds)})
+    save_run(run_dir, net, thresholds, **saved)

@@ -15,6 +15,7 @@ from flowad.data.datasets import (
     validation_from_folder,
 )
 from flowad.errors import InputError
+from flowad.ranges import check_ranges
 
 LAYOUTS = ("mvtec", "btad", "folder")
 
@@ -33,10 +34,13 @@ class DataSpec:
     val_abnormal_dir: str | None = None  # anomalous validation images: F1 thresholds, best-epoch selection
     val_mask_dir: str | None = None  # their masks (else <stem>_mask beside them)
 
+    def __post_init__(self) -> None:
+        check_ranges(self)
+        if self.layout not in LAYOUTS:
+            raise InputError(f"--layout {self.layout}: expected one of {', '.join(LAYOUTS)}")
+
     def splits(self, seed: int) -> DatasetSplits:
         """The train, validation and test samples; ``seed`` picks the validation (and folder test) images."""
-        if self.layout not in LAYOUTS:
-            raise InputError(f"unknown layout {self.layout!r}; expected one of {', '.join(LAYOUTS)}")
         if self.layout in ("mvtec", "btad") and not self.category:
             raise InputError(
                 f"layout {self.layout} needs a category (e.g. --category {'01' if self.layout == 'btad' else 'bottle'})"

@@ -1,0 +1,102 @@
+"""Every option of every command is checked where it enters: a bad value is one line naming the option and
+what is expected, exit status 2, and nothing is written."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from flowad import cli
+from flowad.models import MODELS
+from flowad.ranges import RANGES, option_flag
+
+# a value outside each range (a count of 0, a negative rate, a probability of 1, ...)
+BAD_VALUE = {
+    "lr_end_factor": "0",
+    "nfa_probability_threshold": "1",
+    "val_fraction": "1",
+    "fpr": "0",
+    "cache_limit_gb": "-1",
+    "weight_decay": "-0.5",
+    "seed": "-1",
+    "num_workers": "-1",
+}
+
+
+def _bad(field: str) -> str:
+    return BAD_VALUE.get(field, "0" if RANGES[field].integer or RANGES[field].low == 0 else "-1")
+
+
+def _model_of(field: str) -> str:
+    """A model that has ``field``."""
+    return next(name for name, cls in MODELS.items() if field in cls.config_class.__dataclass_fields__)
+
+
+MODEL_FIELDS = sorted({f for cls in MODELS.values() for f in cls.config_class.__dataclass_fields__} & set(RANGES))
+
+
+def _commands(tmp: Path) -> dict[str, list[str]]:
+    """Each command that takes model options, with the least it needs to reach its option checks."""
+    return {
+        "train": ["train", "--data", str(tmp / "absent"), "--out", str(tmp / "run")],
+        "benchmark": ["benchmark", "--data", str(tmp / "absent"), "--out", str(tmp / "bench")],
+        "demo": ["demo", "--out", str(tmp / "demo")],
+    }
+
+
+def _refused(argv: list[str], capsys: pytest.CaptureFixture, *expected: str) -> None:
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    for text in expected:
+        assert text in err, err
+
+
+@pytest.mark.parametrize("command", ["train", "benchmark", "demo"])
+@pytest.mark.parametrize("field", MODEL_FIELDS)
+def test_model_options_out_of_range(command: str, field: str, tmp_path: Path, capsys) -> None:
+    flag, value = option_flag(field), _bad(field)
+    argv = [*_commands(tmp_path)[command], "--model", _model_of(field), flag, value]
+    _refused(argv, capsys, flag, value, "expected")
+    assert not any(tmp_path.iterdir()), "an option error must stop the command before it writes anything"
+
+
+@pytest.mark.parametrize("command", ["train", "benchmark", "demo"])
+@pytest.mark.parametrize(
+    ("flag", "value", "expected"),
+    [
+        ("--dist-timeout", "0", "a number > 0"),
+        ("--precision", "fp8", "invalid choice"),
+        ("--model", "nosuchmodel", "nosuchmodel"),
+        ("--input-statistics", "mine", "input_statistics"),
+    ],
+)
+def test_engine_and_choice_options(command: str, flag: str, value: str, expected: str, tmp_path: Path, capsys) -> None:
+    if flag == "--precision":  # argparse's own choices: exit 2 with a usage line
+        with pytest.raises(SystemExit) as exit_info:
+            cli.main([*_commands(tmp_path)[command], flag, value])
+        assert exit_info.value.code == 2 and expected in capsys.readouterr().err
+        return
+    _refused([*_commands(tmp_path)[command], flag, value], capsys, value, expected)
+    assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize(
+    ("flag", "value"),
+    [
+        ("--val-fraction", "1"),
+        ("--val-fraction", "-0.1"),
+        ("--fpr", "0"),
+        ("--fpr", "1.5"),
+        ("--seed", "-1"),
+        ("--cache-limit-gb", "-2"),
+    ],
+)
+def test_train_data_and_cache_options(flag: str, value: str, tmp_path: Path, capsys) -> None:
+    _refused([*_commands(tmp_path)["train"], flag, value], capsys, flag, "expected")
+    assert not any(tmp_path.iterdir())
+
+
+def test_a_count_given_as_a_fraction_is_refused(tmp_path: Path, capsys) -> None:
+    _refused([*_commands(tmp_path)["train"], "--flow-steps", "0"], capsys, "--flow-steps 0", "an integer >= 1")
