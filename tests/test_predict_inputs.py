@@ -1,4 +1,4 @@
-"""What ``flowad predict`` takes as input and how it names its outputs."""
+"""What ``flowad predict`` takes as input and how it names its outputs; where ``flowad export`` writes."""
 
 import json
 from pathlib import Path
@@ -139,3 +139,24 @@ def test_predict_refuses_an_output_path_that_is_a_file(run: Path, demo: Path, tm
     image = demo / "fabric" / "test" / "good" / "000.png"
     assert main(["predict", "--run", str(run), "--input", str(image), "--out", str(taken)]) == 2
     assert f"output folder {taken} exists and is not a folder" in capsys.readouterr().err
+
+
+def test_export_into_a_folder(run: Path, tmp_path: Path, capsys) -> None:
+    existing = tmp_path / "models"
+    existing.mkdir()
+    assert main(["export", "--run", str(run), "--format", "onnx", "--out", str(existing)]) == 0
+    assert (existing / "model.onnx").is_file() and f"wrote {existing / 'model.onnx'}" in capsys.readouterr().out
+    new = tmp_path / "new"
+    assert main(["export", "--run", str(run), "--out", f"{new}/"]) == 0  # a trailing separator names a folder
+    assert (new / "model.onnx").is_file()
+    assert sorted(p.name for p in existing.iterdir()) == ["model.onnx"]  # no temporary file left
+
+
+def test_export_to_an_unwritable_path_is_one_line_exit_2(run: Path, tmp_path: Path, capsys) -> None:
+    blocker = tmp_path / "file.txt"
+    blocker.write_text("")
+    out = blocker / "sub" / "m.onnx"
+    capsys.readouterr()
+    assert main(["export", "--run", str(run), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err == f"flowad: error: cannot write the ONNX model to {out}: {blocker} is a file, not a folder\n"

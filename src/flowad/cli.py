@@ -228,7 +228,11 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("export", help="export a run for deployment: one ONNX graph, image batch -> map and score")
     p.add_argument("--run", required=True, type=Path, help="run directory")
     p.add_argument("--format", default="onnx", choices=["onnx"], help="onnx (default)")
-    p.add_argument("--out", type=Path, help="output file (default RUN/model.onnx)")
+    p.add_argument(
+        "--out",  # a string: Path() would drop the trailing separator that marks a folder
+        help="output file, or a folder to write model.onnx in: an existing folder or a path ending in / "
+        "(default RUN/model.onnx)",
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
