@@ -261,10 +261,11 @@ def test_predict_names_the_pixel_limit(
     image = data / "fabric" / "test" / "good" / "000.png"
     monkeypatch.setenv("FLOWAD_MAX_IMAGE_PIXELS", "1000")
     capsys.readouterr()
-    assert main(["predict", "--run", str(run), "--input", str(image), "--out", str(tmp_path)]) == 0
+    # the only input is unreadable: nothing to score, so an error (exit 2) after the warning that says why
+    assert main(["predict", "--run", str(run), "--input", str(image), "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert f"warning: skipped image {image} is 64x64 = 4096 pixels, more than the limit of 1000 pixels" in err
-    assert "scored 0 images (0 anomalous), skipped 1" in err
+    assert "no input image could be read (1 skipped, see the warnings above)" in err
 
 
 def test_data_root_with_spaces_and_non_ascii_letters(run: Path, data: Path) -> None:

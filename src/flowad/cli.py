@@ -200,8 +200,19 @@ def _add_report(sub: argparse._SubParsersAction) -> None:
 def _add_predict(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("predict", help="score images: heat map, mask and a JSON line per image")
     p.add_argument("--run", required=True, type=Path, help="run directory written by 'flowad train'")
-    p.add_argument("--input", required=True, nargs="+", help="image files and/or folders of images")
-    p.add_argument("--out", required=True, type=Path, help="output folder")
+    p.add_argument(
+        "--input",
+        required=True,
+        nargs="+",
+        help="image files and/or folders of images; folders are searched at any depth (e.g. an MVTec test/ folder)",
+    )
+    p.add_argument(
+        "--out",
+        required=True,
+        type=Path,
+        help="output folder: per image <name>_heatmap.png and <name>_mask.png, the subfolders of input folders "
+        "mirrored (--input test gives OUT/scratch/000_mask.png for test/scratch/000.png), and predictions.jsonl",
+    )
     _add_threshold_arg(p)
     p.add_argument("--quiet", action="store_true", help="no summary line")
     p.add_argument(
@@ -217,7 +228,11 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("export", help="export a run for deployment: one ONNX graph, image batch -> map and score")
     p.add_argument("--run", required=True, type=Path, help="run directory")
     p.add_argument("--format", default="onnx", choices=["onnx"], help="onnx (default)")
-    p.add_argument("--out", type=Path, help="output file (default RUN/model.onnx)")
+    p.add_argument(
+        "--out",  # a string: Path() would drop the trailing separator that marks a folder
+        help="output file, or a folder to write model.onnx in: an existing folder or a path ending in / "
+        "(default RUN/model.onnx)",
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

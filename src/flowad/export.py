@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import io
+import os
 import warnings
 from pathlib import Path
 from typing import Any
@@ -42,6 +43,10 @@ class _MapsAndScores(nn.Module):
 def export_onnx(run_dir: str | Path, out: str | Path | None = None, opset: int = 17) -> Path:
     """Export the run's model to one ONNX graph (default ``RUN/model.onnx``, written atomically).
 
+    ``out`` is the file to write, or a folder to write ``model.onnx`` in: an existing folder, or a
+    path that ends with a path separator (created if missing). Returns the path written; an ``out``
+    that cannot be written raises :class:`~flowad.errors.InputError` naming it.
+
     Input ``image``: float32 (N, 3, height, width), any N: images as the run's
     :class:`~flowad.preprocess.Preprocess` makes them (the run's :class:`~flowad.records.RunRecord`):
     resized (bilinear) to its ``size``, scaled to [0, 1] (/255) and normalised per channel as
@@ -52,8 +57,8 @@ def export_onnx(run_dir: str | Path, out: str | Path | None = None, opset: int =
     if importlib.util.find_spec("onnx") is None:
         raise InputError(f"ONNX export needs the 'onnx' package: {INSTALL_HINT}")
     run_dir = Path(run_dir)
-    out = run_dir / ONNX_FILE if out is None else Path(out)
     model, record = load_run(run_dir)
+    out = _onnx_target(run_dir, out)  # before the export, which takes a while
     graph = _MapsAndScores(model).eval()
     example = torch.zeros(2, 3, *record.preprocess.size)  # batch 2: the tracer must not specialise on 1
     batch_axis = {0: "batch"}
@@ -73,8 +78,32 @@ def export_onnx(run_dir: str | Path, out: str | Path | None = None, opset: int =
             dynamic_axes={name: batch_axis for name in (INPUT_NAME, *OUTPUT_NAMES)},
             opset_version=opset,
         )
-    atomic_write(out, buffer.getvalue())
+    try:
+        atomic_write(out, buffer.getvalue())
+    except OSError as err:
+        raise InputError(f"cannot write the ONNX model to {out}: {err.strerror or err}") from err
     return out
+
+
+def _onnx_target(run_dir: Path, out: str | Path | None) -> Path:
+    """The file that :func:`export_onnx` writes for ``out``, its folder made; InputError if it cannot be."""
+    if out is None:
+        return run_dir / ONNX_FILE
+    # Path() drops a trailing separator, so "models/" is recognised on the string
+    names_folder = str(out).endswith(tuple(sep for sep in (os.sep, os.altsep, "/") if sep))
+    target = Path(out)
+    if names_folder or target.is_dir():
+        target = target / ONNX_FILE
+    if target.is_dir():
+        raise InputError(f"cannot write the ONNX model to {target}: it is a folder")
+    blocking = next((p for p in target.parents if p.exists() and not p.is_dir()), None)
+    if blocking is not None:
+        raise InputError(f"cannot write the ONNX model to {target}: {blocking} is a file, not a folder")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise InputError(f"cannot write the ONNX model to {target}: {err.strerror or err}") from err
+    return target
 
 
 class OnnxDetector:

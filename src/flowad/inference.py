@@ -6,7 +6,8 @@ import io
 import json
 import sys
 from collections.abc import Sequence
-from pathlib import Path
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
@@ -16,7 +17,7 @@ from PIL import Image
 
 from flowad import distributed
 from flowad.checkpoint import atomic_write, load_run
-from flowad.data.datasets import list_images
+from flowad.data.datasets import list_images_at_any_depth
 from flowad.data.images import is_image_file, read_image
 from flowad.engine import resolve_device
 from flowad.errors import InputError
@@ -115,34 +116,50 @@ def predict(
 ) -> list[dict[str, Any]]:
     """Score image files; write a heat-map overlay, a mask PNG and a JSON line per image to ``out``.
 
+    Folders are searched at any depth (:func:`~flowad.data.datasets.list_images_at_any_depth`), and
+    their subfolders are mirrored in ``out``: ``ROOT/scratch/000.png`` gives ``out/scratch/000_heatmap.png``
+    and ``out/scratch/000_mask.png``; an image directly in ``ROOT`` or a file given directly gives
+    ``out/<stem>_heatmap.png``. Two inputs that would get the same name (``a/x.png`` and ``b/x.png`` given
+    as files, ``x.png`` and ``x.jpg``) get ``x`` and ``x-2``. Each JSON line holds the image's ``path``, its
+    ``relative_path`` (to the folder given, or its file name when given directly) and its output paths.
+
     Unreadable files are skipped with one warning line each on stderr; the good ones are still written.
+    When no file at all can be scored an :class:`~flowad.errors.InputError` is raised and nothing is written.
     Under torchrun each process scores its share of the files, and the main process writes the JSON lines
     of all of them, in the order of the inputs, as one process would.
     """
-    detector = Detector.load(run, threshold, engine)
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    files = _expand_inputs(inputs)
-    used: set[str] = set()  # output names are set over every input, so that each process names files alike
-    stems = [_unique_stem(used, path) if is_image_file(path) else "" for path in files]
+    if out.exists() and not out.is_dir():
+        raise InputError(f"output folder {out} exists and is not a folder")
+    files = _expand_inputs(inputs, out)
+    # output names are set over every input before sharding, so that each process names files alike
+    names = _output_names(files)
+    detector = Detector.load(run, threshold, engine)
     scored, skipped = [], 0
     for i in distributed.shard(range(len(files))):
-        path = files[i]
+        found = files[i]
         try:
-            if not is_image_file(path):
-                raise InputError(f"{path} is not an image file (expected .png, .jpg, .jpeg, .bmp, .tif or .tiff)")
-            rgb = read_image(path)
+            if not is_image_file(found.path):
+                raise InputError(f"{found.path} is not an image file (expected .png, .jpg, .jpeg, .bmp, .tif or .tiff)")
+            rgb = read_image(found.path)
         except InputError as err:
             skipped += 1
             print(f"warning: skipped {err}", file=sys.stderr)
             continue
-        scored.append((i, _score_file(detector, path, rgb, out, stems[i])))
+        scored.append((i, _score_file(detector, found, rgb, out, names[i])))
     shares = distributed.all_gather((scored, skipped))
     records = [record for _, record in sorted((p for part, _ in shares for p in part), key=lambda p: p[0])]
     skipped = sum(n for _, n in shares)
+    if not records:
+        # nothing was written yet: outputs only follow a readable image
+        error = InputError(
+            f"no input image could be read ({skipped} skipped, see the warnings above); nothing written to {out}"
+        )
+        error.reported_by_main = not distributed.is_main()  # every process knows it; the main one prints it
+        raise error
     if not distributed.is_main():
         return records
-    atomic_write(out / "predictions.jsonl", "".join(json.dumps(record) + "\n" for record in records))
+    _write_output(out / "predictions.jsonl", "".join(json.dumps(record) + "\n" for record in records))
     if not quiet:
         flagged = sum(r["anomalous"] for r in records)
         print(
@@ -152,15 +169,24 @@ def predict(
     return records
 
 
-def _score_file(detector: Detector, path: Path, rgb: np.ndarray, out: Path, stem: str) -> dict[str, Any]:
+@dataclass(frozen=True)
+class _InputFile:
+    """One file to score: where it is, and the path its outputs are named after."""
+
+    path: Path
+    relative_path: str  # to the folder given, "/"-separated; the file name for a file given directly
+
+
+def _score_file(detector: Detector, found: _InputFile, rgb: np.ndarray, out: Path, name: str) -> dict[str, Any]:
     """Score one image and write its heat-map overlay and mask to ``out``; returns its JSON record."""
     result = detector.predict([rgb])[0]
     heat = detector.thresholds.normalise(result["map"])
-    heat_path, mask_path = out / f"{stem}_heatmap.png", out / f"{stem}_mask.png"
+    heat_path, mask_path = out / f"{name}_heatmap.png", out / f"{name}_mask.png"
     _write_png(heat_path, overlay(rgb, heat))
     _write_png(mask_path, mask_image(result["mask"]))
     return {
-        "path": str(path),
+        "path": str(found.path),
+        "relative_path": found.relative_path,
         "score": result["score"],
         "normalised_score": result["normalised_score"],
         "anomalous": result["anomalous"],
@@ -175,30 +201,51 @@ def _resize(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return F.interpolate(maps[:, None], size=size, mode="bilinear", align_corners=False)[0, 0].cpu()
 
 
-def _expand_inputs(inputs: Sequence[str | Path]) -> list[Path]:
-    files: list[Path] = []
+def _expand_inputs(inputs: Sequence[str | Path], out: Path) -> list[_InputFile]:
+    """Files given directly, and the images of folders given at any depth, in the order of the inputs."""
+    files: list[_InputFile] = []
     for item in inputs:
         path = Path(item)
         if path.is_dir():
-            files.extend(list_images(path))
+            root = path.expanduser().absolute()  # as the listing's paths are
+            # an output folder inside the input folder is not scored again on a second run
+            for image in list_images_at_any_depth(root, skip=[out]):
+                files.append(_InputFile(image, image.relative_to(root).as_posix()))
         elif path.exists() or path.suffix:
-            files.append(path)
+            files.append(_InputFile(path, path.name))
         else:
             raise InputError(f"input {path} does not exist")
     return files
 
 
-def _unique_stem(used: set[str], path: Path) -> str:
-    # two inputs with the same name from different folders must not overwrite each other's outputs
-    stem, n = path.stem, 1
-    while stem in used:
-        n += 1
-        stem = f"{path.stem}-{n}"
-    used.add(stem)
-    return stem
+def _output_names(files: Sequence[_InputFile]) -> list[str]:
+    """Per file, the output name (relative path without suffix) that no other file of ``files`` has."""
+    used: set[str] = set()
+    names = []
+    for found in files:
+        if not is_image_file(found.path):
+            names.append("")  # skipped when scored
+            continue
+        base = str(PurePosixPath(found.relative_path).with_suffix(""))
+        name, n = base, 1
+        # x.png and x.jpg, or two folders given that both hold x.png, must not overwrite each other's outputs;
+        # compared without case, as on a case-insensitive file system X and x are one file
+        while name.casefold() in used:
+            n += 1
+            name = f"{base}-{n}"
+        used.add(name.casefold())
+        names.append(name)
+    return names
 
 
 def _write_png(path: Path, array: np.ndarray) -> None:
     buffer = io.BytesIO()
     Image.fromarray(array).save(buffer, format="PNG")
-    atomic_write(path, buffer.getvalue())
+    _write_output(path, buffer.getvalue())
+
+
+def _write_output(path: Path, data: bytes | str) -> None:
+    try:
+        atomic_write(path, data)
+    except OSError as err:
+        raise InputError(f"cannot write {path}: {err.strerror or err}") from err

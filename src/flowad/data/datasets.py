@@ -66,6 +66,34 @@ def list_images(folder: str | Path) -> list[Path]:
     return images
 
 
+def list_images_at_any_depth(folder: str | Path, skip: Sequence[str | Path] = ()) -> list[Path]:
+    """Image files in ``folder`` and in its subfolders at any depth, in tree order.
+
+    Tree order sorts by relative path, part by part, so each subfolder's images stay together
+    (``a.png``, ``b/000.png``, ``b/001.png``, ``c.png``). Files count as in :func:`list_images`; hidden
+    folders, the folders in ``skip`` (e.g. an output folder inside the input folder) and symbolic
+    links to folders are not entered, so a link loop cannot hang it. Raises
+    :class:`~flowad.errors.InputError` if the folder is missing, is not a folder or holds no images.
+    """
+    directory = _existing_dir(folder)
+    skipped = {_full(path).resolve() for path in skip}
+    images: list[Path] = []
+    pending = [directory]
+    while pending:
+        current = pending.pop()
+        for entry in current.iterdir():
+            if _is_plain_image(entry):
+                images.append(entry)
+            elif _is_walkable_dir(entry) and entry.resolve() not in skipped:
+                pending.append(entry)
+    if not images:
+        raise InputError(
+            f"folder {directory} holds no image files at any depth (looked for {_SUFFIX_LIST}; "
+            f"files named *{_MASK_TAG}.* and hidden files do not count)"
+        )
+    return sorted(images, key=lambda path: path.relative_to(directory).parts)
+
+
 def mvtec_splits(root: str | Path, category: str) -> DatasetSplits:
     """Samples of one MVTec AD category.
 
@@ -341,6 +369,11 @@ def _is_plain_image(path: Path) -> bool:
         and not path.stem.endswith(_MASK_TAG)
         and path.is_file()
     )
+
+
+def _is_walkable_dir(path: Path) -> bool:
+    # symbolic links to folders are not followed: "up -> .." would walk the parent, outputs included
+    return not path.name.startswith(".") and not path.is_symlink() and path.is_dir()
 
 
 def _check_fraction(what: str, fraction: float) -> None:
