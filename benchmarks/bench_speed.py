@@ -12,43 +12,13 @@ recomputing the features every epoch (streaming). Medians over ``--repeats`` run
 from __future__ import annotations
 
 import argparse
-import os
-import platform
-import statistics
 import sys
-import time
-from collections.abc import Callable
 from datetime import date
 
 import torch
-from _results import publish
+from _harness import alternating_medians, machine_description, publish
 
 from flowad.models import MODELS, build_model
-
-
-def alternating_medians(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
-    """Median time of each function, their runs interleaved so that drifts of the machine hit all alike."""
-    for fn in fns.values():
-        fn()  # warm-up
-    times: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            t0 = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - t0)
-    return {name: statistics.median(ts) for name, ts in times.items()}
-
-
-def machine() -> str:
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads"
 
 
 def bench_model(name: str, image_size: int, train_images: int, repeats: int) -> dict[str, float]:
@@ -146,7 +116,7 @@ def bench_nfa(repeats: int) -> dict[str, float]:
 
 def report(results: dict[str, dict[str, float]], nfa: dict[str, float], args: argparse.Namespace) -> str:
     lines = [
-        f"### Speed, {date.today()}: {machine()}",
+        f"### Speed, {date.today()}: {machine_description(torch.get_num_threads())}",
         "",
         f"Command: `python benchmarks/bench_speed.py {' '.join(sys.argv[1:])}`; image {args.image_size} px, "
         f"{args.train_images} training images, medians of {args.repeats} runs, random inputs.",
