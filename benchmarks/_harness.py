@@ -106,7 +106,8 @@ _RUN_ARGUMENTS: dict[str, dict[str, Any]] = {
     "out": {"type": Path, "help": "folder for the run (replaced if it exists)"},
     "options": {
         "type": json_object,
-        "help": 'model options (config fields) as a JSON object, e.g. \'{"epochs": 70, "batch_size": 8}\'',
+        "help": "model options (config fields) as a JSON object, e.g. '{\"epochs\": 70}'; its keys threads and device "
+        "(the older form) set --threads and --device",
     },
 }
 
@@ -121,7 +122,8 @@ def add_run_arguments(parser: argparse.ArgumentParser, names: Sequence[str]) -> 
         parser.add_argument(f"--{name}", **_RUN_ARGUMENTS[name])
     for name in names:
         spec = {k: v for k, v in _RUN_ARGUMENTS[name].items() if k != "help"}
-        parser.add_argument(f"{name}_positional", nargs="?", metavar=name.upper(), help=f"the same as --{name}", **spec)
+        same = f"the same as --{name} (the older, positional form)"
+        parser.add_argument(f"{name}_positional", nargs="?", metavar=name.upper(), help=same, **spec)
 
 
 def resolve_run_arguments(
