@@ -27,7 +27,7 @@ import torch
 REPOSITORY = Path(__file__).resolve().parent.parent
 MODEL_NAMES = ("fastflow", "cflow", "uflow")
 DEMO_CATEGORY = "fabric"
-# a run that predicts sensibly and trains in seconds: what prediction benchmarks need, not a good model
+# trains in seconds: benchmarks of prediction need a run to load and score with, not a good one
 TINY_RUN_OPTIONS: dict[str, Any] = {"epochs": 1, "batch_size": 4}
 TINY_RUN_TRAIN_IMAGES = 10
 
@@ -40,7 +40,7 @@ class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefa
     """The script's docstring as written, and each argument's default after its help (when it has one)."""
 
     def _get_help_string(self, action: argparse.Action) -> str | None:
-        if action.default in (None, False) or action.default is argparse.SUPPRESS:
+        if action.default is None or action.default is False or action.default is argparse.SUPPRESS:
             return action.help
         return super()._get_help_string(action)
 
@@ -81,7 +81,7 @@ def add_threads_argument(parser: argparse.ArgumentParser, default: int = 2) -> N
         "--threads",
         type=positive_int,
         default=default,
-        help="torch threads (set explicitly: torch's own default takes every core)",
+        help="torch threads; set explicitly, as torch's own default takes every core",
     )
 
 
@@ -112,14 +112,20 @@ _RUN_ARGUMENTS: dict[str, dict[str, Any]] = {
 }
 
 
-def add_run_arguments(parser: argparse.ArgumentParser, names: Sequence[str]) -> None:
+def add_run_arguments(
+    parser: argparse.ArgumentParser, names: Sequence[str], helps: dict[str, str] | None = None
+) -> None:
     """``--model``, ``--category``, ``--data``, ``--out``, ``--options`` (those in ``names``), each also taken as a
     positional in that order, the form these scripts had before the flags (older command lines keep working).
+    ``helps`` replaces the help of those whose meaning differs in a script.
 
     Call :func:`resolve_run_arguments` after parsing.
     """
+    helps = helps or {}
     for name in names:
-        parser.add_argument(f"--{name}", **_RUN_ARGUMENTS[name])
+        spec = dict(_RUN_ARGUMENTS[name])
+        spec["help"] = helps.get(name, spec["help"])
+        parser.add_argument(f"--{name}", **spec)
     for name in names:
         spec = {k: v for k, v in _RUN_ARGUMENTS[name].items() if k != "help"}
         same = f"the same as --{name} (the older, positional form)"
@@ -260,11 +266,11 @@ def demo_images(folder: Path, count: int, image_size: int, seed: int = 2) -> lis
     return sorted((root / DEMO_CATEGORY / "train" / "good").iterdir())
 
 
-def engine_settings(device: str = "cpu") -> Any:
-    """flowad's engine settings for a benchmark: no progress bars, the given device."""
+def engine_settings(device: str = "cpu", **settings: Any) -> Any:
+    """flowad's engine settings for a benchmark: no progress bars, the given device, and any other field given."""
     from flowad.engine import EngineSettings
 
-    return EngineSettings(quiet=True, device=device)
+    return EngineSettings(quiet=True, device=device, **settings)
 
 
 def train_run(out: Path, model: str, data: Path, category: str, options: dict[str, Any], device: str = "cpu") -> Path:
