@@ -132,6 +132,25 @@ def add_run_arguments(
         parser.add_argument(f"{name}_positional", nargs="?", metavar=name.upper(), help=same, **spec)
 
 
+def run_argument_parser(
+    doc: str | None, names: Sequence[str], device: str, helps: dict[str, str] | None = None
+) -> argparse.ArgumentParser:
+    """A parser for a script that trains: :func:`add_run_arguments` with ``names``, ``--threads``, ``--device``."""
+    parser = script_parser(doc)
+    add_run_arguments(parser, names, helps)
+    add_threads_argument(parser)
+    add_device_argument(parser, device)
+    return parser
+
+
+def parse_run_arguments(parser: argparse.ArgumentParser, names: Sequence[str]) -> argparse.Namespace:
+    """Parse a :func:`run_argument_parser`'s command line, merge the positional form, and set torch's threads."""
+    args = parser.parse_args()
+    resolve_run_arguments(parser, args, names)
+    set_threads(args.threads)
+    return args
+
+
 def resolve_run_arguments(
     parser: argparse.ArgumentParser, args: argparse.Namespace, names: Sequence[str], optional: Sequence[str] = ()
 ) -> None:
@@ -225,10 +244,11 @@ def markdown_table(headers: Sequence[str], rows: Iterable[Sequence[object]]) -> 
     return lines + ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
 
 
-def section(title: str, machine: str | None, lines: Sequence[str]) -> str:
-    """A RESULTS.md section: ``### title, date: machine``, then ``lines``."""
+def section(title: str, machine: str | None, about: str, lines: Sequence[str]) -> str:
+    """A RESULTS.md section: ``### title, date: machine``; the command that ran it followed by ``about`` (what was
+    measured, how); then ``lines``. Every section names its command, so that any figure can be measured again."""
     heading = f"### {title}, {date.today().isoformat()}" + (f": {machine}" if machine else "")
-    return "\n".join([heading, "", *lines]).rstrip("\n") + "\n"
+    return "\n".join([heading, "", f"Command: `{command_line()}`{about}", *lines]).rstrip("\n") + "\n"
 
 
 def publish(text: str, append_to: str | None) -> None:
@@ -333,19 +353,24 @@ def per_image_ms(forward: Callable[[torch.Tensor], object], images: torch.Tensor
 # --------------------------------------------------------------------------------------------------
 
 
+def add_comparison_arguments(parser: argparse.ArgumentParser) -> None:
+    """What both sides of vs_anomalib.py are given alike: vs_anomalib.py takes these and hands them to each worker."""
+    parser.add_argument("--category", default=DEMO_CATEGORY, help="category folder under --data")
+    parser.add_argument("--backbone", default="resnet18", help="a timm name both libraries accept for every model")
+    parser.add_argument("--image-size", type=positive_int, default=256, help="input size in px")
+    parser.add_argument("--batch-size", type=positive_int, default=32, help="training batch size")
+    parser.add_argument("--epochs", type=positive_int, default=3, help="training epochs")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the backbone's random weights and the flows")
+    parser.add_argument("--rounds", type=positive_int, default=3, help="timed rounds inside each process (medians)")
+    add_threads_argument(parser)
+
+
 def add_worker_arguments(parser: argparse.ArgumentParser) -> None:
     """The arguments both sides' workers take (vs_anomalib.py passes them)."""
+    add_comparison_arguments(parser)
     parser.add_argument("--model", choices=MODEL_NAMES, help="run: the model to train")
     parser.add_argument("--data", help="run: data root in the MVTec AD layout")
-    parser.add_argument("--category", default=DEMO_CATEGORY, help="run: category folder under --data")
-    parser.add_argument("--backbone", default="resnet18", help="run: a timm name both libraries accept")
     parser.add_argument("--weights", help="run: backbone weights (.safetensors, the timm model's full state dict)")
-    parser.add_argument("--image-size", type=positive_int, default=256, help="run: input size in px")
-    parser.add_argument("--batch-size", type=positive_int, default=32, help="run: training batch size")
-    parser.add_argument("--epochs", type=positive_int, default=3, help="run: training epochs")
-    parser.add_argument("--seed", type=int, default=0, help="run: seed of the flows' initial weights and shuffling")
-    add_threads_argument(parser)
-    parser.add_argument("--rounds", type=positive_int, default=3, help="timed rounds inside this process (medians)")
     parser.add_argument("--work", default="runs/vs_anomalib", help="folder for the side's own outputs")
     parser.add_argument("--maps", nargs="*", default=[], help="aupro: .npz files with 'maps' and 'masks'")
     parser.add_argument("--maps-out", help="run: .npz file for the test split's maps, scores, masks and labels")

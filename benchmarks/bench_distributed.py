@@ -29,7 +29,6 @@ from _harness import (
     DEMO_CATEGORY,
     add_append_argument,
     child_environment,
-    command_line,
     demo_images,
     machine_description,
     markdown_table,
@@ -100,11 +99,10 @@ def main() -> None:
     text = section(
         "Sharded prediction",
         machine_description(),
+        f"; `flowad predict` over {args.images} demo images of {args.image_size} px (a FastFlow run, "
+        f"EfficientNet-Lite0, trained 1 epoch on {DEMO_CATEGORY}), each set-up started afresh; 2 processes = "
+        "torchrun, gloo on loopback. Scoring images/s: from the first output written to the last (start-up left out).",
         [
-            f"Command: `{command_line()}`; `flowad predict` over {args.images} demo images of {args.image_size} px "
-            f"(a FastFlow run, EfficientNet-Lite0, trained 1 epoch on {DEMO_CATEGORY}), each set-up started "
-            "afresh; 2 processes = torchrun, gloo on loopback. Scoring images/s: from the first output written to "
-            "the last (start-up left out).",
             "",
             *markdown_table(["set-up", "wall s", "scoring images/s", "end-to-end images/s"], rows),
         ],

@@ -33,7 +33,6 @@ from _harness import (
     add_models_argument,
     add_threads_argument,
     alternating_medians,
-    command_line,
     engine_settings,
     machine_description,
     markdown_table,
@@ -157,11 +156,13 @@ def report(results: dict[str, dict[str, float]], nfa: dict[str, float], args: ar
     ]
     speed_headers = ["model", "backbone b1 ms/img", "infer b1 ms/img", "backbone b16 ms/img", "infer b16 ms/img"]
     speed_headers += ["infer/backbone b16", "epoch cached s", "epoch streamed s", "streamed/cached", "cache fill s"]
+    about = (
+        f"; image {args.image_size} px, inference on random inputs, medians of {args.repeats} runs. Epochs: "
+        f"`flowad.engine.train` with the cache on and off, {args.train_runs} run(s) of {args.epochs} epochs each on "
+        f"{data}, median of the engine's per-epoch seconds, first epoch of each run left out; streamed epochs "
+        "include reading the images."
+    )
     lines = [
-        f"Command: `{command_line()}`; image {args.image_size} px, inference on random inputs, medians of "
-        f"{args.repeats} runs. Epochs: `flowad.engine.train` with the cache on and off, {args.train_runs} run(s) of "
-        f"{args.epochs} epochs each on {data}, median of the engine's per-epoch seconds, first epoch of each run "
-        "left out; streamed epochs include reading the images.",
         "",
         *markdown_table(speed_headers, speed_rows),
     ]
@@ -175,7 +176,7 @@ def report(results: dict[str, dict[str, float]], nfa: dict[str, float], args: ar
     if nfa:
         nfa_rows = [[name, f"{ms * t:.1f}"] for name, t in nfa.items()]
         lines += ["", *markdown_table(["NFA step (log NFA map, one image)", "ms"], nfa_rows)]
-    return section("Speed", machine_description(torch.get_num_threads()), lines)
+    return section("Speed", machine_description(torch.get_num_threads()), about, lines)
 
 
 def training_samples(args: argparse.Namespace, work: Path) -> tuple[list[Any], str]:

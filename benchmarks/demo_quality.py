@@ -24,7 +24,6 @@ from _harness import (
     add_models_argument,
     add_threads_argument,
     child_environment,
-    command_line,
     json_object,
     machine_description,
     markdown_table,
@@ -86,9 +85,8 @@ def main() -> None:
     text = section(
         "Demo-data quality",
         None if args.reuse else machine_description(args.threads),  # reused runs: their machine is not known here
+        f" (each model: `flowad demo --model M`); {settings}, offline EfficientNet-Lite0.",
         [
-            f"Command: `{command_line()}` (each model: `flowad demo --model M`); {settings}, offline "
-            "EfficientNet-Lite0.",
             "iou: at the validation threshold; iou_nfa: at log NFA = 0; "
             "oracle_iou: the best single threshold on the test set.",
             "",

@@ -17,13 +17,9 @@ import time
 import numpy as np
 import torch
 from _harness import (
-    add_device_argument,
-    add_run_arguments,
-    add_threads_argument,
     engine_settings,
-    resolve_run_arguments,
-    script_parser,
-    set_threads,
+    parse_run_arguments,
+    run_argument_parser,
 )
 
 from flowad.api import DataSpec, _validation_metrics
@@ -35,13 +31,7 @@ RUN_ARGUMENTS = ("model", "category", "data", "options")
 
 
 def main() -> None:
-    parser = script_parser(__doc__)
-    add_run_arguments(parser, RUN_ARGUMENTS)
-    add_threads_argument(parser)
-    add_device_argument(parser, default="auto")
-    args = parser.parse_args()
-    resolve_run_arguments(parser, args, RUN_ARGUMENTS)
-    set_threads(args.threads)
+    args = parse_run_arguments(run_argument_parser(__doc__, RUN_ARGUMENTS, device="auto"), RUN_ARGUMENTS)
     settings = engine_settings(args.device)
     cls = model_class(args.model)
     config = cls.config_class.from_dict(args.options)

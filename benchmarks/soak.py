@@ -29,7 +29,6 @@ from pathlib import Path
 from _harness import (
     add_append_argument,
     add_threads_argument,
-    command_line,
     demo_images,
     machine_description,
     markdown_table,
@@ -89,10 +88,9 @@ def report(
     return section(
         "Soak",
         machine_description(threads),
+        f"; `flowad.api.predict` over {args.images} inputs in one process ({unique} distinct {IMAGE_SIZE} px files "
+        f"listed repeatedly), memory after a warm-up of {args.warmup} images and at the end.",
         [
-            f"Command: `{command_line()}`; `flowad.api.predict` over {args.images} inputs in one process "
-            f"({unique} distinct {IMAGE_SIZE} px files listed repeatedly), memory after a warm-up of "
-            f"{args.warmup} images and at the end.",
             "",
             *markdown_table(headers, [row]),
             "",

@@ -19,19 +19,14 @@ from pathlib import Path
 import numpy as np
 from _harness import (
     add_append_argument,
-    add_device_argument,
     add_models_argument,
-    add_run_arguments,
-    add_threads_argument,
-    command_line,
     machine_description,
     markdown_table,
+    parse_run_arguments,
     publish,
-    resolve_run_arguments,
+    run_argument_parser,
     run_metrics,
-    script_parser,
     section,
-    set_threads,
     train_run,
 )
 from PIL import Image
@@ -103,15 +98,10 @@ def write_data(root: Path, seed: int = 0) -> None:
 def main() -> None:
     from flowad.cli import DEMO_PRESETS
 
-    parser = script_parser(__doc__)
-    add_run_arguments(parser, ("out",), helps={"out": "folder for the data set and the runs"})
+    parser = run_argument_parser(__doc__, ("out",), device="cpu", helps={"out": "folder for the data set and the runs"})
     add_models_argument(parser)
-    add_threads_argument(parser)
-    add_device_argument(parser, default="cpu")
     add_append_argument(parser)
-    args = parser.parse_args()
-    resolve_run_arguments(parser, args, ("out",))
-    threads = set_threads(args.threads)
+    args = parse_run_arguments(parser, ("out",))
     data = args.out / "data"
     if not (data / TEXTURES[-1] / "ground_truth").is_dir():
         write_data(data)
@@ -128,9 +118,9 @@ def main() -> None:
             print(" | ".join(rows[-1]), flush=True)
     text = section(
         "Input statistics on real textures",
-        machine_description(threads),
+        machine_description(args.threads),
+        ".",
         [
-            f"Command: `{command_line()}`.",
             "Cells: " + " / ".join(KEYS) + ".",
             "",
             *markdown_table(["model", "texture", "weights' own statistics", "ImageNet's"], rows),

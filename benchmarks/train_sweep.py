@@ -17,14 +17,10 @@ import time
 
 import numpy as np
 from _harness import (
-    add_device_argument,
-    add_run_arguments,
-    add_threads_argument,
     engine_settings,
-    resolve_run_arguments,
+    parse_run_arguments,
+    run_argument_parser,
     run_metrics,
-    script_parser,
-    set_threads,
     train_run,
 )
 
@@ -39,13 +35,7 @@ RUN_ARGUMENTS = ("model", "category", "data", "out", "options")
 
 
 def main() -> None:
-    parser = script_parser(__doc__)
-    add_run_arguments(parser, RUN_ARGUMENTS)
-    add_threads_argument(parser)
-    add_device_argument(parser, default="auto")
-    args = parser.parse_args()
-    resolve_run_arguments(parser, args, RUN_ARGUMENTS)
-    set_threads(args.threads)
+    args = parse_run_arguments(run_argument_parser(__doc__, RUN_ARGUMENTS, device="auto"), RUN_ARGUMENTS)
     start = time.perf_counter()
     run = train_run(args.out, args.model, args.data, args.category, args.options, args.device)
     result = run_metrics(run, args.device)

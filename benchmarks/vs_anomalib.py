@@ -41,11 +41,11 @@ import numpy as np
 from _harness import (
     REPOSITORY,
     add_append_argument,
+    add_comparison_arguments,
     add_models_argument,
-    add_threads_argument,
     child_environment,
-    command_line,
     machine_description,
+    markdown_table,
     positive_int,
     publish,
     script_parser,
@@ -89,16 +89,9 @@ DIFFERENCES = {
 def parse_args() -> argparse.Namespace:
     parser = script_parser(__doc__)
     add_models_argument(parser)
-    parser.add_argument("--category", default="fabric", help="demo data category (fabric or pill)")
+    add_comparison_arguments(parser)
     parser.add_argument("--data", help="MVTec-layout root holding --category (default: demo data under --work)")
-    parser.add_argument("--backbone", default="resnet18", help="a name both libraries accept for every model")
-    parser.add_argument("--image-size", type=positive_int, default=256, help="input size in px")
-    parser.add_argument("--batch-size", type=positive_int, default=32, help="training batch size")
-    parser.add_argument("--epochs", type=positive_int, default=3, help="training epochs")
     parser.add_argument("--repeats", type=positive_int, default=3, help="runs per side and model (medians)")
-    parser.add_argument("--rounds", type=positive_int, default=3, help="timed rounds inside each process (medians)")
-    add_threads_argument(parser)
-    parser.add_argument("--seed", type=int, default=0, help="seed of the shared backbone weights and the flows")
     parser.add_argument("--venv", default=str(REPOSITORY / ".venv-anomalib"), help="anomalib's virtual environment")
     parser.add_argument("--work", default=str(REPOSITORY / "runs" / "vs_anomalib"), help="data, maps, logs")
     add_append_argument(parser)
@@ -318,26 +311,23 @@ def verdict(ratio: float, target: float, extra_ok: bool = True) -> str:
 
 
 def tables(results: dict[str, dict]) -> str:
-    head = (
-        "| model | side | train s/epoch | total train s | infer b1 ms/img | infer b16 ms/img | peak RSS MiB "
-        "| AUPRO s | image AUROC | pixel AUROC | AUPRO |\n|---|---|---|---|---|---|---|---|---|---|---|\n"
-    )
+    headers = ["model", "side", "train s/epoch", "total train s", "infer b1 ms/img", "infer b16 ms/img"]
+    headers += ["peak RSS MiB", "AUPRO s", "image AUROC", "pixel AUROC", "AUPRO"]
     rows = []
     for model, res in results.items():
         for side in SIDES:
             s = res["sides"][side]
             rows.append(
-                f"| {model} | {side} | {s['epoch_s']:.2f} | {s['train_s']:.1f} | {s['infer_b1_ms']:.1f} "
-                f"| {s['infer_b16_ms']:.1f} | {s['peak_rss_mib']:.0f} | {s['aupro_s']:.3f} | {s['image_auroc']:.3f} "
-                f"| {s['pixel_auroc']:.3f} | {s['aupro']:.3f} |"
+                [model, side, f"{s['epoch_s']:.2f}", f"{s['train_s']:.1f}", f"{s['infer_b1_ms']:.1f}"]
+                + [f"{s['infer_b16_ms']:.1f}", f"{s['peak_rss_mib']:.0f}", f"{s['aupro_s']:.3f}"]
+                + [f"{s['image_auroc']:.3f}", f"{s['pixel_auroc']:.3f}", f"{s['aupro']:.3f}"]
             )
-    first = head + "\n".join(rows)
-    head2 = (
-        f"| model | infer b1 (<= {TARGET_INFER}x) | infer b16 (<= {TARGET_INFER}x) "
-        f"| time to final quality (<= {TARGET_TRAIN}x) | per epoch | AUPRO time (<= {TARGET_AUPRO}x, same value "
-        f"to {AUPRO_TOLERANCE:g}) | AUPRO flowad / anomalib on flowad's maps; on anomalib's maps "
-        "| backbone alone b1 / b16 ms/img (/ anomalib's inference) |\n|---|---|---|---|---|---|---|---|\n"
-    )
+    sides = markdown_table(headers, rows)
+    headers = ["model", f"infer b1 (<= {TARGET_INFER}x)", f"infer b16 (<= {TARGET_INFER}x)"]
+    headers += [f"time to final quality (<= {TARGET_TRAIN}x)", "per epoch"]
+    headers += [f"AUPRO time (<= {TARGET_AUPRO}x, same value to {AUPRO_TOLERANCE:g})"]
+    headers += ["AUPRO flowad / anomalib on flowad's maps; on anomalib's maps"]
+    headers += ["backbone alone b1 / b16 ms/img (/ anomalib's inference)"]
     rows = []
     for model, res in results.items():
         r = res["ratios"]
@@ -346,13 +336,18 @@ def tables(results: dict[str, dict]) -> str:
         b1, b16 = res["sides"]["flowad"]["backbone_b1_ms"], res["sides"]["flowad"]["backbone_b16_ms"]
         a1, a16 = res["sides"]["anomalib"]["infer_b1_ms"], res["sides"]["anomalib"]["infer_b16_ms"]
         rows.append(
-            f"| {model} | {verdict(r['infer_b1'], TARGET_INFER)} | {verdict(r['infer_b16'], TARGET_INFER)} "
-            f"| {verdict(r['train'], TARGET_TRAIN)} | {r['epoch']:.2f}x "
-            f"| {verdict(r['aupro'], TARGET_AUPRO, agree)}, max diff {res['aupro_diff']:.1e} "
-            f"| {ours[0]:.4f} / {theirs[0]:.4f}; {ours[1]:.4f} / {theirs[1]:.4f} "
-            f"| {b1:.1f} / {b16:.1f} ({b1 / a1:.2f}x / {b16 / a16:.2f}x) |"
+            [
+                model,
+                verdict(r["infer_b1"], TARGET_INFER),
+                verdict(r["infer_b16"], TARGET_INFER),
+                verdict(r["train"], TARGET_TRAIN),
+                f"{r['epoch']:.2f}x",
+                f"{verdict(r['aupro'], TARGET_AUPRO, agree)}, max diff {res['aupro_diff']:.1e}",
+                f"{ours[0]:.4f} / {theirs[0]:.4f}; {ours[1]:.4f} / {theirs[1]:.4f}",
+                f"{b1:.1f} / {b16:.1f} ({b1 / a1:.2f}x / {b16 / a16:.2f}x)",
+            ]
         )
-    return first + "\n\n" + head2 + "\n".join(rows)
+    return "\n".join([*sides, "", *markdown_table(headers, rows)])
 
 
 def flowad_revision() -> str:
@@ -402,7 +397,6 @@ def report(
     epochs = "epochs 2..E" if args.epochs > 1 else "the only epoch"
     images = next(iter(results.values()))["images"]
     lines = [
-        f"Command: `{command_line()}` (flowad at {flowad_revision()})",
         "",
         f"- **Random backbone weights on both sides**: no pretrained weights for anomalib's backbone names can "
         f"be downloaded here, so both sides load the same randomly initialised `{args.backbone}` (timm's "
@@ -428,7 +422,8 @@ def report(
         "Settings given to both sides: " + "; ".join(f"{m}: {SETTINGS[m]}" for m in results) + ".",
         "Not identical: " + "; ".join(f"{m}: {DIFFERENCES[m]}" for m in results) + ".",
     ]
-    return section(f"flowad vs anomalib {found['anomalib']}", machine_description(args.threads), lines)
+    title = f"flowad vs anomalib {found['anomalib']}"
+    return section(title, machine_description(args.threads), f" (flowad at {flowad_revision()})", lines)
 
 
 if __name__ == "__main__":
