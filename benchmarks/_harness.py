@@ -132,6 +132,16 @@ def add_run_arguments(
         parser.add_argument(f"{name}_positional", nargs="?", metavar=name.upper(), help=same, **spec)
 
 
+def check_data_arguments(parser: argparse.ArgumentParser, data: Path | None, category: str | None) -> None:
+    """A usage error naming ``--data`` or ``--category`` when the folder it points to is not there."""
+    if data is None:
+        return
+    if not Path(data).is_dir():
+        parser.error(f"argument --data: {data} is not a folder")
+    if category is not None and not (Path(data) / category / "train").is_dir():
+        parser.error(f"argument --category: {Path(data) / category / 'train'} is not a folder")
+
+
 def run_argument_parser(
     doc: str | None, names: Sequence[str], device: str, helps: dict[str, str] | None = None
 ) -> argparse.ArgumentParser:
@@ -168,6 +178,7 @@ def resolve_run_arguments(
         elif value is None and name not in optional:
             parser.error(f"argument --{name} is required (or {name.upper()} in the positional form)")
         setattr(args, name, value)
+    check_data_arguments(parser, getattr(args, "data", None), getattr(args, "category", None))
     if "options" in names:
         for key in ("threads", "device"):
             if key not in args.options or not hasattr(args, key):

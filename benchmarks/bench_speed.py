@@ -33,6 +33,7 @@ from _harness import (
     add_models_argument,
     add_threads_argument,
     alternating_medians,
+    check_data_arguments,
     engine_settings,
     machine_description,
     markdown_table,
@@ -204,6 +205,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.epochs < 2:
         parser.error("argument --epochs: the first epoch of a run is left out, so at least 2 are needed")
+    check_data_arguments(parser, args.data, args.category)
     set_threads(args.threads)
     results = {}
     with tempfile.TemporaryDirectory(prefix="flowad-speed-") as tmp:

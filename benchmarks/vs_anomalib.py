@@ -43,6 +43,7 @@ from _harness import (
     add_append_argument,
     add_comparison_arguments,
     add_models_argument,
+    check_data_arguments,
     child_environment,
     machine_description,
     markdown_table,
@@ -96,6 +97,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--work", default=str(REPOSITORY / "runs" / "vs_anomalib"), help="data, maps, logs")
     add_append_argument(parser)
     args = parser.parse_args()
+    check_data_arguments(parser, Path(args.data) if args.data else None, args.category)
     for name in ("data", "venv", "work"):  # the workers run from the repository root
         if getattr(args, name):
             setattr(args, name, str(Path(getattr(args, name)).resolve()))
@@ -144,11 +146,8 @@ def ensure_anomalib(venv: Path) -> dict:
 
 
 def ensure_data(args: argparse.Namespace) -> Path:
-    if args.data:
-        root = Path(args.data)
-        if not (root / args.category / "train").is_dir():
-            raise SystemExit(f"{root / args.category / 'train'} not found; expected an MVTec-layout root")
-        return root
+    if args.data:  # checked by parse_args
+        return Path(args.data)
     from flowad.data.synthetic import make_demo_dataset
 
     root = Path(args.work) / "data"
