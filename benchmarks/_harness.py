@@ -161,9 +161,7 @@ def parse_run_arguments(parser: argparse.ArgumentParser, names: Sequence[str]) -
     return args
 
 
-def resolve_run_arguments(
-    parser: argparse.ArgumentParser, args: argparse.Namespace, names: Sequence[str], optional: Sequence[str] = ()
-) -> None:
+def resolve_run_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace, names: Sequence[str]) -> None:
     """Merge each flag of :func:`add_run_arguments` with its positional; a missing or doubly given one is a usage
     error naming it. ``--options`` defaults to ``{}``; its ``threads`` and ``device`` keys (the older form's way
     to give them) move to ``--threads`` and ``--device``."""
@@ -175,7 +173,7 @@ def resolve_run_arguments(
         value = flag if flag is not None else positional
         if value is None and name == "options":
             value = {}
-        elif value is None and name not in optional:
+        elif value is None:
             parser.error(f"argument --{name} is required (or {name.upper()} in the positional form)")
         setattr(args, name, value)
     check_data_arguments(parser, getattr(args, "data", None), getattr(args, "category", None))
