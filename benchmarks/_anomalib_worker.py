@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from _worker_common import main, per_image_ms, time_aupro
+from _harness import per_image_ms, time_aupro, worker_main
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -176,4 +176,4 @@ def aupro(args: argparse.Namespace) -> dict:
 
 
 if __name__ == "__main__":
-    main(__doc__, run, aupro)
+    worker_main(__doc__, run, aupro)

@@ -16,7 +16,7 @@ import time
 
 import numpy as np
 import torch
-from _worker_common import main, per_image_ms, time_aupro
+from _harness import per_image_ms, time_aupro, worker_main
 
 # anomalib's U-Flow: LinearLR from 1.0 to 0.4 over 25000 epochs, stepped once per epoch
 ANOMALIB_UFLOW_LR_ITERS = 25000
@@ -54,9 +54,17 @@ def options(args: argparse.Namespace) -> dict:
     }
 
 
-def run(args: argparse.Namespace) -> dict:
-    from importlib.metadata import version
+def flowad_version() -> str:
+    """The installed package's version; a run from a source checkout (PYTHONPATH=src) has none."""
+    from importlib.metadata import PackageNotFoundError, version
 
+    try:
+        return version("flowad")
+    except PackageNotFoundError:
+        return "not installed (source tree)"
+
+
+def run(args: argparse.Namespace) -> dict:
     from flowad.data.datasets import ImageDataset, mvtec_splits
     from flowad.engine import EngineSettings, infer, train
     from flowad.models import build_model
@@ -86,7 +94,7 @@ def run(args: argparse.Namespace) -> dict:
 
     return {
         "side": "flowad",
-        "version": version("flowad"),
+        "version": flowad_version(),
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "epoch_seconds": [e["seconds"] for e in log["epochs"]],
@@ -109,4 +117,4 @@ def aupro(args: argparse.Namespace) -> dict:
 
 
 if __name__ == "__main__":
-    main(__doc__, run, aupro)
+    worker_main(__doc__, run, aupro)

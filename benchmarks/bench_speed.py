@@ -1,59 +1,61 @@
-"""Speed of flowad's models on this machine: backbone alone, end-to-end inference, training epochs.
+"""How fast are flowad's models on this machine: the backbone alone, whole-model inference, and flowad's own
+training epochs with the feature cache and without it?
 
 Run alone (other jobs on the same cores distort every figure):
 
     python benchmarks/bench_speed.py --threads 2 --models fastflow --append benchmarks/RESULTS.md
 
-For each model it prints, per image: the backbone's forward time and the whole model's inference time
-at batch 1 and 16 (warm, inference mode), and the time of a training epoch on cached features versus
-recomputing the features every epoch (streaming). Medians over ``--repeats`` runs.
+For each model, per image: the backbone's forward time and the whole model's inference time at batch 1 and
+16 (random inputs, warm, inference mode, medians over ``--repeats`` interleaved runs), and the same through
+onnxruntime when it is installed. For U-Flow also the NFA step at 256 and 448 px.
+
+Training: ``flowad.engine.train`` itself, with ``EngineSettings(cache="on")`` and ``cache="off"`` (streaming,
+as ``flowad train --cache off``), runs of the two alternating, ``--train-runs`` of each. Every run trains a
+fresh model for ``--epochs`` epochs on ``--train-images`` demo images (or ``--data``/``--category``). The
+epoch figure is the median of the engine's own per-epoch seconds (its log's ``epochs[i]["seconds"]``), the
+first epoch of each run left out (it pays for first-time allocations). Cached epochs train the flows on the
+features computed once; streamed epochs also read, decode and resize the images and run the backbone. The
+cache's one-off fill (the log's ``feature_seconds``) is reported beside.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import statistics
-import sys
-import time
-from collections.abc import Callable
-from datetime import date
+import tempfile
+from pathlib import Path
+from typing import Any
 
 import torch
-from _results import publish
+from _harness import (
+    DEMO_CATEGORY,
+    add_append_argument,
+    add_models_argument,
+    add_threads_argument,
+    alternating_medians,
+    check_data_arguments,
+    engine_settings,
+    machine_description,
+    markdown_table,
+    positive_int,
+    publish,
+    script_parser,
+    section,
+    set_threads,
+    write_demo_data,
+)
 
-from flowad.models import MODELS, build_model
+from flowad.data.datasets import ImageDataset, mvtec_splits
+from flowad.engine import train
+from flowad.models import AnomalyModel, build_model
+from flowad.preprocess import Preprocess
 
-
-def alternating_medians(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
-    """Median time of each function, their runs interleaved so that drifts of the machine hit all alike."""
-    for fn in fns.values():
-        fn()  # warm-up
-    times: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            t0 = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - t0)
-    return {name: statistics.median(ts) for name, ts in times.items()}
-
-
-def machine() -> str:
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads"
+CACHE_MODES = {"cached": "on", "streamed": "off"}
 
 
-def bench_model(name: str, image_size: int, train_images: int, repeats: int) -> dict[str, float]:
-    torch.manual_seed(0)
-    model = build_model(name, image_size=image_size).eval()
+def time_inference(model: AnomalyModel, image_size: int, repeats: int) -> dict[str, float]:
+    """Seconds per image of the backbone and the whole model (and onnxruntime's), at batch 1 and 16."""
+    model.eval()
     images = torch.randn(16, 3, image_size, image_size)
     out: dict[str, float] = {}
     with torch.inference_mode():
@@ -75,56 +77,50 @@ def bench_model(name: str, image_size: int, train_images: int, repeats: int) -> 
                 )
             out[f"onnx_b{batch}"] = pair["ort"] / batch
             out[f"torch_vs_onnx_b{batch}"] = pair["torch"] / batch
-
-    # training epochs: the same batches, with features from the cache or recomputed
-    data = torch.randn(train_images, 3, image_size, image_size)
-    with torch.no_grad():
-        per_image = [model.extract(data[i : i + 1]) for i in range(train_images)]
-        cache = [torch.cat(parts) for parts in zip(*per_image, strict=True)]
-    optimizer = model.optimizer()
-    model.train()
-
-    def epoch(streaming: bool) -> None:
-        generator = torch.Generator().manual_seed(0)
-        order = torch.randperm(train_images, generator=generator)
-        for start in range(0, train_images, model.config.batch_size):
-            idx = order[start : start + model.config.batch_size]
-            if streaming:
-                with torch.no_grad():
-                    features = model.extract(data[idx])
-            else:
-                features = [f[idx] for f in cache]
-            for batch in model.training_batches(features, len(idx), generator):
-                loss = model.training_loss(batch)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-
-    epochs = alternating_medians(
-        {"cached": lambda: epoch(False), "streamed": lambda: epoch(True)}, max(repeats // 2, 1)
-    )
-    out["epoch_cached"], out["epoch_streamed"] = epochs["cached"], epochs["streamed"]
     return out
 
 
-def _onnx_session(model):
+def time_training(name: str, samples: list[Any], image_size: int, epochs: int, runs: int) -> dict[str, float]:
+    """Median seconds of an epoch of ``flowad.engine.train`` with the feature cache and streamed (epochs
+    2..``epochs`` of ``runs`` runs each), and the median seconds of filling the cache."""
+    seconds: dict[str, list[float]] = {mode: [] for mode in CACHE_MODES}
+    fills: list[float] = []
+    for _ in range(runs):
+        for mode, cache in CACHE_MODES.items():  # alternating, so that the machine's drifts hit both alike
+            torch.manual_seed(0)
+            model = build_model(name, image_size=image_size, epochs=epochs)
+            dataset = ImageDataset(samples, Preprocess.from_model(model))
+            log = train(model, dataset, engine_settings("cpu", cache=cache))
+            if log["cache"] != (cache == "on"):
+                raise SystemExit(f"{name}: the engine ran with cache={log['cache']} when asked for cache={cache!r}")
+            seconds[mode] += [entry["seconds"] for entry in log["epochs"][1:]]
+            if cache == "on":
+                fills.append(log["feature_seconds"])
+    return {
+        "epoch_cached": statistics.median(seconds["cached"]),
+        "epoch_streamed": statistics.median(seconds["streamed"]),
+        "cache_fill": statistics.median(fills),
+    }
+
+
+def _onnx_session(model: AnomalyModel) -> Any | None:
     """The model exported to ONNX and opened in onnxruntime (same threads), or None without onnxruntime."""
     try:
         import onnxruntime  # noqa: F401
     except ImportError:
         return None
-    import tempfile
 
     from flowad.checkpoint import save_run
     from flowad.export import OnnxDetector, export_onnx
+    from flowad.thresholds import fixed
 
     run = tempfile.mkdtemp(prefix="flowad-bench-")
-    save_run(run, model, {"thresholds": {}})
+    save_run(run, model, fixed(1.0, 0.0, 2.0))  # the graph holds no threshold; any will do
     export_onnx(run)
     return OnnxDetector.load(run, threads=torch.get_num_threads())
 
 
-def bench_nfa(repeats: int) -> dict[str, float]:
+def time_nfa(repeats: int) -> dict[str, float]:
     """Seconds per image of the log NFA map, on latents of U-Flow's shapes (random N(0, 1) values)."""
     from flowad.nfa import log_nfa
 
@@ -144,57 +140,85 @@ def bench_nfa(repeats: int) -> dict[str, float]:
     return out
 
 
-def report(results: dict[str, dict[str, float]], nfa: dict[str, float], args: argparse.Namespace) -> str:
-    lines = [
-        f"### Speed, {date.today()}: {machine()}",
-        "",
-        f"Command: `python benchmarks/bench_speed.py {' '.join(sys.argv[1:])}`; image {args.image_size} px, "
-        f"{args.train_images} training images, medians of {args.repeats} runs, random inputs.",
-        "",
-        "| model | backbone b1 ms/img | infer b1 ms/img | backbone b16 ms/img | infer b16 ms/img | "
-        "infer/backbone b16 | epoch cached s | epoch streamed s | streamed/cached |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
-    for name, r in results.items():
-        lines.append(
-            f"| {name} | {1e3 * r['backbone_b1']:.1f} | {1e3 * r['infer_b1']:.1f} | {1e3 * r['backbone_b16']:.1f} | "
-            f"{1e3 * r['infer_b16']:.1f} | {r['infer_b16'] / r['backbone_b16']:.2f}x | {r['epoch_cached']:.2f} | "
-            f"{r['epoch_streamed']:.2f} | {r['epoch_streamed'] / r['epoch_cached']:.1f}x |"
-        )
-    if any("onnx_b1" in r for r in results.values()):
-        lines += [
-            "",
-            "| model | torch b1 ms/img | onnxruntime b1 ms/img | torch b16 ms/img | onnxruntime b16 ms/img |",
-            "|---|---|---|---|---|",
+def report(results: dict[str, dict[str, float]], nfa: dict[str, float], args: argparse.Namespace, data: str) -> str:
+    ms = 1e3
+    speed_rows = [
+        [
+            name,
+            f"{ms * r['backbone_b1']:.1f}",
+            f"{ms * r['infer_b1']:.1f}",
+            f"{ms * r['backbone_b16']:.1f}",
+            f"{ms * r['infer_b16']:.1f}",
+            f"{r['infer_b16'] / r['backbone_b16']:.2f}x",
+            f"{r['epoch_cached']:.2f}",
+            f"{r['epoch_streamed']:.2f}",
+            f"{r['epoch_streamed'] / r['epoch_cached']:.1f}x",
+            f"{r['cache_fill']:.2f}",
         ]
-        for name, r in results.items():
-            lines.append(
-                f"| {name} | {1e3 * r['torch_vs_onnx_b1']:.1f} | {1e3 * r['onnx_b1']:.1f} | "
-                f"{1e3 * r['torch_vs_onnx_b16']:.1f} | {1e3 * r['onnx_b16']:.1f} |"
-            )
+        for name, r in results.items()
+    ]
+    speed_headers = ["model", "backbone b1 ms/img", "infer b1 ms/img", "backbone b16 ms/img", "infer b16 ms/img"]
+    speed_headers += ["infer/backbone b16", "epoch cached s", "epoch streamed s", "streamed/cached", "cache fill s"]
+    about = (
+        f"; image {args.image_size} px, inference on random inputs, medians of {args.repeats} runs. Epochs: "
+        f"`flowad.engine.train` with the cache on and off, {args.train_runs} run(s) of {args.epochs} epochs each on "
+        f"{data}, median of the engine's per-epoch seconds, first epoch of each run left out; streamed epochs "
+        "include reading the images."
+    )
+    lines = [
+        "",
+        *markdown_table(speed_headers, speed_rows),
+    ]
+    if any("onnx_b1" in r for r in results.values()):
+        onnx_rows = [
+            [name, *(f"{ms * r[key]:.1f}" for key in ("torch_vs_onnx_b1", "onnx_b1", "torch_vs_onnx_b16", "onnx_b16"))]
+            for name, r in results.items()
+        ]
+        onnx_headers = ["model", "torch b1 ms/img", "onnxruntime b1 ms/img", "torch b16 ms/img"]
+        lines += ["", *markdown_table([*onnx_headers, "onnxruntime b16 ms/img"], onnx_rows)]
     if nfa:
-        lines += ["", "| NFA step (log NFA map, one image) | ms |", "|---|---|"]
-        lines += [f"| {name} | {1e3 * t:.1f} |" for name, t in nfa.items()]
-    return "\n".join(lines) + "\n"
+        nfa_rows = [[name, f"{ms * t:.1f}"] for name, t in nfa.items()]
+        lines += ["", *markdown_table(["NFA step (log NFA map, one image)", "ms"], nfa_rows)]
+    return section("Speed", machine_description(torch.get_num_threads()), about, lines)
+
+
+def training_samples(args: argparse.Namespace, work: Path) -> tuple[list[Any], str]:
+    """The training images (``--data``'s, or demo images written under ``work``) and how the report names them."""
+    if args.data:
+        samples = mvtec_splits(args.data, args.category).train[: args.train_images]
+        return samples, f"{len(samples)} training images of {args.data}/{args.category}"
+    root = write_demo_data(work / "data", args.image_size, args.train_images)
+    samples = mvtec_splits(root, DEMO_CATEGORY).train
+    return samples, f"{len(samples)} demo images ({DEMO_CATEGORY})"
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", nargs="+", default=sorted(MODELS), choices=sorted(MODELS))
-    parser.add_argument("--threads", type=int, default=2, help="torch threads (set explicitly: default 2)")
-    parser.add_argument("--image-size", type=int, default=256)
-    parser.add_argument("--train-images", type=int, default=32)
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--append", help="append the Markdown table to this file")
+    parser = script_parser(__doc__)
+    add_models_argument(parser)
+    add_threads_argument(parser)
+    parser.add_argument("--image-size", type=positive_int, default=256, help="input size in px")
+    parser.add_argument("--repeats", type=positive_int, default=5, help="timed inference runs (medians)")
+    parser.add_argument("--epochs", type=positive_int, default=3, help="epochs per training run (at least 2)")
+    parser.add_argument("--train-runs", type=positive_int, default=1, help="training runs per cache mode")
+    parser.add_argument("--train-images", type=positive_int, default=32, help="training images")
+    parser.add_argument("--data", type=Path, help="train on this MVTec-layout root (default: demo images)")
+    parser.add_argument("--category", default=DEMO_CATEGORY, help="category folder under --data")
+    add_append_argument(parser)
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+    if args.epochs < 2:
+        parser.error("argument --epochs: the first epoch of a run is left out, so at least 2 are needed")
+    check_data_arguments(parser, args.data, args.category)
+    set_threads(args.threads)
     results = {}
-    for name in args.models:
-        results[name] = bench_model(name, args.image_size, args.train_images, args.repeats)
-        print(name, {k: round(v, 4) for k, v in results[name].items()}, flush=True)
-    nfa = bench_nfa(args.repeats) if "uflow" in args.models else {}
-    text = report(results, nfa, args)
-    publish(text, args.append)
+    with tempfile.TemporaryDirectory(prefix="flowad-speed-") as tmp:
+        samples, data = training_samples(args, Path(tmp))
+        for name in args.models:
+            torch.manual_seed(0)
+            results[name] = time_inference(build_model(name, image_size=args.image_size), args.image_size, args.repeats)
+            results[name].update(time_training(name, samples, args.image_size, args.epochs, args.train_runs))
+            print(name, {k: round(v, 4) for k, v in results[name].items()}, flush=True)
+    nfa = time_nfa(args.repeats) if "uflow" in args.models else {}
+    publish(report(results, nfa, args, data), args.append)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""anomalib's CFLOW-AD on flowad's offline pretrained EfficientNet-Lite0: the reference's quality, side by side.
+"""Does anomalib's CFLOW-AD on flowad's offline pretrained EfficientNet-Lite0 reach the quality flowad's does?
 
 Three steps (the first and last with flowad's Python, the second in anomalib's environment, see
 benchmarks/vs_anomalib.py for how ``.venv-anomalib`` is made):
@@ -19,13 +19,23 @@ TF EfficientNet-Lite weights, as flowad does).
 
 from __future__ import annotations
 
-import sys
+import argparse
+from pathlib import Path
+
+from _harness import (
+    add_subcommand,
+    add_worker_arguments,
+    check_worker_arguments,
+    script_parser,
+    set_threads,
+    write_worker_result,
+)
+
+ONE_BATCH = 10_000  # more test images than any category has: the whole split in one batch
 
 
-def weights(path: str) -> None:
+def write_weights(path: Path) -> None:
     """timm's tf_efficientnet_lite0 with flowad's offline ImageNet weights, as one .safetensors file."""
-    from pathlib import Path
-
     import timm
     from safetensors.torch import save_file
 
@@ -34,54 +44,53 @@ def weights(path: str) -> None:
     model = timm.create_model("tf_efficientnet_lite0", pretrained=False)
     state = model.state_dict()
     state.update(offline_lite0_state(model))
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in state.items()}, path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in state.items()}, str(path))
     print(f"wrote {path}")
 
 
-def run(argv: list[str]) -> None:
-    sys.path.insert(0, "benchmarks")
+def weights_statistics(backbone: str) -> tuple[list[float], list[float]]:
+    """The input statistics timm's configuration gives ``backbone``'s weights."""
+    import timm
+
+    cfg = timm.create_model(backbone, pretrained=False).pretrained_cfg
+    return list(cfg["mean"]), list(cfg["std"])
+
+
+def run_reference(args: argparse.Namespace) -> None:
+    """anomalib's worker, its CFLOW-AD built at levels 2, 3, 4 with the chosen input statistics."""
     import _anomalib_worker as worker
 
-    one_batch = "--one-test-batch" in argv
-    weights_stats = "--weights-stats" in argv
-    sys.argv = [sys.argv[0], "run", *(a for a in argv if a not in ("--one-test-batch", "--weights-stats"))]
-
-    def build(args):
+    def build(args: argparse.Namespace):
         from anomalib.models import Cflow
         from anomalib.pre_processing import PreProcessor
         from torchvision.transforms.v2 import Compose, Normalize, Resize
 
         size = (args.image_size, args.image_size)
-        mean, std = (worker.IMAGENET_MEAN, worker.IMAGENET_STD) if not weights_stats else _weights_stats(args)
-        steps = [Resize(size, antialias=True), Normalize(mean, std)]
-        pre = PreProcessor(transform=Compose(steps))
+        if args.weights_stats:
+            mean, std = weights_statistics(args.backbone)
+        else:
+            mean, std = worker.IMAGENET_MEAN, worker.IMAGENET_STD
+        pre = PreProcessor(transform=Compose([Resize(size, antialias=True), Normalize(mean, std)]))
         module = Cflow(backbone=args.backbone, layers=(2, 3, 4), pre_trained=False, pre_processor=pre)
         extractor = module.model.encoder.feature_extractor
         return module, extractor, worker.load_backbone(extractor, args.weights)
 
     worker.build = build
-    if one_batch:
+    if args.one_test_batch:
         import anomalib.data
 
         class OneTestBatch(anomalib.data.MVTecAD):
-            def __init__(self, *args, **kwargs):
-                kwargs["eval_batch_size"] = 10_000
-                super().__init__(*args, **kwargs)
+            def __init__(self, *a, **kwargs) -> None:
+                kwargs["eval_batch_size"] = ONE_BATCH
+                super().__init__(*a, **kwargs)
 
-        anomalib.data.MVTecAD = OneTestBatch
-    worker.main(worker.__doc__, worker.run, worker.aupro)
-
-
-def _weights_stats(args) -> tuple[list[float], list[float]]:
-    """The input statistics timm's configuration gives ``args.backbone``'s weights."""
-    import timm
-
-    cfg = timm.create_model(args.backbone, pretrained=False).pretrained_cfg
-    return list(cfg["mean"]), list(cfg["std"])
+        anomalib.data.MVTecAD = OneTestBatch  # the worker imports it from there when it runs
+    set_threads(args.threads)
+    write_worker_result(worker.run(args), args.json_out)
 
 
-def score(path: str) -> None:
+def score(path: Path) -> None:
     import numpy as np
 
     from flowad import metrics
@@ -94,20 +103,35 @@ def score(path: str) -> None:
     )
 
 
-def _usage(message: str) -> None:
-    print(f"cflow_reference_check: error: {message}", file=sys.stderr)
-    sys.exit(2)
+def main() -> None:
+    parser = script_parser(__doc__)
+    steps = parser.add_subparsers(dest="step", required=True, metavar="STEP", help="weights, run or score")
+
+    weights = add_subcommand(steps, "weights", "Write the backbone weights both sides load (.safetensors).")
+    weights.add_argument("file", type=Path, help="the .safetensors file to write")
+
+    run = add_subcommand(
+        steps, "run", "Train and score anomalib's CFLOW-AD (in anomalib's environment); the worker's arguments."
+    )
+    add_worker_arguments(run)
+    run.set_defaults(model="cflow")  # the only model this step builds
+    run.add_argument("--one-test-batch", action="store_true", help="score the whole test split as one batch")
+    run.add_argument(
+        "--weights-stats", action="store_true", help="normalise inputs with the weights' statistics, not ImageNet's"
+    )
+
+    scoring = add_subcommand(steps, "score", "Image AUROC, pixel AUROC and AUPRO of saved maps (flowad.metrics).")
+    scoring.add_argument("maps", type=Path, help="the .npz file `run` wrote with --maps-out")
+
+    args = parser.parse_args()
+    if args.step == "weights":
+        write_weights(args.file)
+    elif args.step == "run":
+        check_worker_arguments(run, args, "run")
+        run_reference(args)
+    else:
+        score(args.maps)
 
 
 if __name__ == "__main__":
-    step, rest = (sys.argv[1], sys.argv[2:]) if len(sys.argv) > 1 else ("", [])
-    if step not in ("weights", "run", "score"):
-        _usage(f"step {step!r} is not known; expected weights FILE, run ARGS... or score FILE.npz")
-    if step != "run" and len(rest) != 1:
-        _usage(f"{step} takes one file path, got {rest}")
-    if step == "weights":
-        weights(rest[0])
-    elif step == "run":
-        run(rest)
-    else:
-        score(rest[0])
+    main()

@@ -1,4 +1,4 @@
-"""Soak test: ``flowad.api.predict`` over many images in one process; memory growth and throughput.
+"""Does ``flowad.api.predict`` hold its memory and pace over many images in one process? A soak test.
 
 Not part of CI. Run alone (other jobs on the same cores distort the throughput):
 
@@ -24,17 +24,26 @@ import resource
 import sys
 import tempfile
 import time
-from datetime import date
 from pathlib import Path
 
-import torch
-from _results import cpu_name, publish
+from _harness import (
+    add_append_argument,
+    add_threads_argument,
+    demo_images,
+    machine_description,
+    markdown_table,
+    positive_int,
+    publish,
+    script_parser,
+    section,
+    set_threads,
+    train_tiny_run,
+)
 
 from flowad import api
-from flowad.cli import main as flowad_main
-from flowad.data.synthetic import make_demo_dataset
 
 TARGET_GROWTH = 10.0  # percent
+IMAGE_SIZE = 64  # small images: the test is about memory over many calls, not the model's speed
 
 
 def current_rss_mib() -> float:
@@ -53,29 +62,9 @@ def memory() -> tuple[float, float]:
     return current_rss_mib(), peak_rss_mib()
 
 
-def train_tiny_run(work: Path) -> Path:
-    data = make_demo_dataset(
-        work / "data", seed=1, categories=("fabric",), image_size=64, n_train=10, n_test_good=1, n_test_per_defect=1
-    )
-    run = work / "run"
-    args = ["train", "--data", str(data), "--category", "fabric", "--out", str(run), "--image-size", "64"]
-    if flowad_main([*args, "--epochs", "1", "--batch-size", "4", "--quiet"]) != 0:
-        sys.exit("training the tiny run failed")
-    return run
-
-
-def input_list(work: Path, unique: int, total: int) -> list[Path]:
-    """``unique`` distinct 64 px images on disk, listed repeatedly up to ``total`` entries."""
-    pool = make_demo_dataset(
-        work / "pool", seed=2, categories=("fabric",), image_size=64, n_train=unique, n_test_good=1, n_test_per_defect=1
-    )
-    files = sorted((pool / "fabric" / "train" / "good").iterdir())
+def input_list(files: list[Path], total: int) -> list[Path]:
+    """``files`` listed over and over up to ``total`` entries."""
     return [files[i % len(files)] for i in range(total)]
-
-
-def machine() -> str:
-    cpu = cpu_name()
-    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads"
 
 
 def growth(start: float, end: float) -> str:
@@ -83,44 +72,48 @@ def growth(start: float, end: float) -> str:
 
 
 def report(
-    args: argparse.Namespace, unique: int, seconds: float, start: tuple[float, float], end: tuple[float, float]
+    args: argparse.Namespace,
+    threads: int,
+    unique: int,
+    seconds: float,
+    start: tuple[float, float],
+    end: tuple[float, float],
 ) -> str:
     worst = max(100 * (e - s) / s for s, e in zip(start, end, strict=True))
     verdict = "met" if worst <= TARGET_GROWTH else "missed"
-    return "\n".join(
+    headers = ["images", "seconds", "images/s", "RSS start MiB", "RSS end MiB", "RSS growth"]
+    headers += ["peak RSS start MiB", "peak RSS end MiB", "peak growth"]
+    row = [args.images, f"{seconds:.1f}", f"{args.images / seconds:.1f}", f"{start[0]:.0f}", f"{end[0]:.0f}"]
+    row += [growth(start[0], end[0]), f"{start[1]:.0f}", f"{end[1]:.0f}", growth(start[1], end[1])]
+    return section(
+        "Soak",
+        machine_description(threads),
+        f"; `flowad.api.predict` over {args.images} inputs in one process ({unique} distinct {IMAGE_SIZE} px files "
+        f"listed repeatedly), memory after a warm-up of {args.warmup} images and at the end.",
         [
-            f"### Soak, {date.today()}: {machine()}",
             "",
-            f"Command: `python benchmarks/soak.py {' '.join(sys.argv[1:])}`; `flowad.api.predict` over "
-            f"{args.images} inputs in one process ({unique} distinct 64 px files listed repeatedly), "
-            f"memory after a warm-up of {args.warmup} images and at the end.",
-            "",
-            "| images | seconds | images/s | RSS start MiB | RSS end MiB | RSS growth | "
-            "peak RSS start MiB | peak RSS end MiB | peak growth |",
-            "|---|---|---|---|---|---|---|---|---|",
-            f"| {args.images} | {seconds:.1f} | {args.images / seconds:.1f} | {start[0]:.0f} | {end[0]:.0f} | "
-            f"{growth(start[0], end[0])} | {start[1]:.0f} | {end[1]:.0f} | {growth(start[1], end[1])} |",
+            *markdown_table(headers, [row]),
             "",
             f"Target (no growth beyond {TARGET_GROWTH:.0f} %): {verdict}.",
-            "",
-        ]
+        ],
     )
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--images", type=int, default=10_000, help="input entries to predict (default 10000)")
-    parser.add_argument("--unique", type=int, default=200, help="distinct image files behind them (default 200)")
-    parser.add_argument("--warmup", type=int, default=50, help="images of the warm-up call (default 50)")
+    parser = script_parser(__doc__)
+    parser.add_argument("--images", type=positive_int, default=10_000, help="input entries to predict")
+    parser.add_argument("--unique", type=positive_int, default=200, help="distinct image files behind them")
+    parser.add_argument("--warmup", type=positive_int, default=50, help="images of the warm-up call")
     parser.add_argument("--run", type=Path, help="run directory to use (default: train a tiny one)")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
-    parser.add_argument("--append", help="append the Markdown block to this file")
+    add_threads_argument(parser, default=1)
+    add_append_argument(parser)
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+    threads = set_threads(args.threads)
+    unique = min(args.unique, args.images)
     with tempfile.TemporaryDirectory(prefix="flowad-soak-") as tmp:
         work = Path(tmp)
-        run = args.run or train_tiny_run(work)
-        inputs = input_list(work, min(args.unique, args.images), args.images)
+        run = args.run or train_tiny_run(work, IMAGE_SIZE)
+        inputs = input_list(demo_images(work / "pool", unique, IMAGE_SIZE), args.images)
         api.predict(run, inputs[: args.warmup], work / "warmup", quiet=True)
         start = memory()
         t0 = time.perf_counter()
@@ -129,8 +122,7 @@ def main() -> None:
         end = memory()
     if len(records) != args.images:
         sys.exit(f"predict scored {len(records)} of {args.images} images")
-    text = report(args, min(args.unique, args.images), seconds, start, end)
-    publish(text, args.append)
+    publish(report(args, threads, unique, seconds, start, end), args.append)
 
 
 if __name__ == "__main__":

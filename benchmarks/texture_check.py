@@ -1,23 +1,34 @@
-"""Input statistics on real textures: each model with the weights' own and with ImageNet's, side by side.
+"""On real textures, which input statistics serve each model better: the weights' own or ImageNet's?
 
-    python benchmarks/texture_check.py runs/textures --models fastflow cflow --append benchmarks/RESULTS.md
+    python benchmarks/texture_check.py --out runs/textures --models fastflow cflow --append benchmarks/RESULTS.md
+    python benchmarks/texture_check.py runs/textures --models fastflow cflow   # OUT positionally, as before
 
 Writes an MVTec-layout data set from scikit-image's photographs of brick, grass and gravel (real texture,
 real variation): 160 px crops resized to 256, training crops from the top two thirds of the photograph,
 test crops from the bottom third, horizontal flips. Half the test crops get one planted defect, with its
 mask: a darker soft ellipse ("stain", intensity x 0.75-0.85), a thin line ("scratch", +-40 grey levels)
 or a square of another photograph ("patch"). Then trains and tests every model with
-``input_statistics`` "weights" and "imagenet" (the demo's presets otherwise) and prints one row each.
+``input_statistics`` "weights" and "imagenet" (the demo's presets otherwise) and prints one row each. The data
+set is written once and reused by later calls with the same ``--out``.
 """
 
 from __future__ import annotations
 
-import argparse
-from datetime import date
 from pathlib import Path
 
 import numpy as np
-import torch
+from _harness import (
+    add_append_argument,
+    add_models_argument,
+    machine_description,
+    markdown_table,
+    parse_run_arguments,
+    publish,
+    run_argument_parser,
+    run_metrics,
+    section,
+    train_run,
+)
 from PIL import Image
 
 TEXTURES = ("brick", "grass", "gravel")
@@ -85,49 +96,37 @@ def write_data(root: Path, seed: int = 0) -> None:
 
 
 def main() -> None:
-    from flowad import api
     from flowad.cli import DEMO_PRESETS
-    from flowad.engine import EngineSettings
 
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("out", type=Path, help="folder for the data set and the runs")
-    parser.add_argument("--models", nargs="+", default=["fastflow", "cflow", "uflow"])
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--append", help="append the Markdown table to this file")
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+    parser = run_argument_parser(__doc__, ("out",), device="cpu", helps={"out": "folder for the data set and the runs"})
+    add_models_argument(parser)
+    add_append_argument(parser)
+    args = parse_run_arguments(parser, ("out",))
     data = args.out / "data"
     if not (data / TEXTURES[-1] / "ground_truth").is_dir():
         write_data(data)
-    settings = EngineSettings(quiet=True, device="cpu")
     rows = []
     for model in args.models:
         for texture in TEXTURES:
             cells = {}
             for stats in ("weights", "imagenet"):
                 options = {**DEMO_PRESETS.get(model, {}), "input_statistics": stats}
-                out = args.out / model / f"{texture}_{stats}"
-                run = api.train(model, data, out, category=texture, force=True, settings=settings, **options)
-                result = api.test(run, settings=settings, write=False)
+                run = train_run(args.out / model / f"{texture}_{stats}", model, data, texture, options, args.device)
+                result = run_metrics(run, args.device)
                 cells[stats] = " / ".join(f"{result[k]:.3f}" for k in KEYS)
-            rows.append(f"| {model} | {texture} | {cells['weights']} | {cells['imagenet']} |")
-            print(rows[-1], flush=True)
-    text = "\n".join(
+            rows.append([model, texture, cells["weights"], cells["imagenet"]])
+            print(" | ".join(rows[-1]), flush=True)
+    text = section(
+        "Input statistics on real textures",
+        machine_description(args.threads),
+        ".",
         [
-            f"### Input statistics on real textures, {date.today()}",
-            "",
-            f"Command: `python benchmarks/texture_check.py {args.out} --models {' '.join(args.models)}`.",
             "Cells: " + " / ".join(KEYS) + ".",
             "",
-            "| model | texture | weights' own statistics | ImageNet's |",
-            "|---|---|---|---|",
-            *rows,
-        ]
+            *markdown_table(["model", "texture", "weights' own statistics", "ImageNet's"], rows),
+        ],
     )
-    print(text)
-    if args.append:
-        with open(args.append, "a") as f:
-            f.write("\n" + text + "\n")
+    publish(text, args.append)
 
 
 if __name__ == "__main__":

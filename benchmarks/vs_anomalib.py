@@ -1,4 +1,5 @@
-"""flowad against anomalib 2.7, side by side: FastFlow, CFlow and U-Flow on the same data, backbone and settings.
+"""Is flowad faster than anomalib 2.7 at the same work? FastFlow, CFlow and U-Flow side by side on the same data,
+backbone and settings.
 
     python benchmarks/vs_anomalib.py --append benchmarks/RESULTS.md
 
@@ -30,22 +31,32 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
 import time
-from datetime import date
 from pathlib import Path
 
 import numpy as np
+from _harness import (
+    REPOSITORY,
+    add_append_argument,
+    add_comparison_arguments,
+    add_models_argument,
+    check_data_arguments,
+    child_environment,
+    machine_description,
+    markdown_table,
+    positive_int,
+    publish,
+    script_parser,
+    section,
+)
 
-ROOT = Path(__file__).resolve().parent.parent
 HERE = Path(__file__).resolve().parent
 ANOMALIB_VERSION = "2.7.0"
-MODELS = ("fastflow", "cflow", "uflow")
 SIDES = ("flowad", "anomalib")
-# issue targets, flowad / anomalib
+# targets: the ratio flowad / anomalib at most
 TARGET_INFER = 0.5
 TARGET_TRAIN = 0.2
 TARGET_AUPRO = 0.1
@@ -77,24 +88,16 @@ DIFFERENCES = {
 
 
 def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS))
-    parser.add_argument("--category", default="fabric", help="demo data category (fabric or pill)")
+    parser = script_parser(__doc__)
+    add_models_argument(parser)
+    add_comparison_arguments(parser)
     parser.add_argument("--data", help="MVTec-layout root holding --category (default: demo data under --work)")
-    parser.add_argument("--backbone", default="resnet18", help="a name both libraries accept for every model")
-    parser.add_argument("--image-size", type=int, default=256)
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--repeats", type=int, default=3, help="runs per side and model (medians)")
-    parser.add_argument("--rounds", type=int, default=3, help="timed rounds inside each process (medians)")
-    parser.add_argument("--threads", type=int, default=2, help="torch threads in every worker process")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--venv", default=str(ROOT / ".venv-anomalib"), help="anomalib's virtual environment")
-    parser.add_argument("--work", default=str(ROOT / "runs" / "vs_anomalib"), help="data, maps, logs")
-    parser.add_argument("--append", metavar="RESULTS_MD", help="append the results section to this file")
+    parser.add_argument("--repeats", type=positive_int, default=3, help="runs per side and model (medians)")
+    parser.add_argument("--venv", default=str(REPOSITORY / ".venv-anomalib"), help="anomalib's virtual environment")
+    parser.add_argument("--work", default=str(REPOSITORY / "runs" / "vs_anomalib"), help="data, maps, logs")
+    add_append_argument(parser)
     args = parser.parse_args()
-    if args.epochs < 1 or args.repeats < 1 or args.rounds < 1 or args.threads < 1:
-        parser.error("--epochs, --repeats, --rounds and --threads must be at least 1")
+    check_data_arguments(parser, Path(args.data) if args.data else None, args.category)
     for name in ("data", "venv", "work"):  # the workers run from the repository root
         if getattr(args, name):
             setattr(args, name, str(Path(getattr(args, name)).resolve()))
@@ -143,11 +146,8 @@ def ensure_anomalib(venv: Path) -> dict:
 
 
 def ensure_data(args: argparse.Namespace) -> Path:
-    if args.data:
-        root = Path(args.data)
-        if not (root / args.category / "train").is_dir():
-            raise SystemExit(f"{root / args.category / 'train'} not found; expected an MVTec-layout root")
-        return root
+    if args.data:  # checked by parse_args
+        return Path(args.data)
     from flowad.data.synthetic import make_demo_dataset
 
     root = Path(args.work) / "data"
@@ -170,23 +170,6 @@ def ensure_weights(args: argparse.Namespace) -> Path:
     return path
 
 
-def machine() -> str:
-    import torch
-
-    cpu = platform.processor() or "unknown CPU"
-    memory = ""
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
-        with open("/proc/meminfo") as f:
-            kib = next(int(line.split()[1]) for line in f if line.startswith("MemTotal"))
-            memory = f", {kib / 2**20:.0f} GiB"
-    except (OSError, StopIteration, ValueError):
-        pass
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    return f"{cpu}, {os.cpu_count()} cores{memory}, {gpu}, torch {torch.__version__.split('+')[0]}"
-
-
 # --------------------------------------------------------------------------------------------------
 # running the workers
 # --------------------------------------------------------------------------------------------------
@@ -204,10 +187,10 @@ def worker(side: str, task: str, extra: list[str], args: argparse.Namespace, tag
     json_out.unlink(missing_ok=True)
     cmd = [str(python), str(script), task, "--threads", str(args.threads), "--rounds", str(args.rounds)]
     cmd += ["--work", str(work), "--json-out", str(json_out), *extra]
-    threads = str(args.threads)
-    env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "PYTHONWARNINGS": "ignore"}
     with open(log, "w") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+        proc = subprocess.Popen(
+            cmd, stdout=out, stderr=subprocess.STDOUT, env=child_environment(args.threads), cwd=REPOSITORY
+        )
         _, status, usage = os.wait4(proc.pid, 0)  # the child's own rusage: its peak RSS
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0 or not json_out.exists():
@@ -327,26 +310,23 @@ def verdict(ratio: float, target: float, extra_ok: bool = True) -> str:
 
 
 def tables(results: dict[str, dict]) -> str:
-    head = (
-        "| model | side | train s/epoch | total train s | infer b1 ms/img | infer b16 ms/img | peak RSS MiB "
-        "| AUPRO s | image AUROC | pixel AUROC | AUPRO |\n|---|---|---|---|---|---|---|---|---|---|---|\n"
-    )
+    headers = ["model", "side", "train s/epoch", "total train s", "infer b1 ms/img", "infer b16 ms/img"]
+    headers += ["peak RSS MiB", "AUPRO s", "image AUROC", "pixel AUROC", "AUPRO"]
     rows = []
     for model, res in results.items():
         for side in SIDES:
             s = res["sides"][side]
             rows.append(
-                f"| {model} | {side} | {s['epoch_s']:.2f} | {s['train_s']:.1f} | {s['infer_b1_ms']:.1f} "
-                f"| {s['infer_b16_ms']:.1f} | {s['peak_rss_mib']:.0f} | {s['aupro_s']:.3f} | {s['image_auroc']:.3f} "
-                f"| {s['pixel_auroc']:.3f} | {s['aupro']:.3f} |"
+                [model, side, f"{s['epoch_s']:.2f}", f"{s['train_s']:.1f}", f"{s['infer_b1_ms']:.1f}"]
+                + [f"{s['infer_b16_ms']:.1f}", f"{s['peak_rss_mib']:.0f}", f"{s['aupro_s']:.3f}"]
+                + [f"{s['image_auroc']:.3f}", f"{s['pixel_auroc']:.3f}", f"{s['aupro']:.3f}"]
             )
-    first = head + "\n".join(rows)
-    head2 = (
-        f"| model | infer b1 (<= {TARGET_INFER}x) | infer b16 (<= {TARGET_INFER}x) "
-        f"| time to final quality (<= {TARGET_TRAIN}x) | per epoch | AUPRO time (<= {TARGET_AUPRO}x, same value "
-        f"to {AUPRO_TOLERANCE:g}) | AUPRO flowad / anomalib on flowad's maps; on anomalib's maps "
-        "| backbone alone b1 / b16 ms/img (/ anomalib's inference) |\n|---|---|---|---|---|---|---|---|\n"
-    )
+    sides = markdown_table(headers, rows)
+    headers = ["model", f"infer b1 (<= {TARGET_INFER}x)", f"infer b16 (<= {TARGET_INFER}x)"]
+    headers += [f"time to final quality (<= {TARGET_TRAIN}x)", "per epoch"]
+    headers += [f"AUPRO time (<= {TARGET_AUPRO}x, same value to {AUPRO_TOLERANCE:g})"]
+    headers += ["AUPRO flowad / anomalib on flowad's maps; on anomalib's maps"]
+    headers += ["backbone alone b1 / b16 ms/img (/ anomalib's inference)"]
     rows = []
     for model, res in results.items():
         r = res["ratios"]
@@ -355,29 +335,30 @@ def tables(results: dict[str, dict]) -> str:
         b1, b16 = res["sides"]["flowad"]["backbone_b1_ms"], res["sides"]["flowad"]["backbone_b16_ms"]
         a1, a16 = res["sides"]["anomalib"]["infer_b1_ms"], res["sides"]["anomalib"]["infer_b16_ms"]
         rows.append(
-            f"| {model} | {verdict(r['infer_b1'], TARGET_INFER)} | {verdict(r['infer_b16'], TARGET_INFER)} "
-            f"| {verdict(r['train'], TARGET_TRAIN)} | {r['epoch']:.2f}x "
-            f"| {verdict(r['aupro'], TARGET_AUPRO, agree)}, max diff {res['aupro_diff']:.1e} "
-            f"| {ours[0]:.4f} / {theirs[0]:.4f}; {ours[1]:.4f} / {theirs[1]:.4f} "
-            f"| {b1:.1f} / {b16:.1f} ({b1 / a1:.2f}x / {b16 / a16:.2f}x) |"
+            [
+                model,
+                verdict(r["infer_b1"], TARGET_INFER),
+                verdict(r["infer_b16"], TARGET_INFER),
+                verdict(r["train"], TARGET_TRAIN),
+                f"{r['epoch']:.2f}x",
+                f"{verdict(r['aupro'], TARGET_AUPRO, agree)}, max diff {res['aupro_diff']:.1e}",
+                f"{ours[0]:.4f} / {theirs[0]:.4f}; {ours[1]:.4f} / {theirs[1]:.4f}",
+                f"{b1:.1f} / {b16:.1f} ({b1 / a1:.2f}x / {b16 / a16:.2f}x)",
+            ]
         )
-    return first + "\n\n" + head2 + "\n".join(rows)
+    return "\n".join([*sides, "", *markdown_table(headers, rows)])
 
 
 def flowad_revision() -> str:
     """The commit flowad's side ran, and whether src/ had changes on top of it."""
     try:
-        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT)
-        dirty = subprocess.run(["git", "status", "--porcelain", "src"], capture_output=True, text=True, cwd=ROOT)
+        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=REPOSITORY)
+        dirty = subprocess.run(["git", "status", "--porcelain", "src"], capture_output=True, text=True, cwd=REPOSITORY)
     except OSError:
         return "unknown revision"
     if sha.returncode != 0:
         return "unknown revision"
     return f"git {sha.stdout.strip()}" + (" with local changes in src/" if dirty.stdout.strip() else "")
-
-
-def command_line() -> str:
-    return "python " + " ".join([os.path.relpath(__file__, ROOT), *sys.argv[1:]])
 
 
 def main() -> None:
@@ -400,20 +381,21 @@ def main() -> None:
     print("\n" + table)
     print(f"\n{minutes:.1f} min; load average (1 min) {load_before[0]:.2f} before, {load_after[0]:.2f} after")
     if args.append:
-        section = report(args, found, table, minutes, load_before, load_after, results)
-        with open(args.append, "a") as f:
-            f.write("\n" + section)
-        print(f"appended to {args.append}")
+        publish(report(args, found, table, minutes, load_before, load_after, results), args.append)
 
 
-def report(args, found, table, minutes, load_before, load_after, results) -> str:
+def report(
+    args: argparse.Namespace,
+    found: dict,
+    table: str,
+    minutes: float,
+    load_before: tuple[float, ...],
+    load_after: tuple[float, ...],
+    results: dict[str, dict],
+) -> str:
     epochs = "epochs 2..E" if args.epochs > 1 else "the only epoch"
     images = next(iter(results.values()))["images"]
-    threads = f"{args.threads} thread" + ("s" if args.threads > 1 else "")
     lines = [
-        f"### flowad vs anomalib {found['anomalib']}, {date.today().isoformat()}: {machine()}, {threads}",
-        "",
-        f"Command: `{command_line()}` (flowad at {flowad_revision()})",
         "",
         f"- **Random backbone weights on both sides**: no pretrained weights for anomalib's backbone names can "
         f"be downloaded here, so both sides load the same randomly initialised `{args.backbone}` (timm's "
@@ -438,9 +420,9 @@ def report(args, found, table, minutes, load_before, load_after, results) -> str
         "",
         "Settings given to both sides: " + "; ".join(f"{m}: {SETTINGS[m]}" for m in results) + ".",
         "Not identical: " + "; ".join(f"{m}: {DIFFERENCES[m]}" for m in results) + ".",
-        "",
     ]
-    return "\n".join(lines)
+    title = f"flowad vs anomalib {found['anomalib']}"
+    return section(title, machine_description(args.threads), f" (flowad at {flowad_revision()})", lines)
 
 
 if __name__ == "__main__":
