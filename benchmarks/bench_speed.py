@@ -94,7 +94,7 @@ def bench_model(name: str, image_size: int, train_images: int, repeats: int) -> 
                     features = model.extract(data[idx])
             else:
                 features = [f[idx] for f in cache]
-            for batch in model.training_batches(features, len(idx), generator):
+            for batch in model.training_batches(features, generator):
                 loss = model.training_loss(batch)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()

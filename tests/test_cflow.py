@@ -114,7 +114,7 @@ def test_positional_encoding_matches_the_formula() -> None:
         positional_encoding_2d(6, 2, 2)
 
 
-def test_training_batches_cover_every_fiber_once_per_layer(model: CFlow) -> None:
+def test_training_batches_cover_every_fiber_of_the_image_batch_once_per_layer(model: CFlow) -> None:
     model.config.fiber_batch_size = 7
     try:
         shapes = [(40, 5, 4), (112, 3, 2)]  # (C, H, W) per layer, C as the decoders expect
@@ -123,7 +123,7 @@ def test_training_batches_cover_every_fiber_once_per_layer(model: CFlow) -> None
             f = torch.zeros(5, c, h, w)
             f[:, 0] = torch.arange(5 * h * w, dtype=torch.float32).view(5, h, w)
             features.append(f)
-        batches = list(model.training_batches(features, 32, torch.Generator().manual_seed(0)))
+        batches = list(model.training_batches(features, torch.Generator().manual_seed(0)))
     finally:
         model.config.fiber_batch_size = 64
     for layer, (_, h, w) in enumerate(shapes):
@@ -138,6 +138,15 @@ def test_training_batches_cover_every_fiber_once_per_layer(model: CFlow) -> None
         assert torch.equal(torch.cat([cond for _, cond in mine]), pe[:, pos // w, pos % w].t())
     loss = model.training_loss(batches[0])
     assert loss.ndim == 0 and torch.isfinite(loss)
+
+
+def test_fewer_fibers_than_one_fiber_batch_is_reported_with_the_numbers(model: CFlow) -> None:
+    # at 64 px the stages at strides 8, 16, 32 are 8x8, 4x4, 2x2: 2 images give 128, 32 and 8 fibers
+    assert model.training_warnings(100) == []  # batches of 32 images: 128 fibers at stride 32
+    (message,) = model.training_warnings(2)
+    assert "fiber_batch_size=64" in message and "2 images" in message
+    assert "32 at stride 16 (2 x 4 x 4)" in message and "8 at stride 32 (2 x 2 x 2)" in message
+    assert "stride 8" not in message and "--fiber-batch-size" in message
 
 
 def test_calibrated_constants_survive_a_checkpoint(model: CFlow, tmp_path: Path) -> None:
@@ -178,9 +187,10 @@ def test_train_and_test_through_the_cli(tmp_path: Path, capsys) -> None:
     )
     out = tmp_path / "run"
     tiny = ["--image-size", str(SIZE), "--epochs", "1", "--batch-size", "4", "--quiet"]
-    assert (
-        main(["train", "--model", "cflow", "--data", str(data), "--category", "fabric", "--out", str(out), *tiny]) == 0
-    )
+    args = ["train", "--model", "cflow", "--data", str(data), "--category", "fabric", "--out", str(out), *tiny]
+    with pytest.warns(UserWarning, match=r"16 at stride 32 \(4 x 2 x 2\)"):  # 4 images of 2x2 fibers < 64
+        assert main(args) == 0
+    assert "fewer fibers than one fiber batch (fiber_batch_size=64)" in (out / "flowad.log").read_text()
     config = json.loads((out / "config.json").read_text())
     assert config["model"] == "cflow" and config["model_config"]["strides"] == [8, 16, 32]
     assert main(["test", "--run", str(out), "--quiet"]) == 0

@@ -14,6 +14,7 @@ import dataclasses
 import logging
 import math
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -42,7 +43,8 @@ class EngineSettings:
     device: str = "auto"
     cache: str = "auto"  # "auto": cache when it fits cache_limit_gb; "on"; "off" (stream)
     cache_limit_gb: float = 4.0
-    inference_batch_size: int = 1  # on the CPU batch 1 is the fastest per image
+    # images per encoder call (scoring, filling the feature cache, streaming); on the CPU 1 is the fastest per image
+    inference_batch_size: int = 1
     num_workers: int = 0
     quiet: bool = False
     dist_timeout: float = distributed.DEFAULT_TIMEOUT  # torchrun jobs: seconds to wait for the others in a step
@@ -117,34 +119,44 @@ def extract_features(
 
 
 class _StreamedFeatures:
-    """Stands in for the cache when it does not fit: computes the features of a batch on demand."""
+    """Stands in for the cache when it does not fit: computes the features of a batch on demand.
 
-    def __init__(self, model: AnomalyModel, dataset: Dataset, device: torch.device) -> None:
-        self.model, self.dataset, self.device = model, dataset, device
+    The encoder sees ``chunk`` images at a time, as when the cache is filled: its float rounding can
+    depend on how many images a call holds, and at the default (1) the features are then bit for bit
+    those of the cache (with larger chunks they agree to rounding).
+    """
+
+    def __init__(self, model: AnomalyModel, dataset: Dataset, device: torch.device, chunk: int) -> None:
+        self.model, self.dataset, self.device, self.chunk = model, dataset, device, chunk
         self.shape0 = len(dataset)
 
     @torch.no_grad()
     def take(self, idx: torch.Tensor) -> list[torch.Tensor]:
-        images = torch.stack([self.dataset[int(i)]["image"] for i in idx]).to(self.device)
-        return self.model.extract(images)
+        parts = []
+        for ids in idx.split(self.chunk):
+            images = torch.stack([self.dataset[int(i)]["image"] for i in ids]).to(self.device)
+            parts.append(self.model.extract(images))
+        return [torch.cat(scale) for scale in zip(*parts, strict=True)]
 
 
-def _epoch_batches(
-    model: AnomalyModel, cache: list[torch.Tensor] | _StreamedFeatures, generator: torch.Generator
-) -> Iterator[list[torch.Tensor]]:
-    if isinstance(cache, list):
-        yield from model.training_batches(cache, model.config.batch_size, generator)
-        return
-    # streaming: the same shuffled image order as the cached path, features made per batch
-    order = torch.randperm(cache.shape0, generator=generator)
-    for start in range(0, len(order), model.config.batch_size):
-        features = cache.take(order[start : start + model.config.batch_size])
-        # the model may regroup features (fibers); it shuffles within the batch with the same generator
-        yield from model.training_batches(features, features[0].shape[0], generator)
+FeatureSource = list[torch.Tensor] | _StreamedFeatures
+
+
+def _image_batches(n_images: int, batch_size: int, generator: torch.Generator) -> Iterator[torch.Tensor]:
+    """One epoch's image indices: one shuffled order (one draw from ``generator``), cut into batches."""
+    order = torch.randperm(n_images, generator=generator)
+    return iter(order.split(batch_size))
+
+
+def _epoch_batches(model: AnomalyModel, source: FeatureSource, generator: torch.Generator) -> Iterator[Any]:
+    """One epoch of training batches. Cached or streamed, ``source`` gives the same features, and these are
+    the only draws from ``generator`` besides the model's own per image batch, so both paths train alike."""
+    for idx in _image_batches(_length(source), model.config.batch_size, generator):
+        yield from model.training_batches(_take(source, idx), generator)
 
 
 def _steps(
-    model: AnomalyModel, source: list[torch.Tensor] | _StreamedFeatures, generator: torch.Generator, n_images: int
+    model: AnomalyModel, source: FeatureSource, generator: torch.Generator, n_images: int
 ) -> Iterator[tuple[Any, float]]:
     """One epoch of optimiser steps: (this process's batch, or None when it has no part, and its share of the step).
 
@@ -158,7 +170,7 @@ def _steps(
         return
     if model.image_batches:
         # every process draws the global batches of a one-process run, and keeps its own images of each
-        for (ids,) in model.training_batches([torch.arange(n_images)], model.config.batch_size, generator):
+        for ids in _image_batches(n_images, model.config.batch_size, generator):
             rows = ids[ids % world == rank] // world
             yield (_take(source, rows) if len(rows) else None), len(rows) / len(ids)
         return
@@ -174,7 +186,11 @@ def _steps(
         yield batch, (1 / active if batch is not None else 0.0)
 
 
-def _take(source: list[torch.Tensor] | _StreamedFeatures, rows: torch.Tensor) -> list[torch.Tensor]:
+def _length(source: FeatureSource) -> int:
+    return source[0].shape[0] if isinstance(source, list) else source.shape0
+
+
+def _take(source: FeatureSource, rows: torch.Tensor) -> list[torch.Tensor]:
     return [f[rows] for f in source] if isinstance(source, list) else source.take(rows)
 
 
@@ -252,15 +268,18 @@ def _train(model, train_set, settings, device, state_dir, resume, validate) -> d
     save_dir = state_dir if distributed.is_main() else None
     settings = settings if distributed.is_main() else dataclasses.replace(settings, quiet=True)
 
+    for message in model.training_warnings(len(images)):
+        warnings.warn(message, stacklevel=3)  # on stderr for the person at the command line
+        logger.warning(message)  # and in the run's log
     needed = feature_cache_bytes(model, len(images))
     use_cache = settings.cache == "on" or (settings.cache == "auto" and needed <= settings.cache_limit_gb * 2**30)
     log.update(cache=use_cache, cache_bytes=needed)
     start = time.perf_counter()
     cache = extract_features(model, images, settings, device) if use_cache else None
     log["feature_seconds"] = time.perf_counter() - start
-    source = cache if cache is not None else _StreamedFeatures(model, images, device)
+    source = cache if cache is not None else _StreamedFeatures(model, images, device, settings.inference_batch_size)
     # calibration needs every training image: a data-parallel run streams them (only models that calibrate read)
-    everything = _StreamedFeatures(model, train_set, device) if parallel else source
+    everything = _StreamedFeatures(model, train_set, device, settings.inference_batch_size) if parallel else source
     step_loss = distributed.DataParallelLoss(model, model.image_batches) if parallel else _plain_loss(model)
 
     model.train()
@@ -357,11 +376,9 @@ def _back_to_last_good(log, model, state_dir, optimizer, scheduler, generator) -
     log.update(kept, diverged=diverged)
 
 
-def _calibration_batches(
-    model: AnomalyModel, source: list[torch.Tensor] | _StreamedFeatures
-) -> Iterator[list[torch.Tensor]]:
+def _calibration_batches(model: AnomalyModel, source: FeatureSource) -> Iterator[list[torch.Tensor]]:
     """The training features in image batches, in order, for ``AnomalyModel.calibrate``."""
-    n = source[0].shape[0] if isinstance(source, list) else source.shape0
+    n = _length(source)
     for start in range(0, n, model.config.batch_size):
         idx = torch.arange(start, min(start + model.config.batch_size, n))
         yield _take(source, idx)
