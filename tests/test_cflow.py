@@ -4,6 +4,7 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -84,6 +85,37 @@ def test_a_score_does_not_depend_on_the_batch(model: CFlow) -> None:
     assert (alone_map[0] - batch_maps[3]).abs().max() < 1e-5
     assert abs(alone_score.item() - batch_scores[3].item()) < 1e-5
     assert batch_scores.std() > 0  # the maps are not trivially constant
+
+
+def _upsample_corners_aligned(grid: np.ndarray, size: int) -> np.ndarray:
+    """Bilinear upsampling of an (h, w) grid to (size, size) that puts the grid's corners on the output's
+    corners: output pixel i samples the grid at i * (h - 1) / (size - 1), written out by hand."""
+    h, w = grid.shape
+    out = np.empty((size, size))
+    for i in range(size):
+        y = i * (h - 1) / (size - 1)
+        y0 = min(int(y), h - 2)
+        for j in range(size):
+            x = j * (w - 1) / (size - 1)
+            x0 = min(int(x), w - 2)
+            fy, fx = y - y0, x - x0
+            top = grid[y0, x0] * (1 - fx) + grid[y0, x0 + 1] * fx
+            bottom = grid[y0 + 1, x0] * (1 - fx) + grid[y0 + 1, x0 + 1] * fx
+            out[i, j] = top * (1 - fy) + bottom * fy
+    return out
+
+
+def test_map_upsamples_each_layer_with_corners_aligned_as_the_reference(model: CFlow) -> None:
+    with torch.inference_mode():
+        latents = model.latents(torch.randn(1, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(7)))
+        produced = model.anomaly_map(latents)[0].double().numpy()
+    total = np.zeros((SIZE, SIZE))
+    for layer, (z, log_det) in enumerate(zip(latents, latents.log_det, strict=True)):
+        lp = log_likelihood(z, log_det)[0].double().numpy()
+        total += _upsample_corners_aligned(np.exp(lp - model.max_log_likelihood[layer].item()), SIZE)
+    expected = model.max_score.item() - total
+    assert np.abs(produced - expected).max() < 1e-6 * np.abs(total).max()  # float32 rounding of S
+    assert expected[0, 0] != pytest.approx(expected[1, 1])  # the layers' grids are not flat
 
 
 def test_latents_are_z_maps_and_the_map_needs_their_log_dets(model: CFlow) -> None:

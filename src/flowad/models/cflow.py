@@ -9,7 +9,8 @@ maps fibers to N(0, I) latents.
 Per fiber: lp = (C * -0.5 ln 2pi - 0.5 * sum_c z^2 + log|det|) / C (the log-likelihood per channel);
 the loss is -logsigmoid(lp), averaged over a fiber batch, one Adam step per fiber batch.
 
-The map is p_l = exp(lp_l - M_l) per layer, upsampled bilinearly and summed over layers into S, then
+The map is p_l = exp(lp_l - M_l) per layer, upsampled bilinearly (align_corners=True, as the reference:
+the corner fibers sit on the image's corner pixels) and summed over layers into S, then
 map = S_max - S, image score = max of the map. The reference takes both maxima (M_l and S_max) over the
 test batch, so an image's score depends on its batch-mates. Here both are constants of the model, set by
 ``calibrate`` from the training images after training and saved with the checkpoint:
@@ -193,7 +194,8 @@ class CFlow(AnomalyModel):
         total = 0
         for layer, lp in enumerate(log_likelihoods):
             p = torch.exp(lp - self.max_log_likelihood[layer])[:, None]
-            total = total + F.interpolate(p, size=self.image_size, mode="bilinear", align_corners=False)
+            # as the reference: align_corners=True puts the corner fibers exactly on the image's corner pixels
+            total = total + F.interpolate(p, size=self.image_size, mode="bilinear", align_corners=True)
         return total[:, 0]
 
     def anomaly_map(self, latents: FlowLatents) -> torch.Tensor:
