@@ -89,9 +89,10 @@ def bench_model(name: str, image_size: int, train_images: int, repeats: int) -> 
         order = torch.randperm(train_images, generator=generator)
         for start in range(0, train_images, model.config.batch_size):
             idx = order[start : start + model.config.batch_size]
-            if streaming:
+            if streaming:  # one image per encoder call, as the engine streams by default
                 with torch.no_grad():
-                    features = model.extract(data[idx])
+                    per_image = [model.extract(data[i : i + 1]) for i in idx]
+                    features = [torch.cat(parts) for parts in zip(*per_image, strict=True)]
             else:
                 features = [f[idx] for f in cache]
             for batch in model.training_batches(features, generator):
