@@ -75,9 +75,9 @@ SETTINGS = {
 DIFFERENCES = {
     "fastflow": "the map is 1 - mean p in flowad, -mean p in anomalib (the same ranking)",
     "cflow": "anomalib normalises each test batch's likelihoods by that batch's maxima (maps depend on their "
-    "batch-mates; test batches of 32) and upsamples with align_corners=True; flowad uses constants calibrated on "
-    "the training images and align_corners=False. anomalib shuffles fibers within each batch of 32 images, flowad "
-    "over all training images (the same number of Adam steps per epoch)",
+    "batch-mates; test batches of 32); flowad uses constants calibrated on the training images. Both shuffle "
+    "fibers within each image batch; anomalib drops the fibers that do not fill a last fiber batch, flowad keeps "
+    "them (one more Adam step per layer and image batch at most)",
     "uflow": "anomalib moves channels between scales with FrEIA's IRevNetUpsampling, flowad with pixel_shuffle "
     "(both invertible, log|det| = 0, a different channel order). anomalib's U-Flow gets an explicit pre-processor "
     "(resize to the input size, ImageNet normalisation: its default resizes to 448 whatever the backbone), and "

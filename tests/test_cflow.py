@@ -4,6 +4,7 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -87,6 +88,37 @@ def test_a_score_does_not_depend_on_the_batch(model: CFlow) -> None:
     assert batch_scores.std() > 0  # the maps are not trivially constant
 
 
+def _upsample_corners_aligned(grid: np.ndarray, size: int) -> np.ndarray:
+    """Bilinear upsampling of an (h, w) grid to (size, size) that puts the grid's corners on the output's
+    corners: output pixel i samples the grid at i * (h - 1) / (size - 1), written out by hand."""
+    h, w = grid.shape
+    out = np.empty((size, size))
+    for i in range(size):
+        y = i * (h - 1) / (size - 1)
+        y0 = min(int(y), h - 2)
+        for j in range(size):
+            x = j * (w - 1) / (size - 1)
+            x0 = min(int(x), w - 2)
+            fy, fx = y - y0, x - x0
+            top = grid[y0, x0] * (1 - fx) + grid[y0, x0 + 1] * fx
+            bottom = grid[y0 + 1, x0] * (1 - fx) + grid[y0 + 1, x0 + 1] * fx
+            out[i, j] = top * (1 - fy) + bottom * fy
+    return out
+
+
+def test_map_upsamples_each_layer_with_corners_aligned_as_the_reference(model: CFlow) -> None:
+    with torch.inference_mode():
+        latents = model.latents(torch.randn(1, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(7)))
+        produced = model.anomaly_map(latents)[0].double().numpy()
+    total = np.zeros((SIZE, SIZE))
+    for layer, (z, log_det) in enumerate(zip(latents, latents.log_det, strict=True)):
+        lp = log_likelihood(z, log_det)[0].double().numpy()
+        total += _upsample_corners_aligned(np.exp(lp - model.max_log_likelihood[layer].item()), SIZE)
+    expected = model.max_score.item() - total
+    assert np.abs(produced - expected).max() < 1e-6 * np.abs(total).max()  # float32 rounding of S
+    assert expected[0, 0] != pytest.approx(expected[1, 1])  # the layers' grids are not flat
+
+
 def test_latents_are_z_maps_and_the_map_needs_their_log_dets(model: CFlow) -> None:
     with torch.inference_mode():
         z = model.latents(torch.randn(2, 3, SIZE, SIZE))
@@ -115,7 +147,7 @@ def test_positional_encoding_matches_the_formula() -> None:
         positional_encoding_2d(6, 2, 2)
 
 
-def test_training_batches_cover_every_fiber_once_per_layer(model: CFlow) -> None:
+def test_training_batches_cover_every_fiber_of_the_image_batch_once_per_layer(model: CFlow) -> None:
     model.config.fiber_batch_size = 7
     try:
         shapes = [(40, 5, 4), (112, 3, 2)]  # (C, H, W) per layer, C as the decoders expect
@@ -124,7 +156,7 @@ def test_training_batches_cover_every_fiber_once_per_layer(model: CFlow) -> None
             f = torch.zeros(5, c, h, w)
             f[:, 0] = torch.arange(5 * h * w, dtype=torch.float32).view(5, h, w)
             features.append(f)
-        batches = list(model.training_batches(features, 32, torch.Generator().manual_seed(0)))
+        batches = list(model.training_batches(features, torch.Generator().manual_seed(0)))
     finally:
         model.config.fiber_batch_size = 64
     for layer, (_, h, w) in enumerate(shapes):
@@ -139,6 +171,15 @@ def test_training_batches_cover_every_fiber_once_per_layer(model: CFlow) -> None
         assert torch.equal(torch.cat([cond for _, cond in mine]), pe[:, pos // w, pos % w].t())
     loss = model.training_loss(batches[0])
     assert loss.ndim == 0 and torch.isfinite(loss)
+
+
+def test_fewer_fibers_than_one_fiber_batch_is_reported_with_the_numbers(model: CFlow) -> None:
+    # at 64 px the stages at strides 8, 16, 32 are 8x8, 4x4, 2x2: 2 images give 128, 32 and 8 fibers
+    assert model.training_warnings(100) == []  # batches of 32 images: 128 fibers at stride 32
+    (message,) = model.training_warnings(2)
+    assert "fiber_batch_size=64" in message and "2 images" in message
+    assert "32 at stride 16 (2 x 4 x 4)" in message and "8 at stride 32 (2 x 2 x 2)" in message
+    assert "stride 8" not in message and "--fiber-batch-size" in message
 
 
 def test_calibrated_constants_survive_a_checkpoint(model: CFlow, tmp_path: Path) -> None:
@@ -179,9 +220,10 @@ def test_train_and_test_through_the_cli(tmp_path: Path, capsys) -> None:
     )
     out = tmp_path / "run"
     tiny = ["--image-size", str(SIZE), "--epochs", "1", "--batch-size", "4", "--quiet"]
-    assert (
-        main(["train", "--model", "cflow", "--data", str(data), "--category", "fabric", "--out", str(out), *tiny]) == 0
-    )
+    args = ["train", "--model", "cflow", "--data", str(data), "--category", "fabric", "--out", str(out), *tiny]
+    with pytest.warns(UserWarning, match=r"16 at stride 32 \(4 x 2 x 2\)"):  # 4 images of 2x2 fibers < 64
+        assert main(args) == 0
+    assert "fewer fibers than one fiber batch (fiber_batch_size=64)" in (out / "flowad.log").read_text()
     config = json.loads((out / "config.json").read_text())
     assert config["model"] == "cflow" and config["model_config"]["strides"] == [8, 16, 32]
     assert main(["test", "--run", str(out), "--quiet"]) == 0

@@ -104,6 +104,17 @@ def test_order_of_scales_does_not_matter_and_windows_follow_resolution() -> None
     assert torch.allclose(log_nfa(latents, (64, 64)), log_nfa(latents, (64, 64), high_precision=True), atol=1e-9)
 
 
+def test_upsampling_stays_within_the_range_of_the_window_tests() -> None:
+    # bilinear upsampling of one scale gives weighted means of its windows' values: at the latent's own
+    # resolution log NFA is exactly the windows' tests, at the image size it may not leave their range
+    # (bicubic, the reference's choice, overshoots both ends at the planted square's edges)
+    for z in _plant(_noise(2, seed=10), shift=2.0):
+        windows = log_nfa([z], tuple(z.shape[-2:]))
+        upsampled = log_nfa([z], SIZE)
+        assert windows.min() <= upsampled.min() and upsampled.max() <= windows.max()
+        assert upsampled.max() <= math.log10(z.shape[-2] * z.shape[-1])  # log10 P <= 0: no probability above 1
+
+
 def test_one_scale_by_hand() -> None:
     # one 1-channel 3x3 latent, window 3 (half 1), threshold 0.5: a hand count at the centre and a corner
     z = torch.zeros(1, 1, 3, 3)

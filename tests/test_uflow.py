@@ -2,6 +2,7 @@
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -131,6 +132,35 @@ def _small_cait(monkeypatch) -> None:
     monkeypatch.setattr(backbones, "create_timm_model", small)
 
 
+def _bicubic_corners_aligned(images: np.ndarray, size: int) -> np.ndarray:
+    """(..., H, W) -> (..., size, size), written out by hand: output pixel i samples the input at
+    i * (H - 1) / (size - 1) with Keys' cubic convolution (a = -0.75), indices clamped at the border."""
+    a = -0.75
+
+    def weights(t: float) -> list[float]:
+        def kernel(x: float) -> float:
+            x = abs(x)
+            if x <= 1:
+                return (a + 2) * x**3 - (a + 3) * x**2 + 1
+            return a * x**3 - 5 * a * x**2 + 8 * a * x - 4 * a if x < 2 else 0.0
+
+        return [kernel(t + 1), kernel(t), kernel(1 - t), kernel(2 - t)]
+
+    def along(x: np.ndarray, axis: int) -> np.ndarray:
+        n = x.shape[axis]
+        rows = []
+        for i in range(size):
+            position = i * (n - 1) / (size - 1)
+            left = int(np.floor(position))
+            taps = [min(max(left + k, 0), n - 1) for k in (-1, 0, 1, 2)]
+            rows.append(
+                sum(w * np.take(x, tap, axis=axis) for w, tap in zip(weights(position - left), taps, strict=True))
+            )
+        return np.stack(rows, axis=axis)
+
+    return along(along(images, -2), -1)
+
+
 def test_mscait_encoder_with_small_stand_ins(monkeypatch, tmp_path: Path) -> None:
     _small_cait(monkeypatch)
     torch.manual_seed(0)
@@ -143,9 +173,9 @@ def test_mscait_encoder_with_small_stand_ins(monkeypatch, tmp_path: Path) -> Non
     assert encoder.feature_shapes((64, 64)) == [(192, 4, 4), (192, 2, 2)]
     assert encoder.mean == (0.485, 0.456, 0.406)
     assert not any(p.requires_grad for p in encoder.parameters())
-    # the coarse scale is the small model on the resized image
-    resized = torch.nn.functional.interpolate(images, size=(32, 32), mode="bilinear", align_corners=False)
-    assert torch.allclose(features[1], encoder.small(resized)[0])
+    # the coarse scale is the small model on the image resized as the reference does (bicubic, corners aligned)
+    resized = torch.from_numpy(_bicubic_corners_aligned(images.double().numpy(), 32)).float()
+    assert torch.allclose(features[1], encoder.small(resized)[0], atol=1e-4)
 
     from safetensors.torch import save_file
 

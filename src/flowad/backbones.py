@@ -238,9 +238,9 @@ class MSCaiTEncoder(Encoder):
     """U-Flow's multi-scale CaiT: two frozen ViTs looking at the image at two resolutions.
 
     ``large`` (cait_m48_448, blocks 0..40 + norm) sees the image at its own input size (448) -> 768x28x28;
-    ``small`` (cait_s24_224, blocks 0..20 + norm) sees it resized (bilinear) to its own size (224) ->
-    384x14x14. Outputs are fine first, coarse last, like every encoder. The model names and block counts
-    are arguments only so that tests can use small stand-ins.
+    ``small`` (cait_s24_224, blocks 0..20 + norm) sees it resized to its own size (224; bicubic with
+    align_corners=True, as the reference) -> 384x14x14. Outputs are fine first, coarse last, like every
+    encoder. The model names and block counts are arguments only so that tests can use small stand-ins.
 
     ``weights``: "pretrained" or "random" for both models, or one file (.pth/.safetensors) holding both
     state dicts, each key prefixed by its model's name: ``"cait_m48_448.<key>"``, ``"cait_s24_224.<key>"``.
@@ -279,5 +279,6 @@ class MSCaiTEncoder(Encoder):
         self.freeze()
 
     def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
-        resized = torch.nn.functional.interpolate(images, size=self.small_size, mode="bilinear", align_corners=False)
+        # as the reference's MS-CaiT: bicubic with align_corners=True (the image's corners stay its corners)
+        resized = torch.nn.functional.interpolate(images, size=self.small_size, mode="bicubic", align_corners=True)
         return self.large(images) + self.small(resized)

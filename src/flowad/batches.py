@@ -23,33 +23,40 @@ def feature_cache_bytes(model: AnomalyModel, n_images: int) -> int:
 
 
 class StreamedFeatures:
-    """Stands in for the cache when it does not fit: computes the features of a batch on demand."""
+    """Stands in for the cache when it does not fit: computes the features of a batch on demand.
 
-    def __init__(self, model: AnomalyModel, dataset: Dataset, device: torch.device) -> None:
-        self.model, self.dataset, self.device = model, dataset, device
+    The encoder sees ``chunk`` images at a time, as when the cache is filled: its float rounding can
+    depend on how many images a call holds, and at the default (1) the features are then bit for bit
+    those of the cache (with larger chunks they agree to rounding).
+    """
+
+    def __init__(self, model: AnomalyModel, dataset: Dataset, device: torch.device, chunk: int = 1) -> None:
+        self.model, self.dataset, self.device, self.chunk = model, dataset, device, chunk
         self.shape0 = len(dataset)
 
     @torch.no_grad()
     def take(self, idx: torch.Tensor) -> list[torch.Tensor]:
-        images = torch.stack([self.dataset[int(i)]["image"] for i in idx]).to(self.device)
-        return self.model.extract(images)
+        parts = []
+        for ids in idx.split(self.chunk):
+            images = torch.stack([self.dataset[int(i)]["image"] for i in ids]).to(self.device)
+            parts.append(self.model.extract(images))
+        return [torch.cat(scale) for scale in zip(*parts, strict=True)]
 
 
 FeatureSource = list[torch.Tensor] | StreamedFeatures  # cached features, or features made per batch
 
 
-def _epoch_batches(
-    model: AnomalyModel, cache: FeatureSource, generator: torch.Generator
-) -> Iterator[list[torch.Tensor]]:
-    if isinstance(cache, list):
-        yield from model.training_batches(cache, model.config.batch_size, generator)
-        return
-    # streaming: the same shuffled image order as the cached path, features made per batch
-    order = torch.randperm(cache.shape0, generator=generator)
-    for start in range(0, len(order), model.config.batch_size):
-        features = cache.take(order[start : start + model.config.batch_size])
-        # the model may regroup features (fibers); it shuffles within the batch with the same generator
-        yield from model.training_batches(features, features[0].shape[0], generator)
+def _image_batches(n_images: int, batch_size: int, generator: torch.Generator) -> Iterator[torch.Tensor]:
+    """One epoch's image indices: one shuffled order (one draw from ``generator``), cut into batches."""
+    order = torch.randperm(n_images, generator=generator)
+    return iter(order.split(batch_size))
+
+
+def _epoch_batches(model: AnomalyModel, source: FeatureSource, generator: torch.Generator) -> Iterator[Any]:
+    """One epoch of training batches. Cached or streamed, ``source`` gives the same features, and these are
+    the only draws from ``generator`` besides the model's own per image batch, so both paths train alike."""
+    for idx in _image_batches(_length(source), model.config.batch_size, generator):
+        yield from model.training_batches(_take(source, idx), generator)
 
 
 def epoch_steps(
@@ -67,7 +74,7 @@ def epoch_steps(
         return
     if model.image_batches:
         # every process draws the global batches of a one-process run, and keeps its own images of each
-        for (ids,) in model.training_batches([torch.arange(n_images)], model.config.batch_size, generator):
+        for ids in _image_batches(n_images, model.config.batch_size, generator):
             rows = ids[ids % world == rank] // world
             yield (_take(source, rows) if len(rows) else None), len(rows) / len(ids)
         return
@@ -83,13 +90,17 @@ def epoch_steps(
         yield batch, (1 / active if batch is not None else 0.0)
 
 
+def _length(source: FeatureSource) -> int:
+    return source[0].shape[0] if isinstance(source, list) else source.shape0
+
+
 def _take(source: FeatureSource, rows: torch.Tensor) -> list[torch.Tensor]:
     return [f[rows] for f in source] if isinstance(source, list) else source.take(rows)
 
 
 def calibration_batches(model: AnomalyModel, source: FeatureSource) -> Iterator[list[torch.Tensor]]:
     """The training features in image batches, in order, for ``AnomalyModel.calibrate``."""
-    n = source[0].shape[0] if isinstance(source, list) else source.shape0
+    n = _length(source)
     for start in range(0, n, model.config.batch_size):
         idx = torch.arange(start, min(start + model.config.batch_size, n))
         yield _take(source, idx)

@@ -13,6 +13,7 @@ import contextlib
 import dataclasses
 import math
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -217,13 +218,21 @@ def _feature_sources(
     calibration reads (every training image; a data-parallel run streams them, only models that calibrate read)."""
     parallel = distributed.world_size() > 1
     images = Subset(train_set, distributed.shard(range(len(train_set)))) if parallel else train_set
+    for message in model.training_warnings(len(images)):
+        warnings.warn(message, stacklevel=4)  # on stderr for the person at the command line
+        logger.warning(message)  # and in the run's log
     needed = feature_cache_bytes(model, len(images))
     use_cache = settings.cache == "on" or (settings.cache == "auto" and needed <= settings.cache_limit_gb * 2**30)
     log.update(cache=use_cache, cache_bytes=needed)
     start = time.perf_counter()
-    source = extract_features(model, images, settings, device) if use_cache else StreamedFeatures(model, images, device)
+    chunk = settings.inference_batch_size  # the encoder's images per call, as when the cache is filled
+    source = (
+        extract_features(model, images, settings, device)
+        if use_cache
+        else StreamedFeatures(model, images, device, chunk)
+    )
     log["feature_seconds"] = time.perf_counter() - start
-    return source, (StreamedFeatures(model, train_set, device) if parallel else source)
+    return source, (StreamedFeatures(model, train_set, device, chunk) if parallel else source)
 
 
 def _optimise_epoch(

@@ -17,6 +17,14 @@ position we count such "candidates" in a window and ask how unlikely that many w
   pads by reflection, which counts some entries twice and breaks the independence the test assumes).
 - scales combine by bilinear upsampling of each log10 P to ``size`` and summing; then
   log NFA = sum_s log10 P_s + log10(N_tests), N_tests = number of latent positions over all scales.
+  The reference upsamples bicubically (align_corners=True); flowad keeps bilinear on purpose. A bilinear
+  value is a weighted mean of the neighbouring windows' log10 P, so every upsampled pixel stays within
+  the range the tests produced: never above 0 (a probability above 1) and never below the strongest
+  window. Bicubic overshoots at the edge of a detection, on both sides: on a planted square (the tests)
+  one scale's upsampled log NFA went 0.14 below its smallest window value and 0.011 above its largest,
+  so the log NFA < 0 boundary would move by an interpolation artefact rather than by evidence.
+  align_corners=False puts each latent cell's centre on the centre of the image patch it covers, as the
+  anomaly maps do.
   A pixel is detected as anomalous iff log NFA < 0, i.e. fewer than one such event is expected per image
   by chance. (As in the reference, the per-scale probabilities simply multiply, and the mean count over
   channels is more concentrated than one binomial count, which makes the test conservative on noise.)
@@ -74,6 +82,7 @@ def log_nfa(
     for k, n in zip(counts, sizes, strict=True):
         row = torch.from_numpy(np.searchsorted(n_values, n.numpy())).to(k.device)
         log_p = table.to(k.device)[row, k]  # row (H, W) broadcasts against k (B, H, W)
+        # bilinear, not the reference's bicubic: it cannot overshoot the tests' range (module docstring)
         up = F.interpolate(log_p[:, None], size=tuple(size), mode="bilinear", align_corners=False)
         total_log_p = total_log_p + up[:, 0]
     n_tests = sum(z.shape[-2] * z.shape[-1] for z in latents)

@@ -38,7 +38,8 @@ class EngineSettings:
     device: str = "auto"
     cache: str = "auto"  # "auto": cache when it fits cache_limit_gb; "on"; "off" (stream)
     cache_limit_gb: float = 4.0
-    inference_batch_size: int = 1  # on the CPU batch 1 is the fastest per image
+    # images per encoder call (scoring, filling the feature cache, streaming); on the CPU 1 is the fastest per image
+    inference_batch_size: int = 1
     num_workers: int = 0
     quiet: bool = False
     dist_timeout: float = DEFAULT_TIMEOUT  # torchrun jobs: seconds to wait for the others in a step

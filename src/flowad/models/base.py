@@ -67,8 +67,8 @@ class AnomalyModel(nn.Module):
     name: ClassVar[str]
     config_class: ClassVar[type[ModelConfig]]
     encoder: Encoder
-    # True when training_batches yields image batches (one row per image): data-parallel training can then
-    # split every batch by image and match a one-process run exactly
+    # True when training_batches yields the image batch itself (one row per image): data-parallel training can
+    # then split every batch by image and match a one-process run exactly
     image_batches: ClassVar[bool] = True
 
     def __init__(self, config: ModelConfig) -> None:
@@ -112,14 +112,18 @@ class AnomalyModel(nn.Module):
         """(B, H, W) map at the input size; higher means more anomalous."""
         return mean_probability_map(latents, self.image_size)
 
-    def training_batches(
-        self, features: list[torch.Tensor], batch_size: int, generator: torch.Generator
-    ) -> Iterator[list[torch.Tensor]]:
-        """One epoch of training batches from cached features: shuffled images."""
-        order = torch.randperm(features[0].shape[0], generator=generator)
-        for start in range(0, len(order), batch_size):
-            idx = order[start : start + batch_size]
-            yield [f[idx] for f in features]
+    def training_batches(self, features: list[torch.Tensor], generator: torch.Generator) -> Iterator[Any]:
+        """The optimiser steps' batches made from one image batch's features: here the image batch itself.
+
+        The engine shuffles the images and cuts the image batches; a model that regroups them (CFLOW-AD's
+        fibers) shuffles within each image batch with ``generator``. Drawing nothing else keeps training
+        on cached features and on features streamed per image batch the same.
+        """
+        yield features
+
+    def training_warnings(self, n_images: int) -> list[str]:
+        """What is unusual about training this model on ``n_images`` images (the engine reports it)."""
+        return []
 
     def training_loss(self, batch: list[torch.Tensor]) -> torch.Tensor:
         return self.loss(*self.head(batch))

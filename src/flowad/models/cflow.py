@@ -9,7 +9,8 @@ maps fibers to N(0, I) latents.
 Per fiber: lp = (C * -0.5 ln 2pi - 0.5 * sum_c z^2 + log|det|) / C (the log-likelihood per channel);
 the loss is -logsigmoid(lp), averaged over a fiber batch, one Adam step per fiber batch.
 
-The map is p_l = exp(lp_l - M_l) per layer, upsampled bilinearly and summed over layers into S, then
+The map is p_l = exp(lp_l - M_l) per layer, upsampled bilinearly (align_corners=True, as the reference:
+the corner fibers sit on the image's corner pixels) and summed over layers into S, then
 map = S_max - S, image score = max of the map. The reference takes both maxima (M_l and S_max) over the
 test batch, so an image's score depends on its batch-mates. Here both are constants of the model, set by
 ``calibrate`` from the training images after training and saved with the checkpoint:
@@ -147,24 +148,42 @@ class CFlow(AnomalyModel):
     def loss(self, z: torch.Tensor, log_det: torch.Tensor) -> torch.Tensor:
         return -F.logsigmoid(log_likelihood(z, log_det)).mean()
 
-    def training_batches(
-        self, features: list[torch.Tensor], batch_size: int, generator: torch.Generator
-    ) -> Iterator[FiberBatch]:
-        """Every fiber of ``features`` once, shuffled per layer, in batches of ``fiber_batch_size``.
+    def training_batches(self, features: list[torch.Tensor], generator: torch.Generator) -> Iterator[FiberBatch]:
+        """The fibers of one image batch, layer after layer, each layer's shuffled, in fiber batches.
 
-        ``batch_size`` (images) does not apply: fibers are batched. Layers come one after the other, as in
-        the reference; the decoders share no parameter and Adam skips parameters without a gradient, so
-        the order of layers does not change what any decoder learns.
+        Fibers are shuffled within each image batch, as the reference does (one permutation of the
+        B * H * W fibers per layer and image batch), never over the whole training set: this needs only
+        the image batch's features, so training on cached and on streamed features draws the same
+        permutations. The reference drops the fibers that do not fill a last fiber batch; here that short
+        batch is kept, so every fiber is trained on in every epoch. The decoders share no parameter and
+        Adam skips parameters without a gradient, so the order of layers changes nothing a decoder learns.
         """
         size = self.config.fiber_batch_size
         for layer, feature in enumerate(features):
-            n, _, h, w = feature.shape
-            conditions = self._conditions(h, w, feature)
-            order = torch.randperm(n * h * w, generator=generator).to(feature.device)
-            for start in range(0, len(order), size):
-                idx = order[start : start + size]
-                image, pos = idx // (h * w), idx % (h * w)
-                yield layer, feature[image, :, pos // w, pos % w], conditions[pos]
+            b, c, h, w = feature.shape
+            fibers = feature.permute(0, 2, 3, 1).reshape(-1, c)  # row i: image i // (h w), position i % (h w)
+            conditions = self._conditions(h, w, feature).repeat(b, 1)
+            order = torch.randperm(len(fibers), generator=generator).to(feature.device)
+            for idx in order.split(size):
+                yield layer, fibers[idx], conditions[idx]
+
+    def training_warnings(self, n_images: int) -> list[str]:
+        """Layers whose image batch holds fewer fibers than one fiber batch (the reference stops there)."""
+        images = min(self.config.batch_size, n_images)
+        size = self.config.fiber_batch_size
+        shapes = self.encoder.feature_shapes(self.image_size)
+        short = [
+            f"{images * h * w} at stride {stride} ({images} x {h} x {w})"
+            for (_, h, w), stride in zip(shapes, self.encoder.strides, strict=True)
+            if images * h * w < size
+        ]
+        if not short:
+            return []
+        return [
+            f"CFLOW-AD: an image batch of {images} images has fewer fibers than one fiber batch "
+            f"(fiber_batch_size={size}): {', '.join(short)}; the steps on those layers take fewer fibers. "
+            "Raise --batch-size or --image-size, or lower --fiber-batch-size"
+        ]
 
     def training_loss(self, batch: FiberBatch) -> torch.Tensor:
         layer, fibers, conditions = batch
@@ -175,7 +194,8 @@ class CFlow(AnomalyModel):
         total = 0
         for layer, lp in enumerate(log_likelihoods):
             p = torch.exp(lp - self.max_log_likelihood[layer])[:, None]
-            total = total + F.interpolate(p, size=self.image_size, mode="bilinear", align_corners=False)
+            # as the reference: align_corners=True puts the corner fibers exactly on the image's corner pixels
+            total = total + F.interpolate(p, size=self.image_size, mode="bilinear", align_corners=True)
         return total[:, 0]
 
     def anomaly_map(self, latents: FlowLatents) -> torch.Tensor:
