@@ -231,7 +231,8 @@ def test_corpus_through_predict(run: Path, tmp_path: Path, capsys: pytest.Captur
     assert sorted(by_name) == sorted(case.name for case in GOOD)
     for case in GOOD:  # outputs at the image's own size, EXIF orientation applied
         record = by_name[case.name]
-        assert Image.open(record["mask"]).size == case.size == Image.open(record["heatmap"]).size
+        with Image.open(record["mask"]) as mask, Image.open(record["heatmap"]) as heatmap:
+            assert mask.size == case.size == heatmap.size
     # dup.jpg and dup.png: both scored, their outputs under distinct stems
     assert {Path(by_name[name]["mask"]).name for name in ("dup.jpg", "dup.png")} == {"dup_mask.png", "dup-2_mask.png"}
 
@@ -332,7 +333,8 @@ def test_mask_folder_may_be_the_image_folder_but_not_with_duplicate_stems(tmp_pa
 
 def test_duplicate_stems_in_a_defect_folder_share_their_mask(broken: Path) -> None:
     hole = broken / "fabric" / "test" / "hole"
-    Image.open(hole / "000.png").save(hole / "000.jpg")
+    with Image.open(hole / "000.png") as image:
+        image.save(hole / "000.jpg")
     samples = [s for s in mvtec_splits(broken, "fabric").test if s.defect == "hole"]
     assert [s.path.name for s in samples] == ["000.jpg", "000.png"]
     assert {s.mask_path for s in samples} == {broken / "fabric" / "ground_truth" / "hole" / "000_mask.png"}

@@ -13,6 +13,11 @@ from flowad.data.synthetic import make_demo_dataset
 TINY = ["--image-size", "64", "--epochs", "2", "--batch-size", "4", "--quiet"]
 
 
+def _pixels(path: str) -> np.ndarray:
+    with Image.open(path) as image:
+        return np.asarray(image)
+
+
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("demo")
@@ -69,8 +74,9 @@ def test_predict_writes_one_heatmap_mask_and_line_per_image(run: Path, demo: Pat
     for line in lines:
         assert 0 <= line["normalised_score"] <= 1
         assert line["anomalous"] == (line["normalised_score"] >= 0.5)
-        heat, mask = Image.open(line["heatmap"]), np.asarray(Image.open(line["mask"]))
-        assert heat.size == (64, 64) and heat.mode == "RGB"
+        with Image.open(line["heatmap"]) as heat:
+            assert heat.size == (64, 64) and heat.mode == "RGB"
+        mask = _pixels(line["mask"])
         assert mask.shape == (64, 64) and set(np.unique(mask)) <= {0, 255}
 
 
@@ -117,7 +123,7 @@ def test_nfa_threshold_for_test_and_predict(run: Path, demo: Path, tmp_path: Pat
     assert main(["predict", "--run", str(run), "--input", str(folder), "--out", str(out), "--threshold", "nfa"]) == 0
     for line in (out / "predictions.jsonl").read_text().splitlines():
         record = json.loads(line)
-        mask = np.asarray(Image.open(record["mask"])) > 0
+        mask = _pixels(record["mask"]) > 0
         assert record["anomalous"] == bool(mask.any()) == (record["log_nfa_min"] < 0)
 
 
@@ -156,7 +162,7 @@ def test_export_and_predict_with_onnxruntime_give_the_same_masks(run: Path, demo
         outputs[engine] = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
     for a, b in zip(outputs["torch"], outputs["onnx"], strict=True):
         assert a["score"] == pytest.approx(b["score"], abs=1e-4) and a["anomalous"] == b["anomalous"]
-        assert np.array_equal(np.asarray(Image.open(a["mask"])), np.asarray(Image.open(b["mask"])))
+        assert np.array_equal(_pixels(a["mask"]), _pixels(b["mask"]))
 
 
 def test_demo_takes_the_model_options_over_its_presets() -> None:
