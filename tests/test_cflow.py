@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 import reference
 import torch
+from helpers import perturb
 
 from flowad.checkpoint import load_run, save_run
 from flowad.cli import main
@@ -17,19 +18,11 @@ from flowad.models.cflow import CFlow, CFlowConfig, cflow_decoder, log_likelihoo
 SIZE = 64
 
 
-def _randomise(module: torch.nn.Module, scale: float, seed: int = 0) -> None:
-    # fresh decoders are close to the identity; random weights make the checks meaningful
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in module.parameters():
-            p.add_(torch.randn(p.shape, generator=g) * scale)
-
-
 @pytest.fixture(scope="module")
 def model() -> CFlow:
     torch.manual_seed(0)
     net = CFlow(CFlowConfig(image_size=SIZE)).eval()  # the offline default backbone
-    _randomise(net.decoders, 0.05)
+    perturb(net.decoders, 0.05)
     with torch.no_grad():
         net.calibrate(iter([net.extract(torch.randn(6, 3, SIZE, SIZE))]))
     return net
@@ -38,7 +31,7 @@ def model() -> CFlow:
 @pytest.mark.parametrize("permute_soft", [False, True])
 def test_decoder_inverts_given_its_condition(permute_soft: bool) -> None:
     decoder = cflow_decoder(10, 8, blocks=8, clamp=1.9, permute_soft=permute_soft, seed=3)
-    _randomise(decoder, 0.2, seed=1)
+    perturb(decoder, 0.2, seed=1)
     x, c = torch.randn(50, 10), torch.randn(50, 8)
     z, log_det = decoder(x, c)
     assert z.shape == x.shape and log_det.shape == (50,)

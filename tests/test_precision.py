@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import torch
+from helpers import perturb
 
 from flowad.data.datasets import ImageDataset, mvtec_splits
 from flowad.data.synthetic import make_demo_dataset
@@ -24,10 +25,7 @@ def scored(tmp_path_factory):
     )
     torch.manual_seed(0)
     model = build_model("fastflow", backbone="resnet18", weights="random", image_size=64, flow_steps=2)
-    with torch.no_grad():  # move the flow off its identity start
-        for key, p in model.named_parameters():
-            if not key.startswith("encoder."):
-                p.add_(0.05 * torch.randn_like(p))
+    perturb(model, 0.05)  # the flows; the backbone is frozen
     dataset = ImageDataset(mvtec_splits(data, "pill").test, 64, *model.input_statistics)
     return model, dataset, infer(model, dataset, EngineSettings(quiet=True), keep_latents=True)
 

@@ -4,6 +4,7 @@ import pytest
 import reference
 import torch
 import torch.nn.functional as F
+from helpers import perturb
 from torch import nn
 
 from flowad.flows import conv_flow
@@ -23,12 +24,9 @@ def _tiny(name: str) -> nn.Module:
         model.flow = UShapedFlow([s[0] for s in SHAPES], flow_steps=2)
     else:
         model.flows = nn.ModuleList(conv_flow(s[0], 2, seed=i) for i, s in enumerate(SHAPES))
-    model = model.double()
-    g = torch.Generator().manual_seed(1)
+    model = perturb(model.double(), 0.2, seed=1)
+    g = torch.Generator().manual_seed(2)
     with torch.no_grad():
-        for p in model.parameters():
-            if p.requires_grad:
-                p.add_(0.2 * torch.randn(p.shape, generator=g, dtype=p.dtype))
         for norm in model.norms:
             size = torch.empty(norm.weight.shape, dtype=torch.float64).uniform_(0.3, 2.0, generator=g)
             sign = torch.where(torch.rand(norm.weight.shape, generator=g) < 0.3, -1.0, 1.0).double()

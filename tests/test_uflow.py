@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 import reference
 import torch
+from helpers import perturb
 
 from flowad import backbones
 from flowad.backbones import MSCaiTEncoder
@@ -15,19 +16,11 @@ from flowad.models import UFlow, build_model
 from flowad.models.uflow import UShapedFlow, upsampled_channels
 
 
-def _perturb(module: torch.nn.Module, seed: int = 0, scale: float = 0.05) -> None:
-    # a fresh flow is close to the identity; random parameters make the checks mean something
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in module.parameters():
-            p.add_(scale * torch.randn(p.shape, generator=g, dtype=p.dtype))
-
-
 @pytest.fixture(scope="module")
 def model() -> UFlow:
     torch.manual_seed(0)
     m = build_model("uflow", backbone="resnet18", weights="random", image_size=64, flow_steps=2)
-    _perturb(m.flow)
+    perturb(m.flow, 0.05)
     return m.eval()
 
 
@@ -56,7 +49,7 @@ def test_latent_shapes_follow_the_u(model: UFlow) -> None:
 def test_log_det_matches_the_brute_force_jacobian() -> None:
     torch.manual_seed(1)
     flow = UShapedFlow([3, 8], flow_steps=2).double()
-    _perturb(flow, seed=1, scale=0.3)
+    perturb(flow, 0.3, seed=1)
     shapes = [(3, 4, 4), (8, 2, 2)]
     sizes = [3 * 16, 8 * 4]
 
