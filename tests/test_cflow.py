@@ -10,7 +10,6 @@ from helpers import perturb
 
 from flowad.checkpoint import load_run, save_run
 from flowad.cli import main
-from flowad.data.synthetic import make_demo_dataset
 from flowad.errors import InputError
 from flowad.models import build_model
 from flowad.models.cflow import CFlow, CFlowConfig, cflow_decoder, log_likelihood, positional_encoding_2d
@@ -155,20 +154,12 @@ def test_config_checks_and_json_round_trip() -> None:
         build_model("cflow", image_size=70)
 
 
-def test_train_and_test_through_the_cli(tmp_path: Path, capsys) -> None:
-    data = make_demo_dataset(
-        tmp_path / "demo",
-        seed=1,
-        categories=("fabric",),
-        image_size=SIZE,
-        n_train=10,
-        n_test_good=3,
-        n_test_per_defect=1,
-    )
+def test_train_and_test_through_the_cli(demo_data: Path, tmp_path: Path, capsys) -> None:
     out = tmp_path / "run"
     tiny = ["--image-size", str(SIZE), "--epochs", "1", "--batch-size", "4", "--quiet"]
     assert (
-        main(["train", "--model", "cflow", "--data", str(data), "--category", "fabric", "--out", str(out), *tiny]) == 0
+        main(["train", "--model", "cflow", "--data", str(demo_data), "--category", "fabric", "--out", str(out), *tiny])
+        == 0
     )
     config = json.loads((out / "config.json").read_text())
     assert config["model"] == "cflow" and config["model_config"]["strides"] == [8, 16, 32]

@@ -13,13 +13,13 @@ from pathlib import Path
 import pytest
 import torch
 import torch.distributed as dist
+from helpers import DEMO_TEST_IMAGES
 from safetensors.torch import load_file
 
 import flowad
 from flowad import distributed
 from flowad.checkpoint import load_train_state
 from flowad.cli import main
-from flowad.data.synthetic import make_demo_dataset
 from flowad.models.fastflow import FastFlow, FastFlowConfig
 
 pytestmark = pytest.mark.skipif(
@@ -39,9 +39,9 @@ def one_thread():
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory) -> Path:
-    sizes = {"image_size": 64, "n_train": 10, "n_test_good": 2, "n_test_per_defect": 1}
-    return make_demo_dataset(tmp_path_factory.mktemp("data"), seed=3, **sizes)
+def data(demo_data: Path) -> Path:
+    """The session's demo data set, both categories."""
+    return demo_data
 
 
 def _free_port() -> int:
@@ -99,13 +99,13 @@ def test_sharded_prediction_scores_every_image_once_as_one_process(
     runs: tuple[Path, Path], data: Path, tmp_path: Path
 ) -> None:
     run = runs[1]
-    folders = [str(p) for p in sorted((data / "fabric" / "test").iterdir())]  # 6 images, 2 named 000.png...
+    folders = [str(p) for p in sorted((data / "fabric" / "test").iterdir())]  # a 000.png in every folder
     alone = flowad.predict(run, folders, tmp_path / "one", quiet=True)
     _torchrun("predict", "--run", str(run), "--input", *folders, "--out", str(tmp_path / "two"), "--quiet")
 
     lines = (tmp_path / "two" / "predictions.jsonl").read_text().splitlines()
     shared = [json.loads(line) for line in lines]
-    assert len(shared) == len(alone) == 6
+    assert len(shared) == len(alone) == DEMO_TEST_IMAGES["fabric"]
     assert sorted(r["path"] for r in shared) == sorted({r["path"] for r in shared})  # none doubled
     for a, b in zip(alone, shared, strict=True):  # the same order, scores and output names
         assert b["path"] == a["path"] and b["anomalous"] == a["anomalous"]

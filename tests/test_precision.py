@@ -6,27 +6,17 @@ import torch
 from helpers import perturb
 
 from flowad.data.datasets import ImageDataset, mvtec_splits
-from flowad.data.synthetic import make_demo_dataset
 from flowad.engine import EngineSettings, infer
 from flowad.errors import FlowadError
 from flowad.models import build_model
 
 
 @pytest.fixture(scope="module")
-def scored(tmp_path_factory):
-    data = make_demo_dataset(
-        tmp_path_factory.mktemp("data"),
-        seed=2,
-        categories=("pill",),
-        image_size=64,
-        n_train=2,
-        n_test_good=2,
-        n_test_per_defect=1,
-    )
+def scored(demo_data):
     torch.manual_seed(0)
     model = build_model("fastflow", backbone="resnet18", weights="random", image_size=64, flow_steps=2)
     perturb(model, 0.05)  # the flows; the backbone is frozen
-    dataset = ImageDataset(mvtec_splits(data, "pill").test, 64, *model.input_statistics)
+    dataset = ImageDataset(mvtec_splits(demo_data, "pill").test, 64, *model.input_statistics)
     return model, dataset, infer(model, dataset, EngineSettings(quiet=True), keep_latents=True)
 
 

@@ -10,7 +10,6 @@ from helpers import perturb
 from flowad import backbones
 from flowad.backbones import MSCaiTEncoder
 from flowad.cli import main
-from flowad.data.synthetic import make_demo_dataset
 from flowad.errors import InputError
 from flowad.models import UFlow, build_model
 from flowad.models.uflow import UShapedFlow, upsampled_channels
@@ -155,19 +154,12 @@ def test_mscait_encoder_with_small_stand_ins(monkeypatch, tmp_path: Path) -> Non
         MSCaiTEncoder(str(tmp_path / "large.safetensors"), **args)
 
 
-@pytest.fixture(scope="module")
-def demo(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("demo")
-    return make_demo_dataset(
-        root, seed=1, categories=("fabric",), image_size=64, n_train=10, n_test_good=3, n_test_per_defect=2
-    )
-
-
-def test_cli_trains_and_tests_uflow(demo: Path, tmp_path: Path, capsys) -> None:
+def test_cli_trains_and_tests_uflow(demo_data: Path, tmp_path: Path, capsys) -> None:
     out = tmp_path / "uflow"
     tiny = ["--image-size", "64", "--epochs", "2", "--batch-size", "4", "--quiet"]
     assert (
-        main(["train", "--model", "uflow", "--data", str(demo), "--category", "fabric", "--out", str(out), *tiny]) == 0
+        main(["train", "--model", "uflow", "--data", str(demo_data), "--category", "fabric", "--out", str(out), *tiny])
+        == 0
     )
     assert main(["test", "--run", str(out), "--quiet"]) == 0
     assert "pixel_auroc" in capsys.readouterr().out

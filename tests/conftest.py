@@ -1,0 +1,40 @@
+"""Session fixtures: the tiny demo data set and a tiny trained run, each built once for the whole test session.
+
+Both are read by many tests and must stay as built: a test that changes files copies them first
+(``demo_data_copy``, or ``shutil.copytree`` into its own folder).
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+from helpers import DEMO_SEED, DEMO_SIZES, TINY_TRAIN
+
+from flowad.cli import main
+from flowad.data.synthetic import CATEGORIES, make_demo_dataset
+
+
+@pytest.fixture(scope="session")
+def demo_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The demo data set (both categories, sizes in helpers.DEMO_SIZES) under a folder whose name has spaces and
+    non-ASCII letters, so that every test reading it also reads such paths."""
+    root = tmp_path_factory.mktemp("demo") / "données à tester"
+    return make_demo_dataset(root, seed=DEMO_SEED, categories=CATEGORIES, **DEMO_SIZES)
+
+
+@pytest.fixture
+def demo_data_copy(demo_data: Path, tmp_path: Path) -> Path:
+    """A copy of the demo data set for one test to change."""
+    return Path(shutil.copytree(demo_data, tmp_path / "demo copy", symlinks=True))
+
+
+@pytest.fixture(scope="session")
+def fastflow_run(demo_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """FastFlow trained by ``flowad train`` on the demo fabric with helpers.TINY_TRAIN, then tested by ``flowad
+    test`` (so it holds metrics.json, test_outputs.npz and report.html)."""
+    run = tmp_path_factory.mktemp("runs") / "fastflow"
+    assert main(["train", "--data", str(demo_data), "--category", "fabric", "--out", str(run), *TINY_TRAIN]) == 0
+    assert main(["test", "--run", str(run), "--quiet"]) == 0
+    return run
