@@ -58,6 +58,7 @@ def test_scores_do_not_depend_on_the_batch(run: Path) -> None:
     assert (together - alone).abs().max() < 1e-5
 
 
+@pytest.mark.slow
 def test_imagenet_input_statistics_reach_the_run_and_the_detector(demo_data: Path, tmp_path: Path) -> None:
     options = {"image_size": 64, "epochs": 1, "batch_size": 4, "input_statistics": "imagenet"}
     detector = flowad.load(flowad.train("fastflow", demo_data, out=tmp_path / "imagenet", category="pill", **options))

@@ -154,6 +154,7 @@ def test_config_checks_and_json_round_trip() -> None:
         build_model("cflow", image_size=70)
 
 
+@pytest.mark.slow
 def test_train_and_test_through_the_cli(demo_data: Path, tmp_path: Path, capsys) -> None:
     out = tmp_path / "run"
     tiny = ["--image-size", str(SIZE), "--epochs", "1", "--batch-size", "4", "--quiet"]

@@ -99,6 +99,7 @@ def test_bad_input_exits_2_with_a_message(args, message, demo, run, tmp_path, ca
     assert message in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_same_seed_same_weights(demo: Path, run: Path, tmp_path: Path) -> None:
     out = tmp_path / "again"
     assert main(["train", "--data", str(demo), "--category", "fabric", "--out", str(out), *TINY_TRAIN]) == 0
@@ -120,6 +121,7 @@ def test_nfa_threshold_for_test_and_predict(run: Path, demo: Path, tmp_path: Pat
         assert record["anomalous"] == bool(mask.any()) == (record["log_nfa_min"] < 0)
 
 
+@pytest.mark.slow
 def test_benchmark_prints_and_writes_the_category_table(demo: Path, tmp_path: Path, capsys) -> None:
     out = tmp_path / "bench"
     assert main(["benchmark", "--data", str(demo), "--out", str(out), *TINY_TRAIN]) == 0  # both demo categories

@@ -18,6 +18,7 @@ def test_shipped_configs_are_valid_options_of_their_model(path: Path) -> None:
     cls.config_class.from_dict(options)  # raises on a field the model does not have
 
 
+@pytest.mark.slow
 def test_a_config_file_reproduces_a_run_and_flags_override_it(demo_data: Path, tmp_path: Path) -> None:
     config = tmp_path / "run.json"
     config.write_text(
@@ -60,6 +61,7 @@ def test_bad_config_files(tmp_path: Path, capsys) -> None:
     assert "is not valid YAML or JSON" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_per_category_entries_override_the_file_and_flags_override_both(demo_data: Path, tmp_path: Path) -> None:
     parser = build_parser()
     uflow = Path(__file__).parent.parent / "configs" / "uflow.yaml"

@@ -87,6 +87,7 @@ def runs(data: Path, tmp_path_factory) -> tuple[Path, Path]:
     return one, root / "two"
 
 
+@pytest.mark.slow
 def test_two_processes_train_the_weights_of_one(runs: tuple[Path, Path]) -> None:
     one, two = runs
     assert _max_difference(one, two) < 1e-5
@@ -95,6 +96,7 @@ def test_two_processes_train_the_weights_of_one(runs: tuple[Path, Path]) -> None
     assert sorted(p.name for p in two.iterdir()) == sorted(p.name for p in one.iterdir())  # written once, whole
 
 
+@pytest.mark.slow
 def test_sharded_prediction_scores_every_image_once_as_one_process(
     runs: tuple[Path, Path], data: Path, tmp_path: Path
 ) -> None:
@@ -118,6 +120,7 @@ def test_sharded_prediction_scores_every_image_once_as_one_process(
             assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes()
 
 
+@pytest.mark.slow
 def test_benchmark_shares_the_categories_and_prints_one_table(data: Path, tmp_path: Path) -> None:
     out = tmp_path / "bench"
     args = ["benchmark", "--data", str(data), "--categories", "fabric", "pill", "--out", str(out), "--quiet"]
@@ -146,6 +149,7 @@ def _child_with_rank(parent: int, rank: int) -> int:
 
 
 @pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="finds the worker processes through /proc")
+@pytest.mark.slow
 def test_a_killed_process_fails_the_job_clearly_and_the_last_epoch_resumes(data: Path, tmp_path: Path) -> None:
     run = tmp_path / "killed"
     epochs = {"epochs": 60}  # long enough to be killed in the middle

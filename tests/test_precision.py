@@ -29,6 +29,7 @@ def test_bf16_backbone_keeps_float32_flows_and_close_maps(scored) -> None:
     assert model.encoder_dtype is None  # the precision lasts for the call only
 
 
+@pytest.mark.slow
 def test_compiled_model_gives_the_eager_maps(scored) -> None:
     model, dataset, eager = scored
     compiled = infer(model, dataset, EngineSettings(quiet=True, compile=True))

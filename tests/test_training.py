@@ -32,6 +32,7 @@ def _train(data: Path, out: Path, **extra):
     )
 
 
+@pytest.mark.slow
 def test_interrupted_run_resumes_to_the_same_weights(data: Path, tmp_path: Path, monkeypatch) -> None:
     whole = _train(data, tmp_path / "whole")
 
@@ -62,6 +63,7 @@ def test_resume_without_state_is_a_clear_error(tmp_path: Path, capsys) -> None:
     assert "request.json does not exist" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_divergence_keeps_the_last_good_epoch(data: Path, tmp_path: Path, monkeypatch) -> None:
     calls = {"n": 0}
     real_loss = FastFlow.training_loss
@@ -81,6 +83,7 @@ def test_divergence_keeps_the_last_good_epoch(data: Path, tmp_path: Path, monkey
     assert all(torch.isfinite(torch.tensor(r["score"])) for r in records)
 
 
+@pytest.mark.slow
 def test_huge_learning_rate_stops_clearly_and_the_last_good_epoch_still_predicts(
     data: Path, tmp_path: Path, capsys
 ) -> None:
@@ -116,6 +119,7 @@ def test_huge_learning_rate_stops_clearly_and_the_last_good_epoch_still_predicts
     assert len((out / "predictions.jsonl").read_text().splitlines()) == DEMO_SIZES["n_test_good"]
 
 
+@pytest.mark.slow
 def test_validation_with_anomalies_keeps_the_best_and_the_last_epoch(data: Path, tmp_path: Path, capsys) -> None:
     abnormal, masks = tmp_path / "val_abnormal", tmp_path / "val_masks"
     abnormal.mkdir(), masks.mkdir()
@@ -157,6 +161,7 @@ def test_validation_with_anomalies_keeps_the_best_and_the_last_epoch(data: Path,
     assert "given without anomalous validation images" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_the_best_epoch_is_the_one_kept(tmp_path: Path, monkeypatch) -> None:
     """With validation figures that peak at epoch 2 of 4, best_state holds epoch 2's head, not the last."""
     heads = []

@@ -154,6 +154,7 @@ def test_mscait_encoder_with_small_stand_ins(monkeypatch, tmp_path: Path) -> Non
         MSCaiTEncoder(str(tmp_path / "large.safetensors"), **args)
 
 
+@pytest.mark.slow
 def test_cli_trains_and_tests_uflow(demo_data: Path, tmp_path: Path, capsys) -> None:
     out = tmp_path / "uflow"
     tiny = ["--image-size", "64", "--epochs", "2", "--batch-size", "4", "--quiet"]
