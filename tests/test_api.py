@@ -1,5 +1,6 @@
 """The Python API: the same verbs as the CLI, plus in-memory scoring."""
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -8,18 +9,14 @@ import torch
 
 import flowad
 from flowad.data.images import read_image
-from flowad.data.synthetic import make_demo_dataset
 from flowad.errors import InputError
 from flowad.models import build_model
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("data")
-    sizes = {"image_size": 64, "n_train": 10, "n_test_good": 3, "n_test_per_defect": 1}
-    make_demo_dataset(root, seed=2, categories=("pill",), **sizes)
-    out = tmp_path_factory.mktemp("runs") / "api"
-    return flowad.train("fastflow", root, out=out, category="pill", image_size=64, epochs=1, batch_size=4)
+def run(fastflow_run: Path, tmp_path_factory) -> Path:
+    """A copy of the session's FastFlow run: these tests write their results into it."""
+    return Path(shutil.copytree(fastflow_run, tmp_path_factory.mktemp("runs") / "api"))
 
 
 def test_test_returns_the_metrics(run: Path) -> None:
@@ -40,7 +37,8 @@ def test_detector_predicts_at_the_image_size(run: Path) -> None:
 
 def test_detector_agrees_with_the_model_on_files(run: Path) -> None:
     detector = flowad.load(run)
-    path = next((Path(detector.record.data.root) / "pill" / "test" / "good").iterdir())
+    data = detector.record.data
+    path = next((Path(data.root) / data.category / "test" / "good").iterdir())
     (result,) = detector.predict([read_image(path)])
     records = flowad.predict(run, [path], run / "one", quiet=True)
     assert records[0]["score"] == pytest.approx(result["score"], abs=1e-6)
@@ -60,14 +58,14 @@ def test_scores_do_not_depend_on_the_batch(run: Path) -> None:
     assert (together - alone).abs().max() < 1e-5
 
 
-def test_imagenet_input_statistics_reach_the_run_and_the_detector(run: Path, tmp_path: Path) -> None:
-    root = Path(flowad.load(run).record.data.root)
+@pytest.mark.slow
+def test_imagenet_input_statistics_reach_the_run_and_the_detector(demo_data: Path, tmp_path: Path) -> None:
     options = {"image_size": 64, "epochs": 1, "batch_size": 4, "input_statistics": "imagenet"}
-    detector = flowad.load(flowad.train("fastflow", root, out=tmp_path / "imagenet", category="pill", **options))
+    detector = flowad.load(flowad.train("fastflow", demo_data, out=tmp_path / "imagenet", category="pill", **options))
     mean, std = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
     assert detector.record.preprocess.mean == pytest.approx(mean)
     assert detector.record.preprocess.std == pytest.approx(std)
-    image = read_image(next((root / "pill" / "test" / "good").iterdir()))  # 64 x 64: no resizing
+    image = read_image(next((demo_data / "pill" / "test" / "good").iterdir()))  # 64 x 64: no resizing
     pixels = torch.from_numpy(image).permute(2, 0, 1).float() / 255
     x = (pixels - torch.tensor(mean).view(3, 1, 1)) / torch.tensor(std).view(3, 1, 1)
     with torch.no_grad():

@@ -19,17 +19,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import DEMO_TEST_IMAGES, TINY_TRAIN
 from PIL import Image
 
 from flowad.cli import main
 from flowad.data import images
 from flowad.data.datasets import ImageDataset, Sample, folder_splits, list_images, mvtec_splits
 from flowad.data.images import read_image, read_mask
-from flowad.data.synthetic import make_demo_dataset
 from flowad.errors import InputError
 from flowad.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocess
 
-TINY = ["--image-size", "64", "--epochs", "1", "--batch-size", "4", "--quiet"]
 Check = Callable[[np.ndarray], bool]
 
 # --- writers -------------------------------------------------------------------------------------
@@ -162,31 +161,27 @@ def _pattern(case: Case, path: Path) -> str:
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The demo data set under a root whose name has spaces and non-ASCII letters."""
-    root = tmp_path_factory.mktemp("bad") / "données à tester"
-    return make_demo_dataset(
-        root, seed=1, categories=("fabric",), image_size=64, n_train=10, n_test_good=3, n_test_per_defect=1
-    )
+def data(demo_data: Path) -> Path:
+    """The demo data set, under a root whose name has spaces and non-ASCII letters."""
+    return demo_data
 
 
 @pytest.fixture(scope="module")
-def run(data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("runs") / "run"
-    assert main(["train", "--data", str(data), "--category", "fabric", "--out", str(out), *TINY]) == 0
-    return out
+def run(fastflow_run: Path) -> Path:
+    """The session's FastFlow run, trained on ``data``; these tests only read it."""
+    return fastflow_run
 
 
 @pytest.fixture
-def broken(data: Path, tmp_path: Path) -> Path:
+def broken(demo_data_copy: Path) -> Path:
     """A copy of the data set to break."""
-    return Path(shutil.copytree(data, tmp_path / "copy", symlinks=True))
+    return demo_data_copy
 
 
 def _train_fails(root: Path, out: Path, capsys: pytest.CaptureFixture[str]) -> str:
     """``flowad train`` on a broken data set: exit status 2 and one error line; returns that line."""
     capsys.readouterr()
-    code = main(["train", "--data", str(root), "--category", "fabric", "--out", str(out), *TINY])
+    code = main(["train", "--data", str(root), "--category", "fabric", "--out", str(out), *TINY_TRAIN])
     err = capsys.readouterr().err
     assert code == 2, err
     assert err.startswith("flowad: error: ") and err.count("\n") == 1
@@ -232,7 +227,8 @@ def test_corpus_through_predict(run: Path, tmp_path: Path, capsys: pytest.Captur
     assert sorted(by_name) == sorted(case.name for case in GOOD)
     for case in GOOD:  # outputs at the image's own size, EXIF orientation applied
         record = by_name[case.name]
-        assert Image.open(record["mask"]).size == case.size == Image.open(record["heatmap"]).size
+        with Image.open(record["mask"]) as mask, Image.open(record["heatmap"]) as heatmap:
+            assert mask.size == case.size == heatmap.size
     # dup.jpg and dup.png: both scored, their outputs under distinct stems
     assert {Path(by_name[name]["mask"]).name for name in ("dup.jpg", "dup.png")} == {"dup_mask.png", "dup-2_mask.png"}
 
@@ -334,10 +330,13 @@ def test_mask_folder_may_be_the_image_folder_but_not_with_duplicate_stems(tmp_pa
 
 def test_duplicate_stems_in_a_defect_folder_share_their_mask(broken: Path) -> None:
     hole = broken / "fabric" / "test" / "hole"
-    Image.open(hole / "000.png").save(hole / "000.jpg")
+    with Image.open(hole / "000.png") as image:
+        image.save(hole / "000.jpg")
     samples = [s for s in mvtec_splits(broken, "fabric").test if s.defect == "hole"]
-    assert [s.path.name for s in samples] == ["000.jpg", "000.png"]
-    assert {s.mask_path for s in samples} == {broken / "fabric" / "ground_truth" / "hole" / "000_mask.png"}
+    assert [s.path.name for s in samples] == ["000.jpg", "000.png", "001.png"]
+    masks = broken / "fabric" / "ground_truth" / "hole"
+    assert {s.mask_path for s in samples[:2]} == {masks / "000_mask.png"}
+    assert samples[2].mask_path == masks / "001_mask.png"
 
 
 # --- folders -------------------------------------------------------------------------------------
@@ -389,7 +388,7 @@ def test_directory_symlink_loop_in_a_test_folder(
 ) -> None:
     test = broken / "fabric" / "test"
     (test / "self").symlink_to("self")  # not a folder: skipped
-    assert len(mvtec_splits(broken, "fabric").test) == 3 + 4
+    assert len(mvtec_splits(broken, "fabric").test) == DEMO_TEST_IMAGES["fabric"]
     (test / "loop").symlink_to("..")  # a folder, followed once (never recursively): a defect folder with no images
     err = _train_fails(broken, tmp_path / "run", capsys)
     assert f"folder {test / 'loop'} contains no images" in err

@@ -1,13 +1,14 @@
 """The feature cache is a speed choice only: training on cached features and on features recomputed per batch
 (streaming, what ``--cache auto`` falls back to for large data) must give the same model."""
 
+from pathlib import Path
+
 import pytest
 import torch
 
 import flowad
 from flowad import engine
 from flowad.data.datasets import ImageDataset
-from flowad.data.synthetic import make_demo_dataset
 from flowad.models import model_class
 from flowad.preprocess import Preprocess
 
@@ -20,11 +21,9 @@ TINY = {
 
 
 @pytest.fixture(scope="module")
-def train_samples(tmp_path_factory) -> list:
-    sizes = {"image_size": 64, "n_train": 12, "n_test_good": 1, "n_test_per_defect": 1}
-    root = make_demo_dataset(tmp_path_factory.mktemp("data"), seed=5, categories=("fabric",), **sizes)
-    samples = flowad.DataSpec(str(root), "fabric", val_fraction=0.2).splits(0).train
-    assert len(samples) == 10
+def train_samples(demo_data: Path) -> list:
+    samples = flowad.DataSpec(str(demo_data), "fabric", val_fraction=0.2).splits(0).train
+    assert len(samples) == 8  # two image batches of 4 per epoch
     return samples
 
 

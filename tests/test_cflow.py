@@ -1,16 +1,16 @@
 """CFLOW-AD: conditional decoders, the fiber likelihood, batch-independent maps, fiber batches, checkpoints."""
 
 import json
-import math
 from pathlib import Path
 
 import numpy as np
 import pytest
+import reference
 import torch
+from helpers import perturb
 
 from flowad.checkpoint import load_run, save_run
 from flowad.cli import main
-from flowad.data.synthetic import make_demo_dataset
 from flowad.errors import InputError
 from flowad.models import build_model
 from flowad.models.cflow import CFlow, CFlowConfig, cflow_decoder, log_likelihood, positional_encoding_2d
@@ -19,19 +19,11 @@ from flowad.thresholds import fixed
 SIZE = 64
 
 
-def _randomise(module: torch.nn.Module, scale: float, seed: int = 0) -> None:
-    # fresh decoders are close to the identity; random weights make the checks meaningful
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in module.parameters():
-            p.add_(torch.randn(p.shape, generator=g) * scale)
-
-
 @pytest.fixture(scope="module")
 def model() -> CFlow:
     torch.manual_seed(0)
     net = CFlow(CFlowConfig(image_size=SIZE)).eval()  # the offline default backbone
-    _randomise(net.decoders, 0.05)
+    perturb(net.decoders, 0.05)
     with torch.no_grad():
         net.calibrate(iter([net.extract(torch.randn(6, 3, SIZE, SIZE))]))
     return net
@@ -40,7 +32,7 @@ def model() -> CFlow:
 @pytest.mark.parametrize("permute_soft", [False, True])
 def test_decoder_inverts_given_its_condition(permute_soft: bool) -> None:
     decoder = cflow_decoder(10, 8, blocks=8, clamp=1.9, permute_soft=permute_soft, seed=3)
-    _randomise(decoder, 0.2, seed=1)
+    perturb(decoder, 0.2, seed=1)
     x, c = torch.randn(50, 10), torch.randn(50, 8)
     z, log_det = decoder(x, c)
     assert z.shape == x.shape and log_det.shape == (50,)
@@ -134,15 +126,11 @@ def test_positional_encoding_matches_the_formula() -> None:
     d, h, w = 8, 2, 3
     pe = positional_encoding_2d(d, h, w)
     assert pe.shape == (d, h, w)
-    half = d // 2
+    expected = reference.positional_encoding_2d(d, h, w)
     for k in range(d):
-        j = k % half  # index within the half: the first half encodes x, the second y
-        freq = math.exp(-(j - j % 2) * math.log(10000.0) / half)
         for y in range(h):
             for x in range(w):
-                angle = (x if k < half else y) * freq
-                expected = math.sin(angle) if j % 2 == 0 else math.cos(angle)
-                assert abs(pe[k, y, x].item() - expected) < 1e-6, (k, y, x)
+                assert abs(pe[k, y, x].item() - expected[k][y][x]) < 1e-6, (k, y, x)
     with pytest.raises(InputError, match="multiple of 4"):
         positional_encoding_2d(6, 2, 2)
 
@@ -208,19 +196,11 @@ def test_config_checks_and_json_round_trip() -> None:
         build_model("cflow", image_size=70)
 
 
-def test_train_and_test_through_the_cli(tmp_path: Path, capsys) -> None:
-    data = make_demo_dataset(
-        tmp_path / "demo",
-        seed=1,
-        categories=("fabric",),
-        image_size=SIZE,
-        n_train=10,
-        n_test_good=3,
-        n_test_per_defect=1,
-    )
+@pytest.mark.slow
+def test_train_and_test_through_the_cli(demo_data: Path, tmp_path: Path, capsys) -> None:
     out = tmp_path / "run"
     tiny = ["--image-size", str(SIZE), "--epochs", "1", "--batch-size", "4", "--quiet"]
-    args = ["train", "--model", "cflow", "--data", str(data), "--category", "fabric", "--out", str(out), *tiny]
+    args = ["train", "--model", "cflow", "--data", str(demo_data), "--category", "fabric", "--out", str(out), *tiny]
     with pytest.warns(UserWarning, match=r"16 at stride 32 \(4 x 2 x 2\)"):  # 4 images of 2x2 fibers < 64
         assert main(args) == 0
     assert "fewer fibers than one fiber batch (fiber_batch_size=64)" in (out / "flowad.log").read_text()

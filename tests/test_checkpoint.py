@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import perturb
 
 from flowad.checkpoint import load_run, save_run
 from flowad.errors import InputError
@@ -16,9 +17,7 @@ from flowad.thresholds import fixed
 def saved(tmp_path_factory) -> tuple[Path, torch.nn.Module]:
     torch.manual_seed(0)
     model = build_model("fastflow", backbone="resnet18", weights="random", image_size=64, flow_steps=2).eval()
-    with torch.no_grad():  # move off the identity so the round trip is meaningful
-        for p in model.flows.parameters():
-            p.add_(0.01 * torch.randn_like(p))
+    perturb(model.flows, 0.01)  # off the identity, so that the round trip is meaningful
     run = tmp_path_factory.mktemp("run")
     save_run(run, model, fixed(1.0, 0.0, 2.0))
     return run, model

@@ -1,4 +1,4 @@
-"""On CI a skipped test fails the run unless its reason is documented in conftest.py."""
+"""On CI a skipped test fails the run unless its reason is documented in ci_policy.py."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-CONFTEST = Path(__file__).with_name("conftest.py")
+POLICY = Path(__file__).with_name("ci_policy.py")
 
 
 def _run_pytest(folder: Path, ci: str | None) -> subprocess.CompletedProcess:
@@ -20,7 +20,7 @@ def _run_pytest(folder: Path, ci: str | None) -> subprocess.CompletedProcess:
 
 
 def test_an_undocumented_skip_fails_on_ci_only(tmp_path: Path) -> None:
-    shutil.copy(CONFTEST, tmp_path / "conftest.py")
+    shutil.copy(POLICY, tmp_path / "conftest.py")  # the policy alone, as a conftest
     (tmp_path / "test_skips.py").write_text(
         "import pytest\n\n"
         "def test_gone():\n    pytest.skip('some tool is missing')\n\n"

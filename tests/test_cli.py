@@ -1,34 +1,32 @@
 """End to end through the command line: demo data -> train -> test -> predict, and its errors."""
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import DEMO_SIZES, DEMO_TEST_IMAGES, TINY_TRAIN
 from PIL import Image
 
 from flowad.cli import main
-from flowad.data.synthetic import make_demo_dataset
-
-TINY = ["--image-size", "64", "--epochs", "2", "--batch-size", "4", "--quiet"]
 
 
-@pytest.fixture(scope="module")
-def demo(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("demo")
-    return make_demo_dataset(
-        root, seed=1, categories=("fabric",), image_size=64, n_train=10, n_test_good=3, n_test_per_defect=2
-    )
+def _pixels(path: str) -> np.ndarray:
+    with Image.open(path) as image:
+        return np.asarray(image)
 
 
 @pytest.fixture(scope="module")
-def run(demo: Path, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("runs") / "ff"
-    assert (
-        main(["train", "--model", "fastflow", "--data", str(demo), "--category", "fabric", "--out", str(out), *TINY])
-        == 0
-    )
-    return out
+def demo(demo_data: Path) -> Path:
+    """The session's demo data set, both categories."""
+    return demo_data
+
+
+@pytest.fixture(scope="module")
+def run(fastflow_run: Path, tmp_path_factory) -> Path:
+    """A copy of the session's FastFlow run (``flowad train`` with TINY_TRAIN): these tests write into it."""
+    return Path(shutil.copytree(fastflow_run, tmp_path_factory.mktemp("runs") / "ff"))
 
 
 def test_train_writes_a_complete_run_directory(run: Path) -> None:
@@ -51,7 +49,7 @@ def test_test_prints_and_writes_metrics(run: Path, capsys) -> None:
     for key in ("image_auroc", "pixel_auroc", "aupro", "image_f1"):
         assert 0 <= metrics[key] <= 1
         assert f"{metrics[key]:.4f}" in printed
-    assert metrics["test_images"] == 3 + 4 * 2
+    assert metrics["test_images"] == DEMO_TEST_IMAGES["fabric"]
 
 
 def test_predict_writes_one_heatmap_mask_and_line_per_image(run: Path, demo: Path, tmp_path: Path, capsys) -> None:
@@ -65,17 +63,18 @@ def test_predict_writes_one_heatmap_mask_and_line_per_image(run: Path, demo: Pat
     err = capsys.readouterr().err
     assert "warning: skipped" in err and "broken.png" in err
     lines = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
-    assert len(lines) == 2
+    assert len(lines) == DEMO_SIZES["n_test_per_defect"]
     for line in lines:
         assert 0 <= line["normalised_score"] <= 1
         assert line["anomalous"] == (line["normalised_score"] >= 0.5)
-        heat, mask = Image.open(line["heatmap"]), np.asarray(Image.open(line["mask"]))
-        assert heat.size == (64, 64) and heat.mode == "RGB"
+        with Image.open(line["heatmap"]) as heat:
+            assert heat.size == (64, 64) and heat.mode == "RGB"
+        mask = _pixels(line["mask"])
         assert mask.shape == (64, 64) and set(np.unique(mask)) <= {0, 255}
 
 
 def test_existing_run_directory_needs_force(run: Path, demo: Path, capsys) -> None:
-    args = ["train", "--data", str(demo), "--category", "fabric", "--out", str(run), *TINY]
+    args = ["train", "--data", str(demo), "--category", "fabric", "--out", str(run), *TINY_TRAIN]
     assert main(args) == 2
     assert "already exists" in capsys.readouterr().err
     assert (run / "model.safetensors").exists()  # the finished run is untouched
@@ -115,9 +114,10 @@ def test_bad_input_exits_2_with_a_message(args, message, demo, run, tmp_path, ca
     assert message in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_same_seed_same_weights(demo: Path, run: Path, tmp_path: Path) -> None:
     out = tmp_path / "again"
-    assert main(["train", "--data", str(demo), "--category", "fabric", "--out", str(out), *TINY]) == 0
+    assert main(["train", "--data", str(demo), "--category", "fabric", "--out", str(out), *TINY_TRAIN]) == 0
     assert (out / "model.safetensors").read_bytes() == (run / "model.safetensors").read_bytes()
 
 
@@ -132,15 +132,14 @@ def test_nfa_threshold_for_test_and_predict(run: Path, demo: Path, tmp_path: Pat
     assert main(["predict", "--run", str(run), "--input", str(folder), "--out", str(out), "--threshold", "nfa"]) == 0
     for line in (out / "predictions.jsonl").read_text().splitlines():
         record = json.loads(line)
-        mask = np.asarray(Image.open(record["mask"])) > 0
+        mask = _pixels(record["mask"]) > 0
         assert record["anomalous"] == bool(mask.any()) == (record["log_nfa_min"] < 0)
 
 
-def test_benchmark_prints_and_writes_the_category_table(tmp_path: Path, capsys) -> None:
-    sizes = {"image_size": 64, "n_train": 10, "n_test_good": 2, "n_test_per_defect": 1}
-    data = make_demo_dataset(tmp_path / "data", seed=5, **sizes)  # both demo categories
+@pytest.mark.slow
+def test_benchmark_prints_and_writes_the_category_table(demo: Path, tmp_path: Path, capsys) -> None:
     out = tmp_path / "bench"
-    assert main(["benchmark", "--data", str(data), "--out", str(out), *TINY]) == 0
+    assert main(["benchmark", "--data", str(demo), "--out", str(out), *TINY_TRAIN]) == 0  # both demo categories
     printed = capsys.readouterr().out
     csv = (out / "table.csv").read_text().splitlines()
     assert csv[0] == "category,image_auroc,pixel_auroc,aupro,iou"
@@ -171,7 +170,7 @@ def test_export_and_predict_with_onnxruntime_give_the_same_masks(run: Path, demo
         outputs[engine] = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
     for a, b in zip(outputs["torch"], outputs["onnx"], strict=True):
         assert a["score"] == pytest.approx(b["score"], abs=1e-4) and a["anomalous"] == b["anomalous"]
-        assert np.array_equal(np.asarray(Image.open(a["mask"])), np.asarray(Image.open(b["mask"])))
+        assert np.array_equal(_pixels(a["mask"]), _pixels(b["mask"]))
 
 
 def test_demo_takes_the_model_options_over_its_presets() -> None:

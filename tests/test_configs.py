@@ -6,7 +6,6 @@ from pathlib import Path
 import pytest
 
 from flowad.cli import build_parser, main, read_options_file
-from flowad.data.synthetic import make_demo_dataset
 from flowad.models import model_class
 
 CONFIGS = sorted((Path(__file__).parent.parent / "configs").glob("*.yaml"))
@@ -19,16 +18,14 @@ def test_shipped_configs_are_valid_options_of_their_model(path: Path) -> None:
     cls.config_class.from_dict(options)  # raises on a field the model does not have
 
 
-def test_a_config_file_reproduces_a_run_and_flags_override_it(tmp_path: Path) -> None:
-    data = make_demo_dataset(
-        tmp_path / "data", seed=4, categories=("pill",), image_size=64, n_train=10, n_test_good=3, n_test_per_defect=1
-    )
+@pytest.mark.slow
+def test_a_config_file_reproduces_a_run_and_flags_override_it(demo_data: Path, tmp_path: Path) -> None:
     config = tmp_path / "run.json"
     config.write_text(
         json.dumps(
             {
                 "model": "fastflow",
-                "data": str(data),
+                "data": str(demo_data),
                 "category": "pill",
                 "image-size": 64,
                 "epochs": 3,
@@ -64,7 +61,8 @@ def test_bad_config_files(tmp_path: Path, capsys) -> None:
     assert "is not valid YAML or JSON" in capsys.readouterr().err
 
 
-def test_per_category_entries_override_the_file_and_flags_override_both(tmp_path: Path) -> None:
+@pytest.mark.slow
+def test_per_category_entries_override_the_file_and_flags_override_both(demo_data: Path, tmp_path: Path) -> None:
     parser = build_parser()
     uflow = Path(__file__).parent.parent / "configs" / "uflow.yaml"
     bottle = read_options_file(uflow, parser, "train", "bottle")
@@ -72,18 +70,17 @@ def test_per_category_entries_override_the_file_and_flags_override_both(tmp_path
     other = read_options_file(uflow, parser, "train", "my_product")
     assert (other["lr"], other["batch_size"]) == (0.0001, 8)
 
-    data = make_demo_dataset(tmp_path / "data", seed=5, image_size=64, n_train=8, n_test_good=2, n_test_per_defect=1)
     config = tmp_path / "per_category.yaml"
     config.write_text(
         "model: fastflow\nweights: random\nimage_size: 64\nflow_steps: 1\nbatch_size: 4\nepochs: 1\n"
         "per_category:\n  pill: {epochs: 2, lr: 0.0005}\n"
     )
     out = tmp_path / "bench"
-    assert main(["benchmark", "--data", str(data), "--config", str(config), "--out", str(out), "--quiet"]) == 0
+    assert main(["benchmark", "--data", str(demo_data), "--config", str(config), "--out", str(out), "--quiet"]) == 0
     requests = {c: json.loads((out / c / "request.json").read_text())["options"] for c in ("fabric", "pill")}
     assert (requests["fabric"]["epochs"], requests["fabric"].get("lr")) == (1, None)
     assert (requests["pill"]["epochs"], requests["pill"]["lr"]) == (2, 0.0005)
-    args = ["benchmark", "--data", str(data), "--config", str(config), "--out", str(out), "--lr", "0.002"]
+    args = ["benchmark", "--data", str(demo_data), "--config", str(config), "--out", str(out), "--lr", "0.002"]
     assert main([*args, "--categories", "pill", "--force", "--quiet"]) == 0
     pill = json.loads((out / "pill" / "request.json").read_text())["options"]
     assert (pill["epochs"], pill["lr"]) == (2, 0.002)

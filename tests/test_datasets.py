@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import re
-import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from helpers import DEMO_SIZES
 from PIL import Image
 
 from flowad.data.datasets import (
@@ -23,7 +23,7 @@ from flowad.data.datasets import (
     split_validation,
     validation_from_folder,
 )
-from flowad.data.synthetic import DEFECTS, make_demo_dataset
+from flowad.data.synthetic import DEFECTS
 from flowad.errors import InputError
 from flowad.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocess
 
@@ -53,15 +53,14 @@ def _escaped(path: Path) -> str:
 
 
 @pytest.fixture(scope="module")
-def mvtec_root(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("mvtec")
-    make_demo_dataset(root, categories=("pill",), image_size=32, n_train=5, n_test_good=2, n_test_per_defect=1)
-    return root
+def mvtec_root(demo_data) -> Path:
+    """The session's demo data set, in the MVTec AD layout (categories fabric and pill, 64 x 64 images)."""
+    return demo_data
 
 
 @pytest.fixture
-def mvtec_copy(mvtec_root, tmp_path) -> Path:
-    return Path(shutil.copytree(mvtec_root, tmp_path / "copy"))
+def mvtec_copy(demo_data_copy) -> Path:
+    return demo_data_copy
 
 
 # --- list_images ---------------------------------------------------------------------------------
@@ -90,19 +89,22 @@ def test_list_images_errors(tmp_path):
 def test_mvtec_counts_labels_and_masks(mvtec_root):
     splits = mvtec_splits(mvtec_root, "pill")
     assert isinstance(splits, DatasetSplits) and splits.name == "mvtec/pill"
-    assert len(splits.train) == 5 and all(s.label == 0 and s.mask_path is None for s in splits.train)
+    assert len(splits.train) == DEMO_SIZES["n_train"]
+    assert all(s.label == 0 and s.mask_path is None for s in splits.train)
     assert splits.val == []
     good = [s for s in splits.test if s.label == 0]
     bad = [s for s in splits.test if s.label == 1]
-    assert len(good) == 2 and all(s.defect == "good" and s.mask_path is None for s in good)
-    assert sorted(s.defect for s in bad) == sorted(DEFECTS["pill"])
+    assert len(good) == DEMO_SIZES["n_test_good"] and all(s.defect == "good" and s.mask_path is None for s in good)
+    assert sorted(s.defect for s in bad) == sorted(DEFECTS["pill"] * DEMO_SIZES["n_test_per_defect"])
     for sample in bad:
         assert sample.mask_path == mvtec_root / "pill" / "ground_truth" / sample.defect / f"{sample.path.stem}_mask.png"
     check_masks(splits.test)
 
 
 def test_mvtec_missing_category_lists_available(mvtec_root):
-    with pytest.raises(InputError, match=r"category 'carpet' not found.*expected one of the categories in .*: pill"):
+    with pytest.raises(
+        InputError, match=r"category 'carpet' not found.*expected one of the categories in .*: fabric, pill"
+    ):
         mvtec_splits(mvtec_root, "carpet")
 
 
@@ -126,7 +128,7 @@ def test_check_masks_reports_size_mismatch(mvtec_copy):
     _write_mask(mask, size=(20, 30))
     splits = mvtec_splits(mvtec_copy, "pill")
     image = mvtec_copy / "pill" / "test" / "color" / "000.png"
-    pattern = rf"mask {_escaped(mask)} is 20x30 but its image {_escaped(image)} is 32x32; expected the same size"
+    pattern = rf"mask {_escaped(mask)} is 20x30 but its image {_escaped(image)} is 64x64; expected the same size"
     with pytest.raises(InputError, match=pattern):
         check_masks(splits.test)
 
@@ -259,7 +261,7 @@ def test_folder_splits_needs_a_training_image(tmp_path):
 def test_split_validation_is_deterministic_and_disjoint(mvtec_root):
     splits = mvtec_splits(mvtec_root, "pill")
     train, val = split_validation(splits.train, 0.4, seed=3)
-    assert len(val) == 2 and len(train) == 3
+    assert len(val) == 4 and len(train) == 6  # of the 10 training images
     assert set(train).isdisjoint(val) and set(train) | set(val) == set(splits.train)
     assert not {s.path for s in val} & {s.path for s in splits.test}
     assert split_validation(splits.train, 0.4, seed=3) == (train, val)

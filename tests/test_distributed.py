@@ -13,13 +13,13 @@ from pathlib import Path
 import pytest
 import torch
 import torch.distributed as dist
+from helpers import DEMO_TEST_IMAGES
 from safetensors.torch import load_file
 
 import flowad
 from flowad import distributed
 from flowad.checkpoint import load_train_state
 from flowad.cli import main
-from flowad.data.synthetic import make_demo_dataset
 from flowad.models.fastflow import FastFlow, FastFlowConfig
 
 pytestmark = pytest.mark.skipif(
@@ -39,9 +39,9 @@ def one_thread():
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory) -> Path:
-    sizes = {"image_size": 64, "n_train": 10, "n_test_good": 2, "n_test_per_defect": 1}
-    return make_demo_dataset(tmp_path_factory.mktemp("data"), seed=3, **sizes)
+def data(demo_data: Path) -> Path:
+    """The session's demo data set, both categories."""
+    return demo_data
 
 
 def _free_port() -> int:
@@ -87,6 +87,7 @@ def runs(data: Path, tmp_path_factory) -> tuple[Path, Path]:
     return one, root / "two"
 
 
+@pytest.mark.slow
 def test_two_processes_train_the_weights_of_one(runs: tuple[Path, Path]) -> None:
     one, two = runs
     assert _max_difference(one, two) < 1e-5
@@ -95,17 +96,18 @@ def test_two_processes_train_the_weights_of_one(runs: tuple[Path, Path]) -> None
     assert sorted(p.name for p in two.iterdir()) == sorted(p.name for p in one.iterdir())  # written once, whole
 
 
+@pytest.mark.slow
 def test_sharded_prediction_scores_every_image_once_as_one_process(
     runs: tuple[Path, Path], data: Path, tmp_path: Path
 ) -> None:
     run = runs[1]
-    folders = [str(p) for p in sorted((data / "fabric" / "test").iterdir())]  # 6 images, 2 named 000.png...
+    folders = [str(p) for p in sorted((data / "fabric" / "test").iterdir())]  # a 000.png in every folder
     alone = flowad.predict(run, folders, tmp_path / "one", quiet=True)
     _torchrun("predict", "--run", str(run), "--input", *folders, "--out", str(tmp_path / "two"), "--quiet")
 
     lines = (tmp_path / "two" / "predictions.jsonl").read_text().splitlines()
     shared = [json.loads(line) for line in lines]
-    assert len(shared) == len(alone) == 6
+    assert len(shared) == len(alone) == DEMO_TEST_IMAGES["fabric"]
     assert sorted(r["path"] for r in shared) == sorted({r["path"] for r in shared})  # none doubled
     for a, b in zip(alone, shared, strict=True):  # the same order, scores and output names
         assert b["path"] == a["path"] and b["anomalous"] == a["anomalous"]
@@ -118,6 +120,7 @@ def test_sharded_prediction_scores_every_image_once_as_one_process(
             assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes()
 
 
+@pytest.mark.slow
 def test_benchmark_shares_the_categories_and_prints_one_table(data: Path, tmp_path: Path) -> None:
     out = tmp_path / "bench"
     args = ["benchmark", "--data", str(data), "--categories", "fabric", "pill", "--out", str(out), "--quiet"]
@@ -146,6 +149,7 @@ def _child_with_rank(parent: int, rank: int) -> int:
 
 
 @pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="finds the worker processes through /proc")
+@pytest.mark.slow
 def test_a_killed_process_fails_the_job_clearly_and_the_last_epoch_resumes(data: Path, tmp_path: Path) -> None:
     run = tmp_path / "killed"
     epochs = {"epochs": 60}  # long enough to be killed in the middle

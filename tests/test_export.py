@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import perturb
 
 from flowad.checkpoint import save_run
 from flowad.errors import InputError
@@ -24,10 +25,8 @@ SMALL = {
 def _tiny_model(name: str) -> AnomalyModel:
     torch.manual_seed(0)
     model = build_model(name, backbone="resnet18", weights="random", image_size=SIZE, **SMALL[name]).eval()
-    with torch.no_grad():  # a fresh flow is close to the identity: move it off
-        for key, p in model.named_parameters():
-            if not key.startswith("encoder."):
-                p.add_(0.05 * torch.randn_like(p))
+    perturb(model, 0.05)  # the flows; the backbone is frozen
+    with torch.no_grad():
         model.calibrate(iter([model.extract(torch.randn(4, 3, SIZE, SIZE))]))  # CFLOW's constants; others: no-op
     return model
 

@@ -1,24 +1,11 @@
 """The coupling block and flow chains: exact inverse, exact log-determinant."""
 
 import pytest
+import reference
 import torch
-from torch.autograd.functional import jacobian
+from helpers import perturb
 
 from flowad.flows import AffineCoupling, FlowChain, PointwiseConv, conv_flow, conv_subnet, linear_subnet
-
-
-def _randomise(module: torch.nn.Module, seed: int = 0) -> None:
-    # Fresh blocks are near the identity; random parameters make the checks meaningful.
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in module.parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * 0.5)
-
-
-def _brute_log_det(fn, x: torch.Tensor) -> torch.Tensor:
-    """log|det| of the full Jacobian of fn at one sample, by autograd, in float64."""
-    jac = jacobian(lambda v: fn(v.unsqueeze(0))[0].flatten(), x)
-    return torch.linalg.slogdet(jac.reshape(jac.shape[0], -1))[1]
 
 
 @pytest.mark.parametrize("permute_soft", [False, True])
@@ -26,7 +13,7 @@ def _brute_log_det(fn, x: torch.Tensor) -> torch.Tensor:
 def test_conv_block_inverts_and_log_det_matches_jacobian(channels: int, permute_soft: bool) -> None:
     torch.manual_seed(0)
     block = AffineCoupling(channels, conv_subnet(3, 1.0), clamp=2.0, permute_soft=permute_soft, seed=1).double()
-    _randomise(block)
+    perturb(block, 0.5)
     x = torch.randn(3, channels, 4, 5, dtype=torch.float64)
     y, log_det = block(x)
     assert y.shape == x.shape and log_det.shape == (3,)
@@ -34,20 +21,20 @@ def test_conv_block_inverts_and_log_det_matches_jacobian(channels: int, permute_
     tol = 1e-6 if permute_soft else 1e-10
     assert torch.allclose(block.inverse(y), x, atol=tol)
     for i in range(3):
-        expected = _brute_log_det(lambda v: block(v)[0], x[i])
+        expected = reference.log_abs_det_jacobian(lambda v: block(v[None])[0][0], x[i])
         assert torch.allclose(log_det[i], expected, atol=100 * tol), (log_det[i], expected)
 
 
 def test_conditional_vector_block_inverts_and_log_det_matches_jacobian() -> None:
     block = AffineCoupling(7, linear_subnet(2.0), clamp=1.9, permute_soft=True, condition_channels=4, seed=3)
     block = block.double()
-    _randomise(block, seed=2)
+    perturb(block, 0.5, seed=2)
     x = torch.randn(6, 7, dtype=torch.float64)
     c = torch.randn(6, 4, dtype=torch.float64)
     y, log_det = block(x, c)
     assert torch.allclose(block.inverse(y, c), x, atol=1e-6)
     for i in range(6):
-        expected = _brute_log_det(lambda v, i=i: block(v, c[i : i + 1])[0], x[i])
+        expected = reference.log_abs_det_jacobian(lambda v, i=i: block(v[None], c[i : i + 1])[0][0], x[i])
         assert torch.allclose(log_det[i], expected, atol=1e-5)
     # a different condition gives a different output: the condition is used
     assert not torch.allclose(block(x, c + 1)[0], y)
@@ -55,7 +42,7 @@ def test_conditional_vector_block_inverts_and_log_det_matches_jacobian() -> None
 
 def test_chain_float32_round_trip_and_log_det() -> None:
     flow = conv_flow(6, steps=8, clamp=2.0, hidden_ratio=1.0, seed=0)
-    _randomise(flow, seed=5)
+    perturb(flow, 0.5, seed=5)
     for block in flow.blocks:  # keep the float32 round trip well conditioned
         block.global_scale.data.fill_(10.0)
     x = torch.randn(2, 6, 8, 8)
@@ -63,7 +50,7 @@ def test_chain_float32_round_trip_and_log_det() -> None:
     assert (flow.inverse(z) - x).abs().max() < 1e-4
     flow64 = flow.double()
     x64 = torch.randn(1, 6, 3, 3, dtype=torch.float64)
-    expected = _brute_log_det(lambda v: flow64(v)[0], x64[0])
+    expected = reference.log_abs_det_jacobian(lambda v: flow64(v[None])[0][0], x64[0])
     assert torch.allclose(flow64(x64)[1][0], expected, atol=1e-7)
 
 
@@ -93,15 +80,6 @@ def test_chain_of_nothing_is_identity() -> None:
     assert torch.equal(z, x) and torch.equal(log_det, torch.zeros(2))
 
 
-def _trained_looking(block: AffineCoupling) -> AffineCoupling:
-    """Away from the identity start, so that every term of the gradient matters."""
-    torch.manual_seed(1)
-    with torch.no_grad():
-        for p in block.parameters():
-            p.add_(torch.randn_like(p) * 0.5)
-    return block
-
-
 @pytest.mark.parametrize(
     ("shape", "condition", "permute_soft"),
     [((3, 5, 6, 7), 0, False), ((3, 6, 4, 4), 0, True), ((9, 7), 4, False), ((9, 8), 4, True)],
@@ -109,7 +87,7 @@ def _trained_looking(block: AffineCoupling) -> AffineCoupling:
 def test_fused_block_matches_the_op_by_op_reference(shape, condition: int, permute_soft: bool) -> None:
     channels = shape[1]
     subnet = linear_subnet(2.0) if len(shape) == 2 else conv_subnet(3, 1.0)
-    block = _trained_looking(AffineCoupling(channels, subnet, 1.9, permute_soft, condition, seed=3)).double()
+    block = perturb(AffineCoupling(channels, subnet, 1.9, permute_soft, condition, seed=3), 0.5, seed=1).double()
     x = torch.randn(*shape, dtype=torch.float64, requires_grad=True)
     c = torch.randn(shape[0], condition, dtype=torch.float64) if condition else None
     results = []
@@ -125,7 +103,7 @@ def test_fused_block_matches_the_op_by_op_reference(shape, condition: int, permu
 
 
 def test_fused_block_passes_gradcheck() -> None:
-    block = _trained_looking(AffineCoupling(5, conv_subnet(1, 1.0), 2.0, seed=0)).double()
+    block = perturb(AffineCoupling(5, conv_subnet(1, 1.0), 2.0, seed=0), 0.5, seed=1).double()
     x = torch.randn(2, 5, 3, 3, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(lambda v: block(v), (x,))
     assert torch.autograd.gradcheck(lambda v: block(v)[0].sum(), (x,))  # the log-det's gradient unused

@@ -1,6 +1,6 @@
 """Property tests on random inputs (hypothesis): metrics, the image and mask readers, the NFA.
 
-The slow metric references are those of tests/test_metrics.py, written straight from the definitions.
+The slow metric references are those of tests/reference.py, written straight from the definitions.
 """
 
 from __future__ import annotations
@@ -11,11 +11,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import reference
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
-from test_metrics import ref_aupro, ref_auroc, ref_f1_max
 
 from flowad import metrics
 from flowad.data.images import read_image, read_mask
@@ -78,10 +78,10 @@ def test_metrics_agree_with_slow_references_and_lie_in_the_unit_interval(
     (scores, labels), (maps, masks) = scored, pixels
     auroc, pixel_auroc = metrics.auroc(scores, labels), metrics.pixel_auroc(maps, masks)
     aupro, (f1, threshold) = metrics.aupro(maps, masks, fpr_limit), metrics.f1_max(scores, labels)
-    assert auroc == pytest.approx(ref_auroc(scores, labels), abs=1e-12)
-    assert pixel_auroc == pytest.approx(ref_auroc(maps, masks), abs=1e-12)
-    assert aupro == pytest.approx(ref_aupro(maps, masks, fpr_limit), abs=1e-9)
-    assert (f1, threshold) == pytest.approx(ref_f1_max(scores, labels), abs=1e-12)
+    assert auroc == pytest.approx(reference.auroc(scores, labels), abs=1e-12)
+    assert pixel_auroc == pytest.approx(reference.auroc(maps, masks), abs=1e-12)
+    assert aupro == pytest.approx(reference.aupro(maps, masks, fpr_limit), abs=1e-9)
+    assert (f1, threshold) == pytest.approx(reference.f1_max(scores, labels), abs=1e-12)
     assert all(0.0 <= value <= 1.0 for value in (auroc, pixel_auroc, aupro, f1))
 
 

@@ -1,9 +1,10 @@
-"""Tests for flowad.metrics against slow, direct reference implementations and hand-worked cases."""
+"""Tests for flowad.metrics against the slow, direct implementations of tests/reference.py and hand-worked cases."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
+import reference
 from scipy import ndimage
 
 from flowad.errors import InputError
@@ -19,78 +20,6 @@ from flowad.metrics import (
 )
 
 SEEDS = [0, 1, 2, 3, 4]
-EIGHT_CONNECTED = np.ones((3, 3), dtype=int)
-
-
-# --------------------------------------------------------------------------------------------------
-# Slow reference implementations, written straight from the definitions
-# --------------------------------------------------------------------------------------------------
-
-
-def ref_auroc(scores, labels) -> float:
-    scores = np.asarray(scores, dtype=float).ravel()
-    labels = np.asarray(labels).ravel().astype(bool)
-    pos, neg = scores[labels], scores[~labels]
-    wins = 0.0
-    for p in pos:
-        wins += np.sum(p > neg) + 0.5 * np.sum(p == neg)
-    return wins / (len(pos) * len(neg))
-
-
-def ref_f1_max(scores, labels) -> tuple[float, float]:
-    scores = np.asarray(scores, dtype=float)
-    labels = np.asarray(labels).astype(bool)
-    best, best_t = -1.0, None
-    for t in sorted(set(scores.tolist()), reverse=True):
-        pred = scores >= t
-        tp = np.sum(pred & labels)
-        fp = np.sum(pred & ~labels)
-        fn = np.sum(~pred & labels)
-        f1 = 2 * tp / (2 * tp + fp + fn)
-        if f1 > best:  # strict: the highest threshold wins among equal F1
-            best, best_t = f1, t
-    return best, best_t
-
-
-def ref_regions(masks) -> list[np.ndarray]:
-    """One boolean (N, H, W) array per 8-connected region, labelled image by image."""
-    regions = []
-    for i, mask in enumerate(masks):
-        labelled, count = ndimage.label(mask, structure=EIGHT_CONNECTED)
-        for r in range(1, count + 1):
-            region = np.zeros(masks.shape, dtype=bool)
-            region[i] = labelled == r
-            regions.append(region)
-    return regions
-
-
-def ref_aupro(maps, masks, fpr_limit=0.3) -> float:
-    maps = np.asarray(maps, dtype=float)
-    masks = np.asarray(masks).astype(bool)
-    regions = ref_regions(masks)
-    normal = maps[~masks]
-    xs, ys = [0.0], [0.0]
-    for t in sorted(set(maps.ravel().tolist()), reverse=True):
-        xs.append(np.mean(normal >= t))
-        ys.append(np.mean([np.mean(maps[r] >= t) for r in regions]))
-    area = 0.0
-    for k in range(1, len(xs)):
-        x0, x1, y0, y1 = xs[k - 1], xs[k], ys[k - 1], ys[k]
-        if x1 >= fpr_limit:
-            y_end = y0 + (y1 - y0) * (fpr_limit - x0) / (x1 - x0)
-            area += (fpr_limit - x0) * (y0 + y_end) / 2
-            break
-        area += (x1 - x0) * (y0 + y1) / 2
-    return area / fpr_limit
-
-
-def ref_iou(pred_masks, gt_masks) -> float:
-    values = []
-    for p, g in zip(np.asarray(pred_masks), np.asarray(gt_masks), strict=True):
-        ps = {tuple(ix) for ix in np.argwhere(p)}
-        gs = {tuple(ix) for ix in np.argwhere(g)}
-        values.append(1.0 if not ps | gs else len(ps & gs) / len(ps | gs))
-    return float(np.mean(values))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -128,15 +57,15 @@ def random_maps(seed: int, n: int = 6, size: int = 12, ties: bool = False):
 @pytest.mark.parametrize("seed", SEEDS)
 def test_auroc_matches_pairwise_reference(seed, ties):
     scores, labels = random_scores(seed, ties=ties)
-    assert auroc(scores, labels) == pytest.approx(ref_auroc(scores, labels), abs=1e-9)
-    assert image_auroc(scores, labels) == pytest.approx(ref_auroc(scores, labels), abs=1e-9)
+    assert auroc(scores, labels) == pytest.approx(reference.auroc(scores, labels), abs=1e-9)
+    assert image_auroc(scores, labels) == pytest.approx(reference.auroc(scores, labels), abs=1e-9)
 
 
 @pytest.mark.parametrize("ties", [False, True])
 @pytest.mark.parametrize("seed", SEEDS)
 def test_pixel_auroc_matches_pairwise_reference(seed, ties):
     maps, masks = random_maps(seed, ties=ties)
-    assert pixel_auroc(maps, masks) == pytest.approx(ref_auroc(maps, masks), abs=1e-9)
+    assert pixel_auroc(maps, masks) == pytest.approx(reference.auroc(maps, masks), abs=1e-9)
 
 
 def test_auroc_hand_computed_cases():
@@ -174,7 +103,7 @@ def test_auroc_accepts_bool_int_and_tensor_like_inputs():
             return self.data
 
     scores, labels = random_scores(3)
-    expected = ref_auroc(scores, labels)
+    expected = reference.auroc(scores, labels)
     assert auroc(FakeTensor(scores), FakeTensor(labels.astype(np.int64))) == pytest.approx(expected)
     assert auroc(scores.astype(np.float32), labels.astype(float)) == pytest.approx(expected, abs=1e-6)
     assert auroc([0, 1, 1, 2], [False, False, True, True]) == pytest.approx(0.875)
@@ -229,7 +158,7 @@ def test_pixel_auroc_errors_name_masks():
 def test_aupro_matches_threshold_loop_reference(seed, ties, fpr_limit):
     maps, masks = random_maps(seed, ties=ties)
     got = aupro(maps, masks, fpr_limit=fpr_limit)
-    assert got == pytest.approx(ref_aupro(maps, masks, fpr_limit), abs=1e-9)
+    assert got == pytest.approx(reference.aupro(maps, masks, fpr_limit), abs=1e-9)
     assert 0.0 <= got <= 1.0
 
 
@@ -238,7 +167,7 @@ def test_aupro_limit_on_an_exact_curve_point():
     maps = np.array([[[0.95, 0.9, 0.85, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1, 0.05, 0.01]]])
     masks = np.array([[[1, 0, 0, 1, 0, 0, 0, 0, 1, 0, 0, 0, 0]]])
     got = aupro(maps, masks, fpr_limit=0.3)
-    assert got == pytest.approx(ref_aupro(maps, masks, 0.3), abs=1e-12)
+    assert got == pytest.approx(reference.aupro(maps, masks, 0.3), abs=1e-12)
 
 
 def test_aupro_hand_computed_single_pixel_region():
@@ -324,7 +253,7 @@ def test_aupro_errors():
 def test_f1_max_matches_every_threshold_reference(seed, ties):
     scores, labels = random_scores(seed, ties=ties)
     f1, threshold = f1_max(scores, labels)
-    ref_f1, ref_threshold = ref_f1_max(scores, labels)
+    ref_f1, ref_threshold = reference.f1_max(scores, labels)
     assert f1 == pytest.approx(ref_f1, abs=1e-9)
     assert threshold == ref_threshold
     assert f1_score(scores >= threshold, labels) == pytest.approx(f1, abs=1e-12)
@@ -378,7 +307,7 @@ def test_iou_matches_set_reference(seed):
     for t in [0.3, 0.8, 1.2, 2.0]:
         pred = maps >= t
         got = iou(pred, masks)
-        assert got == pytest.approx(ref_iou(pred, masks), abs=1e-9)
+        assert got == pytest.approx(reference.iou(pred, masks), abs=1e-9)
         assert 0.0 <= got <= 1.0
 
 
@@ -392,20 +321,11 @@ def test_iou_hand_computed():
         iou(pred, gt[:1])
 
 
-def ref_oracle_over_distinct_values(maps, masks):
-    best, best_t = -1.0, None
-    for t in sorted(set(maps.ravel().tolist())):
-        value = ref_iou(maps >= t, masks)
-        if value > best:
-            best, best_t = value, t
-    return best, best_t
-
-
 @pytest.mark.parametrize("seed", SEEDS[:3])
 def test_oracle_iou_exhaustive_when_few_distinct_values(seed):
     maps, masks = random_maps(seed, ties=True)  # integer maps: only a handful of distinct values
     best, threshold = oracle_iou(maps, masks)
-    ref_best, ref_threshold = ref_oracle_over_distinct_values(maps, masks)
+    ref_best, ref_threshold = reference.oracle_iou(maps, masks)
     assert best == pytest.approx(ref_best, abs=1e-9)
     assert threshold == ref_threshold
 
@@ -415,11 +335,11 @@ def test_oracle_iou_on_quantile_grid(seed):
     maps, masks = random_maps(seed)
     best, threshold = oracle_iou(maps, masks, num_thresholds=16)
     assert threshold in set(maps.ravel().tolist())  # candidates are actual map values
-    assert best == pytest.approx(ref_iou(maps >= threshold, masks), abs=1e-9)
-    assert best <= ref_oracle_over_distinct_values(maps, masks)[0] + 1e-12
+    assert best == pytest.approx(reference.iou(maps >= threshold, masks), abs=1e-9)
+    assert best <= reference.oracle_iou(maps, masks)[0] + 1e-12
     # The grid includes the minimum (everything predicted) and the maximum.
-    assert best >= ref_iou(maps >= maps.min(), masks) - 1e-12
-    assert best >= ref_iou(maps >= maps.max(), masks) - 1e-12
+    assert best >= reference.iou(maps >= maps.min(), masks) - 1e-12
+    assert best >= reference.iou(maps >= maps.max(), masks) - 1e-12
 
 
 def test_oracle_iou_perfect_maps():

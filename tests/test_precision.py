@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 import torch
+from helpers import perturb
 
 from flowad.data.datasets import ImageDataset, mvtec_splits
-from flowad.data.synthetic import make_demo_dataset
 from flowad.engine import EngineSettings, infer
 from flowad.errors import FlowadError
 from flowad.models import build_model
@@ -13,23 +13,11 @@ from flowad.preprocess import Preprocess
 
 
 @pytest.fixture(scope="module")
-def scored(tmp_path_factory):
-    data = make_demo_dataset(
-        tmp_path_factory.mktemp("data"),
-        seed=2,
-        categories=("pill",),
-        image_size=64,
-        n_train=2,
-        n_test_good=2,
-        n_test_per_defect=1,
-    )
+def scored(demo_data):
     torch.manual_seed(0)
     model = build_model("fastflow", backbone="resnet18", weights="random", image_size=64, flow_steps=2)
-    with torch.no_grad():  # move the flow off its identity start
-        for key, p in model.named_parameters():
-            if not key.startswith("encoder."):
-                p.add_(0.05 * torch.randn_like(p))
-    dataset = ImageDataset(mvtec_splits(data, "pill").test, Preprocess.from_model(model))
+    perturb(model, 0.05)  # the flows; the backbone is frozen
+    dataset = ImageDataset(mvtec_splits(demo_data, "pill").test, Preprocess.from_model(model))
     return model, dataset, infer(model, dataset, EngineSettings(quiet=True), keep_latents=True)
 
 
@@ -42,6 +30,7 @@ def test_bf16_backbone_keeps_float32_flows_and_close_maps(scored) -> None:
     assert model.encoder_dtype is None  # the precision lasts for the call only
 
 
+@pytest.mark.slow
 def test_compiled_model_gives_the_eager_maps(scored) -> None:
     model, dataset, eager = scored
     compiled = infer(model, dataset, EngineSettings(quiet=True, compile=True))

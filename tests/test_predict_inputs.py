@@ -4,29 +4,25 @@ import json
 from pathlib import Path
 
 import pytest
+from helpers import DEMO_TEST_IMAGES
 from PIL import Image
 
 import flowad
 from flowad import distributed
 from flowad.cli import main
 from flowad.data.datasets import list_images_at_any_depth
-from flowad.data.synthetic import make_demo_dataset
 from flowad.errors import InputError
 
 
-@pytest.fixture(scope="module")
-def demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """An MVTec-style category: test/good/000.png, 001.png and test/<defect>/000.png for four defects."""
-    root = tmp_path_factory.mktemp("demo")
-    return make_demo_dataset(
-        root, seed=3, categories=("fabric",), image_size=64, n_train=8, n_test_good=2, n_test_per_defect=1
-    )
+@pytest.fixture
+def demo(demo_data: Path) -> Path:
+    """The shared demo data set: fabric's test folder holds good/ and four defect folders, each with a 000.png."""
+    return demo_data
 
 
-@pytest.fixture(scope="module")
-def run(demo: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("runs") / "tiny"
-    return flowad.train("fastflow", demo, out=out, category="fabric", image_size=64, epochs=1, batch_size=4)
+@pytest.fixture
+def run(fastflow_run: Path) -> Path:
+    return fastflow_run  # read only: predictions and exports go to each test's own folder
 
 
 def _records(out: Path) -> list[dict]:
@@ -55,7 +51,9 @@ def test_listing_at_any_depth_is_in_tree_order(tmp_path: Path) -> None:
 def test_predict_mirrors_the_subfolders_of_an_mvtec_test_folder(run: Path, demo: Path, tmp_path: Path) -> None:
     test_root = demo / "fabric" / "test"
     expected = sorted((p.relative_to(test_root) for p in test_root.rglob("*.png")), key=lambda relative: relative.parts)
-    assert len(expected) == 6 and sum(p.name == "000.png" for p in expected) == 5  # equal stems in five folders
+    assert (
+        len(expected) == DEMO_TEST_IMAGES["fabric"] and sum(p.name == "000.png" for p in expected) == 5
+    )  # equal stems in five folders
     out = tmp_path / "out"
     assert main(["predict", "--run", str(run), "--input", str(test_root), "--out", str(out), "--quiet"]) == 0
     records = _records(out)
@@ -65,7 +63,9 @@ def test_predict_mirrors_the_subfolders_of_an_mvtec_test_folder(run: Path, demo:
         stem = out / relative.parent / relative.stem
         assert record["heatmap"] == f"{stem}_heatmap.png" and record["mask"] == f"{stem}_mask.png"
         assert Image.open(record["heatmap"]).size == (64, 64)
-    assert len(list(out.rglob("*_heatmap.png"))) == len(list(out.rglob("*_mask.png"))) == 6  # none overwritten
+    assert (
+        len(list(out.rglob("*_heatmap.png"))) == len(list(out.rglob("*_mask.png"))) == len(expected)
+    )  # none overwritten
 
 
 def test_files_given_directly_keep_flat_names(run: Path, demo: Path, tmp_path: Path) -> None:

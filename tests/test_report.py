@@ -15,8 +15,6 @@ import pytest
 from PIL import Image
 
 from flowad import metrics, report
-from flowad.cli import main
-from flowad.data.synthetic import make_demo_dataset
 from flowad.errors import InputError
 from flowad.report import render_report
 
@@ -56,14 +54,9 @@ class Page(HTMLParser):
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    base = tmp_path_factory.mktemp("report")
-    root, run = base / "data", base / "run"
-    make_demo_dataset(root, seed=1, categories=("pill",), image_size=64, n_train=10, n_test_good=3, n_test_per_defect=1)
-    options = ["--image-size", "64", "--epochs", "1", "--batch-size", "4", "--quiet"]
-    main(["train", "--data", str(root), "--category", "pill", "--out", str(run), *options])
-    main(["test", "--run", str(run), "--quiet"])
-    return run
+def run(fastflow_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of the session's trained and tested FastFlow run: rendering writes report.html into it."""
+    return Path(shutil.copytree(fastflow_run, tmp_path_factory.mktemp("report") / "run"))
 
 
 @pytest.fixture(scope="module")

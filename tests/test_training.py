@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import DEMO_SIZES
 from safetensors.torch import load_file
 
 import flowad
@@ -12,7 +13,6 @@ from flowad import engine
 from flowad.checkpoint import load_run
 from flowad.cli import main
 from flowad.data.datasets import ImageDataset
-from flowad.data.synthetic import make_demo_dataset
 from flowad.errors import FlowadError
 from flowad.metrics import image_auroc, pixel_auroc
 from flowad.models.fastflow import FastFlow, FastFlowConfig
@@ -22,10 +22,9 @@ TINY = {"image_size": 64, "epochs": 4, "batch_size": 4, "flow_steps": 2}
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("data")
-    sizes = {"image_size": 64, "n_train": 10, "n_test_good": 2, "n_test_per_defect": 1}
-    return make_demo_dataset(root, seed=3, categories=("fabric",), **sizes)
+def data(demo_data: Path) -> Path:
+    """The session's demo data set: 8 fabric images to train on, 2 to validate with."""
+    return demo_data
 
 
 def _train(data: Path, out: Path, **extra):
@@ -34,6 +33,7 @@ def _train(data: Path, out: Path, **extra):
     )
 
 
+@pytest.mark.slow
 def test_interrupted_run_resumes_to_the_same_weights(data: Path, tmp_path: Path, monkeypatch) -> None:
     whole = _train(data, tmp_path / "whole")
 
@@ -64,6 +64,7 @@ def test_resume_without_state_is_a_clear_error(tmp_path: Path, capsys) -> None:
     assert "request.json does not exist" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_divergence_keeps_the_last_good_epoch(data: Path, tmp_path: Path, monkeypatch) -> None:
     calls = {"n": 0}
     real_loss = FastFlow.training_loss
@@ -79,9 +80,11 @@ def test_divergence_keeps_the_last_good_epoch(data: Path, tmp_path: Path, monkey
     model, config = load_run(tmp_path / "nan")  # the last good checkpoint loads ...
     assert config.train["epochs_completed"] == 2 and "diverged" in config.train["stopped"]
     records = flowad.predict(tmp_path / "nan", [data / "fabric" / "test" / "good"], tmp_path / "pred", quiet=True)
-    assert len(records) == 2 and all(torch.isfinite(torch.tensor(r["score"])) for r in records)  # ... and predicts
+    assert len(records) == DEMO_SIZES["n_test_good"]  # ... and predicts
+    assert all(torch.isfinite(torch.tensor(r["score"])) for r in records)
 
 
+@pytest.mark.slow
 def test_huge_learning_rate_stops_clearly_and_the_last_good_epoch_still_predicts(
     data: Path, tmp_path: Path, capsys
 ) -> None:
@@ -114,9 +117,10 @@ def test_huge_learning_rate_stops_clearly_and_the_last_good_epoch_still_predicts
     assert (
         main(["predict", "--run", str(run), "--input", str(data / "fabric" / "test" / "good"), "--out", str(out)]) == 0
     )
-    assert len((out / "predictions.jsonl").read_text().splitlines()) == 2
+    assert len((out / "predictions.jsonl").read_text().splitlines()) == DEMO_SIZES["n_test_good"]
 
 
+@pytest.mark.slow
 def test_validation_with_anomalies_keeps_the_best_and_the_last_epoch(data: Path, tmp_path: Path, capsys) -> None:
     abnormal, masks = tmp_path / "val_abnormal", tmp_path / "val_masks"
     abnormal.mkdir(), masks.mkdir()
@@ -158,6 +162,7 @@ def test_validation_with_anomalies_keeps_the_best_and_the_last_epoch(data: Path,
     assert "given without anomalous validation images" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_the_best_epoch_is_the_one_kept(tmp_path: Path, monkeypatch) -> None:
     """With validation figures that peak at epoch 2 of 4, best_state holds epoch 2's head, not the last."""
     heads = []

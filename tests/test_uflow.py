@@ -4,30 +4,23 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import reference
 import torch
+from helpers import perturb
 
 from flowad import backbones
 from flowad.backbones import MSCaiTEncoder
 from flowad.cli import main
-from flowad.data.synthetic import make_demo_dataset
 from flowad.errors import InputError
 from flowad.models import UFlow, build_model
 from flowad.models.uflow import UShapedFlow, upsampled_channels
-
-
-def _perturb(module: torch.nn.Module, seed: int = 0, scale: float = 0.05) -> None:
-    # a fresh flow is close to the identity; random parameters make the checks mean something
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in module.parameters():
-            p.add_(scale * torch.randn(p.shape, generator=g, dtype=p.dtype))
 
 
 @pytest.fixture(scope="module")
 def model() -> UFlow:
     torch.manual_seed(0)
     m = build_model("uflow", backbone="resnet18", weights="random", image_size=64, flow_steps=2)
-    _perturb(m.flow)
+    perturb(m.flow, 0.05)
     return m.eval()
 
 
@@ -56,7 +49,7 @@ def test_latent_shapes_follow_the_u(model: UFlow) -> None:
 def test_log_det_matches_the_brute_force_jacobian() -> None:
     torch.manual_seed(1)
     flow = UShapedFlow([3, 8], flow_steps=2).double()
-    _perturb(flow, seed=1, scale=0.3)
+    perturb(flow, 0.3, seed=1)
     shapes = [(3, 4, 4), (8, 2, 2)]
     sizes = [3 * 16, 8 * 4]
 
@@ -66,7 +59,7 @@ def test_log_det_matches_the_brute_force_jacobian() -> None:
         return torch.cat([z.flatten() for z in latents])
 
     x = torch.randn(sum(sizes), dtype=torch.float64)
-    jacobian = torch.autograd.functional.jacobian(run, x)
+    jacobian = reference.jacobian_matrix(run, x)
     assert jacobian.shape == (80, 80)
     _, expected = torch.linalg.slogdet(jacobian)
     _, log_det = flow([p.view(1, *s) for p, s in zip(x.split(sizes), shapes, strict=True)])
@@ -191,19 +184,13 @@ def test_mscait_encoder_with_small_stand_ins(monkeypatch, tmp_path: Path) -> Non
         MSCaiTEncoder(str(tmp_path / "large.safetensors"), **args)
 
 
-@pytest.fixture(scope="module")
-def demo(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("demo")
-    return make_demo_dataset(
-        root, seed=1, categories=("fabric",), image_size=64, n_train=10, n_test_good=3, n_test_per_defect=2
-    )
-
-
-def test_cli_trains_and_tests_uflow(demo: Path, tmp_path: Path, capsys) -> None:
+@pytest.mark.slow
+def test_cli_trains_and_tests_uflow(demo_data: Path, tmp_path: Path, capsys) -> None:
     out = tmp_path / "uflow"
     tiny = ["--image-size", "64", "--epochs", "2", "--batch-size", "4", "--quiet"]
     assert (
-        main(["train", "--model", "uflow", "--data", str(demo), "--category", "fabric", "--out", str(out), *tiny]) == 0
+        main(["train", "--model", "uflow", "--data", str(demo_data), "--category", "fabric", "--out", str(out), *tiny])
+        == 0
     )
     assert main(["test", "--run", str(out), "--quiet"]) == 0
     assert "pixel_auroc" in capsys.readouterr().out
