@@ -5,7 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from flowad.cli import build_parser, main, read_options_file
+from flowad.cli import build_parser, main
+from flowad.cli_options import read_options_file
 from flowad.models import model_class
 
 CONFIGS = sorted((Path(__file__).parent.parent / "configs").glob("*.yaml"))
@@ -91,3 +92,34 @@ def test_a_bad_per_category_entry_names_the_category(tmp_path: Path, capsys) -> 
     config.write_text("epochs: 3\nper_category:\n  pill: {epoch: 2}\n")
     assert main(["train", "--config", str(config), "--category", "pill", "--out", str(tmp_path / "o")]) == 2
     assert "(per_category.pill): unknown option(s) ['epoch']" in capsys.readouterr().err
+
+
+def test_the_command_line_is_parsed_once_and_the_file_read_once(tmp_path: Path, monkeypatch, capsys) -> None:
+    import argparse
+
+    from flowad import cli
+
+    config = tmp_path / "c.yaml"
+    config.write_text("epochs: 3\nout: from_file\nper_category:\n  pill:\n    epochs: 5\n")
+    calls = {"parse": 0, "read": 0}
+    parse, read = argparse.ArgumentParser.parse_args, cli.read_config_file
+
+    def counted_parse(self, *args, **kwargs):
+        calls["parse"] += self.prog == "flowad"
+        return parse(self, *args, **kwargs)
+
+    def counted_read(*args, **kwargs):
+        calls["read"] += 1
+        return read(*args, **kwargs)
+
+    seen = {}
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_args", counted_parse)
+    monkeypatch.setattr(cli, "read_config_file", counted_read)
+    monkeypatch.setitem(cli.COMMANDS, "benchmark", lambda args: seen.update(vars(args)))
+    assert main(["benchmark", "--config", str(config), "--data", str(tmp_path), "--flow-steps", "2"]) == 0
+    assert calls == {"parse": 1, "read": 1}
+    assert seen["epochs"] == 3 and seen["flow_steps"] == 2 and seen["out"] == Path("from_file")
+    assert seen["per_category"] == {"pill": {"epochs": 5}}
+    # a flag given wins over the file, also in its per-category entries
+    assert main(["benchmark", "--config", str(config), "--data", str(tmp_path), "--epochs", "7"]) == 0
+    assert seen["epochs"] == 7 and seen["per_category"] == {"pill": {}}

@@ -15,11 +15,12 @@ from pathlib import Path
 from flowad import distributed
 from flowad.cli_options import (
     add_model_args,
+    category_model_options,
+    flags_given,
     given_model_options,
-    model_fields,
-    per_category_options,
-    read_options_file,
+    read_config_file,
     subparser,
+    typed_option,
 )
 from flowad.errors import FlowadError, InputError
 from flowad.records import EngineSettings
@@ -76,8 +77,8 @@ def _add_config_arg(p: argparse.ArgumentParser, holding: str) -> None:
     p.add_argument("--config", type=Path, help=f"a YAML or JSON file of {holding}")
 
 
-def build_parser(defaults: dict[str, object] | None = None, command: str = "train") -> argparse.ArgumentParser:
-    """The whole command line; ``defaults`` (from a config file) become the defaults of ``command``."""
+def build_parser() -> argparse.ArgumentParser:
+    """The whole command line."""
     parser = argparse.ArgumentParser(prog="flowad", description="Visual anomaly detection with normalizing flows.")
     sub = parser.add_subparsers(dest="command", required=True)
     for add_command in (
@@ -91,8 +92,6 @@ def build_parser(defaults: dict[str, object] | None = None, command: str = "trai
         _add_export,
     ):
         add_command(sub)
-    if defaults:
-        subparser(parser, command).set_defaults(**defaults)
     return parser
 
 
@@ -114,7 +113,8 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("train", help="train a model on good images and write a run directory")
+    # no abbreviated flags where a config file can give options: a flag given must be seen whole to win over it
+    p = sub.add_parser("train", help="train a model on good images and write a run directory", allow_abbrev=False)
     _add_config_arg(p, "train options (keys as the flags, e.g. image_size: 256); flags override it")
     p.add_argument("--model", default="fastflow", help="fastflow (default), cflow or uflow")
     _add_data_args(p)
@@ -171,7 +171,11 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
 
 
 def _add_benchmark(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("benchmark", help="train and test one model on every category of a data set: the papers' table")
+    p = sub.add_parser(
+        "benchmark",
+        help="train and test one model on every category of a data set: the papers' table",
+        allow_abbrev=False,
+    )
     _add_config_arg(p, "model options, with optional per_category entries (e.g. configs/uflow.yaml)")
     p.add_argument("--data", required=True, type=Path, help="MVTec AD (or BTAD) root folder")
     p.add_argument("--model", default="fastflow", help="fastflow (default), cflow or uflow")
@@ -259,13 +263,17 @@ def main(argv: list[str] | None = None) -> int:
 def _with_config_file(
     parser: argparse.ArgumentParser, args: argparse.Namespace, argv: list[str] | None
 ) -> argparse.Namespace:
-    """The command line parsed again over the defaults of its --config file."""
-    defaults = read_options_file(args.config, parser, args.command, getattr(args, "category", None))
-    given = {k for k, v in vars(args).items() if v is not None and k in model_fields()}  # flags win
-    args = build_parser(defaults, args.command).parse_args(argv)
+    """The --config file's options under the flags given on the command line, which win; the file is read
+    once and the command line parsed once."""
+    options, per_category = read_config_file(args.config, parser, args.command)
+    command = subparser(parser, args.command)
+    given = flags_given(command, sys.argv[1:] if argv is None else argv)
+    category = getattr(args, "category", None) or options.get("category")
+    for key, value in {**options, **per_category.get(category, {})}.items():
+        if key not in given:
+            setattr(args, key, typed_option(command, key, value))
     if args.command == "benchmark":
-        per_category = per_category_options(args.config, parser)
-        args.per_category = {c: {k: v for k, v in opts.items() if k not in given} for c, opts in per_category.items()}
+        args.per_category = category_model_options(options, per_category, given)
     return args
 
 

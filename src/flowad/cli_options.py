@@ -90,22 +90,41 @@ def read_options_file(
     as papers that tune settings per category ship them; ``category`` picks the entry (else the file's own
     ``category``).
     """
-    options, per_category = _read_config(path, parser, command)
-    options.update(per_category.get(category or options.get("category"), {}))
-    return options
+    options, per_category = read_config_file(path, parser, command)
+    return {**options, **per_category.get(category or options.get("category"), {})}
 
 
-def per_category_options(path: Path, parser: argparse.ArgumentParser) -> dict[str, dict[str, object]]:
-    """Category -> the model options a config file gives it (its own options, then its per_category entry)."""
-    options, per_category = _read_config(path, parser, "benchmark")
-    fields = model_fields()
+def category_model_options(
+    options: dict[str, object], per_category: dict[str, dict[str, object]], given: set[str]
+) -> dict[str, dict[str, object]]:
+    """Category -> the model options a config file gives it (its own options, then its per_category entry),
+    less those ``given`` on the command line, which win."""
+    fields = set(model_fields()) - given
     return {c: {k: v for k, v in {**options, **own}.items() if k in fields} for c, own in per_category.items()}
 
 
-def _read_config(
+def flags_given(parser: argparse.ArgumentParser, argv: list[str]) -> set[str]:
+    """The destinations of the options that ``argv`` spells out (``--epochs 3`` or ``--epochs=3``); the
+    parser takes no abbreviations, so every flag given appears whole."""
+    given = set()
+    for action in parser._actions:
+        if any(token == flag or token.startswith(flag + "=") for flag in action.option_strings for token in argv):
+            given.add(action.dest)
+    return given
+
+
+def typed_option(parser: argparse.ArgumentParser, dest: str, value: object) -> object:
+    """A config file's value as its flag would give it: a string through the flag's type (e.g. a Path)."""
+    action = next((a for a in parser._actions if a.dest == dest), None)
+    if isinstance(value, str) and action is not None and callable(action.type):
+        return action.type(value)
+    return value
+
+
+def read_config_file(
     path: Path, parser: argparse.ArgumentParser, command: str
 ) -> tuple[dict[str, object], dict[str, dict[str, object]]]:
-    """A config file's options for ``command`` and its per_category entries, each checked."""
+    """A config file's options for ``command`` and its per_category entries, each checked; read once."""
     if not path.is_file():
         raise InputError(f"config file {path} does not exist")
     try:
