@@ -96,7 +96,7 @@ def write_data(root: Path, seed: int = 0) -> None:
 
 
 def main() -> None:
-    from flowad.cli import DEMO_PRESETS
+    from flowad.cli_commands import DEMO_PRESETS
 
     parser = run_argument_parser(__doc__, ("out",), device="cpu", helps={"out": "folder for the data set and the runs"})
     add_models_argument(parser)

@@ -1,0 +1,165 @@
+"""What each ``flowad`` command does with its parsed arguments: a call into :mod:`flowad.api` and what it prints."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from pathlib import Path
+
+from flowad import distributed
+from flowad.cli_options import given_model_options
+from flowad.errors import InputError
+from flowad.records import EngineSettings
+
+# The demo data set has 48 training images per category: at the papers' batch of 32 that is two optimiser
+# steps per epoch, so the demo trains the image-batched models with batches of 8 (more steps for the same
+# compute; 8 is also the U-Flow authors' base batch). CFLOW-AD's batches are fibers, which this does not touch.
+DEMO_PRESETS: dict[str, dict[str, int]] = {"fastflow": {"batch_size": 8, "epochs": 60}, "uflow": {"batch_size": 8}}
+
+
+def engine_settings(args: argparse.Namespace, **extra) -> EngineSettings:
+    """How to run, from the command line's engine flags (and ``extra`` settings)."""
+    return EngineSettings(
+        device=args.device,
+        quiet=args.quiet,
+        dist_timeout=args.dist_timeout,
+        precision=args.precision,
+        compile=args.compile,
+        **extra,
+    )
+
+
+def _demo_data(args: argparse.Namespace) -> None:
+    from flowad.data.synthetic import make_demo_dataset
+
+    path = make_demo_dataset(args.out, seed=args.seed)
+    print(f"wrote the demo data set to {path}")
+
+
+def _train(args: argparse.Namespace) -> None:
+    from flowad import api
+
+    if args.resume is not None:
+        run = api.resume(args.resume, engine_settings(args))
+        print(f"resumed and finished {run}")
+        _print_best_and_last(run)
+        return
+    if args.data is None or args.out is None:
+        raise InputError("train needs --data and --out (or --resume RUN_DIR)")
+    spec = api.DataSpec(
+        root=str(args.data),
+        category=args.category,
+        layout=args.layout,
+        abnormal_dir=args.abnormal,
+        mask_dir=args.masks,
+        val_dir=args.val_dir,
+        val_fraction=args.val_fraction,
+        val_abnormal_dir=args.val_abnormal,
+        val_mask_dir=args.val_masks,
+    )
+    settings = engine_settings(args, cache=args.cache, cache_limit_gb=args.cache_limit_gb)
+    options = given_model_options(args)
+    run = api.train(
+        args.model, spec, args.out, seed=args.seed, force=args.force, fpr=args.fpr, settings=settings, **options
+    )
+    print(f"trained {args.model}; run directory: {run}")
+    _print_best_and_last(run)
+
+
+def _test(args: argparse.Namespace) -> None:
+    from flowad import api
+
+    result = api.test(args.run, args.data, args.category, args.threshold, engine_settings(args))
+    print(api.format_metrics(result))
+    print(f"report: {args.run / 'report.html'}")
+    print(
+        f"train {result['train_seconds']:.1f} s, test {result['test_seconds']:.1f} s; wrote {args.run / 'metrics.json'}"
+    )
+
+
+def _predict(args: argparse.Namespace) -> None:
+    from flowad import api
+
+    api.predict(args.run, args.input, args.out, args.threshold, quiet=args.quiet, engine=args.engine)
+
+
+def _export(args: argparse.Namespace) -> None:
+    from flowad.export import export_onnx
+
+    print(f"wrote {export_onnx(args.run, args.out)}")
+
+
+def _report(args: argparse.Namespace) -> None:
+    from flowad.report import render_report
+
+    print(f"wrote {render_report(args.run)}")
+
+
+def _print_best_and_last(run: Path) -> None:
+    """With a validation split that holds anomalies: the best epoch's run and the last epoch's."""
+    from flowad.checkpoint import read_record
+
+    if not distributed.is_main():  # the main process writes the run, maybe still now
+        return
+    summary = read_record(run).train
+    for which, path in (("best", run / "best"), ("last", run)):
+        if which in summary:
+            val = ", ".join(f"{k} {v:.4f}" for k, v in summary[which]["val"].items())
+            print(f"{which} epoch {summary[which]['epoch']} (validation {val}): {path}")
+
+
+def _demo(args: argparse.Namespace) -> None:
+    """The README's first command: demo data -> train -> test -> predict, per demo category."""
+    from flowad import api
+    from flowad.data.spec import DataSpec
+    from flowad.data.synthetic import CATEGORIES, make_demo_dataset
+    from flowad.records import TrainRequest
+
+    out: Path = args.out
+    data = out / "data"
+    options = dict(DEMO_PRESETS.get(args.model, {}))
+    options.update(given_model_options(args))
+    settings = engine_settings(args)
+    TrainRequest(args.model, DataSpec(str(data)), options, settings=settings)  # bad options stop it before any work
+    if not (data / CATEGORIES[0]).is_dir():
+        make_demo_dataset(data, seed=0)
+    runs = out / args.model
+    rows = api.benchmark(args.model, data, runs, CATEGORIES, force=args.force, settings=settings, **options)
+    for category in CATEGORIES:
+        test_folders = sorted(p for p in (data / category / "test").iterdir() if p.is_dir())
+        api.predict(runs / category, test_folders, runs / category / "predictions", quiet=True)
+        result = api.read_json(runs / category / "metrics.json")
+        print(f"\n{args.model} on demo/{category}\n{api.format_metrics(result)}")
+    print("\n" + api.format_table(rows))
+    print(f"\nruns, metrics and predictions are in {runs}/")
+
+
+def _benchmark(args: argparse.Namespace) -> None:
+    from flowad import api
+
+    options = given_model_options(args)
+    rows = api.benchmark(
+        args.model,
+        args.data,
+        args.out,
+        args.categories,
+        args.layout,
+        args.force,
+        engine_settings(args),
+        per_category=getattr(args, "per_category", None),
+        **options,
+    )
+    print(api.format_table(rows))
+    print(f"\nwrote {args.out / 'table.csv'} and {args.out / 'table.md'}")
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], None]] = {
+    "demo-data": _demo_data,
+    "demo": _demo,
+    "train": _train,
+    "benchmark": _benchmark,
+    "test": _test,
+    "report": _report,
+    "predict": _predict,
+    "export": _export,
+}
