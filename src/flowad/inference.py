@@ -135,19 +135,7 @@ def predict(
     # output names are set over every input before sharding, so that each process names files alike
     names = _output_names(files)
     detector = Detector.load(run, threshold, engine)
-    scored, skipped = [], 0
-    for i in distributed.shard(range(len(files))):
-        found = files[i]
-        try:
-            if not is_image_file(found.path):
-                raise InputError(f"{found.path} is not an image file (expected .png, .jpg, .jpeg, .bmp, .tif or .tiff)")
-            rgb = read_image(found.path)
-        except InputError as err:
-            skipped += 1
-            print(f"warning: skipped {err}", file=sys.stderr)
-            continue
-        scored.append((i, _score_file(detector, found, rgb, out, names[i])))
-    shares = distributed.all_gather((scored, skipped))
+    shares = distributed.all_gather(_score_share(detector, files, names, out))
     records = [record for _, record in sorted((p for part, _ in shares for p in part), key=lambda p: p[0])]
     skipped = sum(n for _, n in shares)
     if not records:
@@ -167,6 +155,26 @@ def predict(
             file=sys.stderr,
         )
     return records
+
+
+def _score_share(
+    detector: Detector, files: list[_InputFile], names: list[str], out: Path
+) -> tuple[list[tuple[int, dict[str, Any]]], int]:
+    """This process's share of the files scored and written: (input index, JSON record) each, and how many
+    were skipped (one warning line each on stderr)."""
+    scored, skipped = [], 0
+    for i in distributed.shard(range(len(files))):
+        found = files[i]
+        try:
+            if not is_image_file(found.path):
+                raise InputError(f"{found.path} is not an image file (expected .png, .jpg, .jpeg, .bmp, .tif or .tiff)")
+            rgb = read_image(found.path)
+        except InputError as err:
+            skipped += 1
+            print(f"warning: skipped {err}", file=sys.stderr)
+            continue
+        scored.append((i, _score_file(detector, found, rgb, out, names[i])))
+    return scored, skipped
 
 
 @dataclass(frozen=True)
