@@ -16,7 +16,7 @@ BAD_VALUE = {
     "lr_end_factor": "0",
     "nfa_probability_threshold": "1",
     "val_fraction": "1",
-    "fpr": "0",
+    "fpr": "1",
     "cache_limit_gb": "-1",
     "weight_decay": "-0.5",
     "seed": "-1",
@@ -87,7 +87,7 @@ def test_engine_and_choice_options(command: str, flag: str, value: str, expected
     [
         ("--val-fraction", "1"),
         ("--val-fraction", "-0.1"),
-        ("--fpr", "0"),
+        ("--fpr", "-0.01"),
         ("--fpr", "1.5"),
         ("--seed", "-1"),
         ("--cache-limit-gb", "-2"),

@@ -80,7 +80,7 @@ def test_a_damaged_run_record_is_named(tmp_path: Path, change, message: str) -> 
 
 def test_records_refuse_bad_values_where_they_enter() -> None:
     spec = DataSpec("data", "pill")
-    with pytest.raises(InputError, match="--fpr 1: expected a number > 0 and < 1"):
+    with pytest.raises(InputError, match="--fpr 1: expected a number >= 0 and < 1"):
         TrainRequest("fastflow", spec, fpr=1)
     with pytest.raises(InputError, match="--epochs 0"):
         TrainRequest("fastflow", spec, {"epochs": 0})

@@ -75,7 +75,7 @@ RANGES: dict[str, Range] = {
     "num_workers": NON_NEGATIVE_INT,
     "dist_timeout": POSITIVE,
     "val_fraction": FRACTION,
-    "fpr": PROBABILITY,
+    "fpr": FRACTION,  # 0: the threshold is the good validation scores' maximum
 }
 
 

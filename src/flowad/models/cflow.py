@@ -57,10 +57,8 @@ class CFlowConfig(ModelConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         self.strides = tuple(self.strides)  # JSON gives a list
-        if self.condition_vector <= 0 or self.condition_vector % 4:
+        if self.condition_vector % 4:  # its range (a positive count) is checked with every other field's
             raise InputError(f"condition_vector={self.condition_vector}: expected a positive multiple of 4")
-        if self.fiber_batch_size < 1:
-            raise InputError(f"fiber_batch_size={self.fiber_batch_size}: expected at least 1")
 
 
 def positional_encoding_2d(channels: int, height: int, width: int) -> torch.Tensor:
