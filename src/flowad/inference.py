@@ -23,6 +23,7 @@ from flowad.engine import resolve_device
 from flowad.errors import InputError
 from flowad.models import AnomalyModel
 from flowad.records import RunRecord
+from flowad.resize import resize_bilinear
 from flowad.thresholds import from_option
 from flowad.visualize import mask_image, overlay
 
@@ -82,7 +83,7 @@ class Detector:
             score = float(maps.amax())
             full_map = _resize(maps, rgb.shape[:2]).numpy()
             if self.use_nfa:
-                log_nfa = _resize(self.model.log_nfa(latents).float(), rgb.shape[:2]).numpy()
+                log_nfa = resize_bilinear(self.model.log_nfa(latents).astype(np.float32), rgb.shape[:2])[0]
                 mask = log_nfa < 0
                 anomalous = bool(mask.any())
             else:

@@ -1,5 +1,9 @@
 """A contrario segmentation of latent maps: the number of false alarms (NFA) of U-Flow.
 
+Computed with numpy alone, so that a deployed model (onnxruntime, OpenVINO) gives the same masks as torch:
+the latents may be numpy arrays or torch tensors (copied to the CPU), and z^2 >= tau is decided in float32
+whatever their type, as the torch implementation did.
+
 Under the null hypothesis (a normal pixel) every latent value is N(0, 1), so z^2 ~ chi-square(1) and
 ``z^2 >= tau`` with ``tau = chi2(1).ppf(thr)`` happens with probability ``1 - thr``. Around each latent
 position we count such "candidates" in a window and ask how unlikely that many would be by chance:
@@ -15,7 +19,8 @@ position we count such "candidates" in a window and ask how unlikely that many w
   ours is never below log P[X = n], so log NFA is always finite.)
 - borders: the window is cut at the image border and ``n`` counts only the pixels inside (the reference
   pads by reflection, which counts some entries twice and breaks the independence the test assumes).
-- scales combine by bilinear upsampling of each log10 P to ``size`` and summing; then
+- scales combine by bilinear upsampling of each log10 P to ``size`` (float64, torch's
+  ``F.interpolate(mode="bilinear", align_corners=False)`` as :func:`flowad.resize.resize_bilinear`) and summing; then
   log NFA = sum_s log10 P_s + log10(N_tests), N_tests = number of latent positions over all scales.
   The reference upsamples bicubically (align_corners=True); flowad keeps bilinear on purpose. A bilinear
   value is a weighted mean of the neighbouring windows' log10 P, so every upsampled pixel stays within
@@ -38,33 +43,37 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 from scipy.special import gammaln
 from scipy.stats import chi2
 
 from flowad.errors import InputError
+from flowad.resize import resize_bilinear
 
 if TYPE_CHECKING:
+    import torch
+
     from flowad.models.base import AnomalyModel
 
 
 def log_nfa(
-    latents: list[torch.Tensor],
+    latents: Sequence[np.ndarray | torch.Tensor],
     size: tuple[int, int],
     window_size: int = 7,
     probability_threshold: float = 0.5,
     high_precision: bool = False,
-) -> torch.Tensor:
+) -> np.ndarray:
     """log10 NFA per pixel, float64 (B, H, W) at ``size``; a pixel is anomalous iff its log NFA < 0.
 
-    ``latents``: (B, C_s, H_s, W_s) maps, any order (e.g. ``model.latents(images)``).
+    ``latents``: (B, C_s, H_s, W_s) maps, any order, numpy arrays (an exported model's outputs) or torch
+    tensors (e.g. ``model.latents(images)``, on any device): the same values give the same result.
     """
+    latents = _as_arrays(latents)
     _check(latents, size, window_size, probability_threshold)
-    tau = float(chi2.ppf(probability_threshold, 1))
+    tau = np.float32(chi2.ppf(probability_threshold, 1))  # compared in float32, as the latents are
     q = 1.0 - probability_threshold  # P(z^2 >= tau) under H0
     finest = max(z.shape[-2] for z in latents)
 
@@ -80,42 +89,54 @@ def log_nfa(
     table = _tail_table(n_values, q, high_precision)  # (len(n_values), n_max + 1)
     total_log_p = 0
     for k, n in zip(counts, sizes, strict=True):
-        row = torch.from_numpy(np.searchsorted(n_values, n.numpy())).to(k.device)
-        log_p = table.to(k.device)[row, k]  # row (H, W) broadcasts against k (B, H, W)
+        log_p = table[np.searchsorted(n_values, n), k]  # row (H, W) broadcasts against k (B, H, W)
         # bilinear, not the reference's bicubic: it cannot overshoot the tests' range (module docstring)
-        up = F.interpolate(log_p[:, None], size=tuple(size), mode="bilinear", align_corners=False)
-        total_log_p = total_log_p + up[:, 0]
+        total_log_p = total_log_p + resize_bilinear(log_p, tuple(size))
     n_tests = sum(z.shape[-2] * z.shape[-1] for z in latents)
     return total_log_p + math.log10(n_tests)
 
 
-def nfa_mask(latents: list[torch.Tensor], size: tuple[int, int], *args: Any, **kwargs: Any) -> torch.Tensor:
+def nfa_mask(
+    latents: Sequence[np.ndarray | torch.Tensor], size: tuple[int, int], *args: Any, **kwargs: Any
+) -> np.ndarray:
     """Boolean (B, H, W) segmentation at ``size``: True where log NFA < 0 (anomalous); settings as :func:`log_nfa`."""
     return log_nfa(latents, size, *args, **kwargs) < 0
 
 
-def nfa_masks(model: AnomalyModel, latents: list[torch.Tensor], batch: int = 16) -> np.ndarray:
+def nfa_masks(model: AnomalyModel, latents: Sequence[np.ndarray | torch.Tensor], batch: int = 16) -> np.ndarray:
     """log NFA < 0 for every image of ``latents`` (N, H, W) bool, with the model's window, threshold and precision.
 
     No threshold is chosen: the a contrario test decides. A batch of images at a time, as the float64 maps
     of a whole test set at once would take much memory.
     """
     n = latents[0].shape[0]
-    chunks = [(model.log_nfa([z[i : i + batch] for z in latents]) < 0).numpy() for i in range(0, n, batch)]
+    chunks = [model.log_nfa([z[i : i + batch] for z in latents]) < 0 for i in range(0, n, batch)]
     return np.concatenate(chunks)
 
 
-def _check(latents: list[torch.Tensor], size: tuple[int, int], window_size: int, threshold: float) -> None:
+def _as_arrays(latents: Any) -> Any:
+    """numpy arrays of the latents; torch tensors are copied to the CPU without importing torch here."""
+    if not isinstance(latents, (list, tuple)):
+        return latents  # _check names the problem
+    return [_as_array(z) for z in latents]
+
+
+def _as_array(z: Any) -> np.ndarray:
+    if hasattr(z, "detach"):  # a torch tensor; float32 first, as bfloat16 has no numpy type
+        return z.detach().cpu().float().numpy()
+    return np.asarray(z)
+
+
+def _check(latents: list[np.ndarray], size: tuple[int, int], window_size: int, threshold: float) -> None:
     if not isinstance(latents, (list, tuple)) or len(latents) == 0:
         raise InputError("latents is empty; expected a list of (B, C, H, W) latent maps")
     for i, z in enumerate(latents):
-        if not isinstance(z, torch.Tensor) or z.dim() != 4:
-            shape = tuple(z.shape) if isinstance(z, torch.Tensor) else type(z).__name__
-            raise InputError(f"latents[{i}] is {shape}; expected a 4D (B, C, H, W) tensor")
+        if z.ndim != 4:
+            raise InputError(f"latents[{i}] is {z.shape}; expected a 4D (B, C, H, W) array")
         if z.shape[0] != latents[0].shape[0]:
             raise InputError(f"latents[{i}] has batch {z.shape[0]}, latents[0] has {latents[0].shape[0]}")
-        if z.numel() == 0:
-            raise InputError(f"latents[{i}] is empty {tuple(z.shape)}")
+        if z.size == 0:
+            raise InputError(f"latents[{i}] is empty {z.shape}")
     if not isinstance(size, (tuple, list)) or len(size) != 2 or min(size) < 1:
         raise InputError(f"size is {size}; expected (height, width) of positive integers")
     if not 0 < threshold < 1:
@@ -124,29 +145,28 @@ def _check(latents: list[torch.Tensor], size: tuple[int, int], window_size: int,
         raise InputError(f"window_size is {window_size}; expected a whole number of at least 1")
 
 
-def _window_counts(z: torch.Tensor, tau: float, half: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _window_counts(z: np.ndarray, tau: np.float32, half: int) -> tuple[np.ndarray, np.ndarray]:
     """Candidates in each (2 half + 1)^2 window cut at the border, summed over channels: (B, H, W) int64,
     and the number of window pixels inside the image: (H, W) int64. Integral images keep the counts exact."""
-    per_pixel = (z.detach().float().pow(2) >= tau).sum(1, dtype=torch.int64)  # (B, H, W)
-    integral = F.pad(per_pixel.cumsum(1).cumsum(2), (1, 0, 1, 0))
+    z = z.astype(np.float32, copy=False)
+    per_pixel = np.count_nonzero(z * z >= tau, axis=1).astype(np.int64)  # (B, H, W)
+    integral = np.pad(per_pixel.cumsum(1).cumsum(2), ((0, 0), (1, 0), (1, 0)))
     h, w = per_pixel.shape[-2:]
-    rows = torch.arange(h, device=z.device)
-    cols = torch.arange(w, device=z.device)
-    top, bottom = (rows - half).clamp(min=0), (rows + half + 1).clamp(max=h)
-    left, right = (cols - half).clamp(min=0), (cols + half + 1).clamp(max=w)
+    rows, cols = np.arange(h), np.arange(w)
+    top, bottom = np.maximum(rows - half, 0), np.minimum(rows + half + 1, h)
+    left, right = np.maximum(cols - half, 0), np.minimum(cols + half + 1, w)
     t, b, lf, r = top[:, None], bottom[:, None], left[None, :], right[None, :]
     total = integral[:, b, r] - integral[:, t, r] - integral[:, b, lf] + integral[:, t, lf]
-    n = (b - t) * (r - lf)
-    return total, n.cpu()
+    return total, (b - t) * (r - lf)
 
 
-def _tail_table(n_values: np.ndarray, q: float, high_precision: bool) -> torch.Tensor:
+def _tail_table(n_values: np.ndarray, q: float, high_precision: bool) -> np.ndarray:
     """Row i, column k: log10 P[Bin(n_values[i], q) >= k] (k <= n; columns past n are unused)."""
     n_max = int(n_values.max())
     table = np.zeros((len(n_values), n_max + 1))
     for i, n in enumerate(n_values.tolist()):
         table[i, : n + 1] = _cached_tail(n, q, high_precision)
-    return torch.from_numpy(table)
+    return table
 
 
 def log10_binomial_tail(n: int, q: float, high_precision: bool = False) -> np.ndarray:

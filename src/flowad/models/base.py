@@ -12,6 +12,7 @@ import dataclasses
 from collections.abc import Iterator
 from typing import Any, ClassVar
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -153,8 +154,9 @@ class AnomalyModel(nn.Module):
     def latents(self, images: torch.Tensor) -> list[torch.Tensor]:
         return self.head(self.extract(images))[0]
 
-    def log_nfa(self, latents: list[torch.Tensor]) -> torch.Tensor:
-        """log10 NFA per pixel (B, H, W) at the input size: < 0 means anomalous, with no threshold to tune."""
+    def log_nfa(self, latents: list[torch.Tensor] | list[np.ndarray]) -> np.ndarray:
+        """log10 NFA per pixel, a float64 numpy array (B, H, W) at the input size: < 0 means anomalous, with no
+        threshold to tune. ``latents`` may be tensors (any device) or an exported model's numpy outputs."""
         from flowad.nfa import log_nfa
 
         c = self.config
