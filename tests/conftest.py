@@ -55,11 +55,14 @@ def demo_data_copy(demo_data: Path, tmp_path: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def fastflow_run(demo_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """FastFlow trained by ``flowad train`` on the demo fabric with helpers.TINY_TRAIN, then tested by ``flowad
-    test`` (so it holds metrics.json, test_outputs.npz and report.html)."""
+    """FastFlow trained by ``flowad train`` on the demo fabric with helpers.TINY_TRAIN, tested by ``flowad test``
+    (so it holds metrics.json, test_outputs.npz and report.html) and exported to ONNX and OpenVINO."""
     run = tmp_path_factory.mktemp("runs") / "fastflow"
     assert main(["train", "--data", str(demo_data), "--category", "fabric", "--out", str(run), *TINY_TRAIN]) == 0
     assert main(["test", "--run", str(run), "--quiet"]) == 0
+    # the files the default engine would export on first use, so that predicting leaves the run as it is
+    assert main(["export", "--run", str(run), "--format", "onnx"]) == 0
+    assert main(["export", "--run", str(run), "--format", "openvino"]) == 0
     built = _contents(run)
     yield run
     _unchanged(run, built)

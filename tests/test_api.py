@@ -50,7 +50,7 @@ def test_detector_rejects_wrong_arrays(run: Path) -> None:
 
 
 def test_scores_do_not_depend_on_the_batch(run: Path) -> None:
-    model = flowad.load(run).model
+    model = flowad.load(run, engine="torch").engine.model
     x = torch.randn(4, 3, 64, 64)
     with torch.no_grad():
         together = model(x)[0]
@@ -61,7 +61,8 @@ def test_scores_do_not_depend_on_the_batch(run: Path) -> None:
 @pytest.mark.slow
 def test_imagenet_input_statistics_reach_the_run_and_the_detector(demo_data: Path, tmp_path: Path) -> None:
     options = {"image_size": 64, "epochs": 1, "batch_size": 4, "input_statistics": "imagenet"}
-    detector = flowad.load(flowad.train("fastflow", demo_data, out=tmp_path / "imagenet", category="pill", **options))
+    run = flowad.train("fastflow", demo_data, out=tmp_path / "imagenet", category="pill", **options)
+    detector = flowad.load(run)
     mean, std = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
     assert detector.record.preprocess.mean == pytest.approx(mean)
     assert detector.record.preprocess.std == pytest.approx(std)
@@ -69,7 +70,7 @@ def test_imagenet_input_statistics_reach_the_run_and_the_detector(demo_data: Pat
     pixels = torch.from_numpy(image).permute(2, 0, 1).float() / 255
     x = (pixels - torch.tensor(mean).view(3, 1, 1)) / torch.tensor(std).view(3, 1, 1)
     with torch.no_grad():
-        score = detector.model(x[None])[1].item()
+        score = flowad.load(run, engine="torch").engine.model(x[None])[1].item()
     assert detector.predict([image])[0]["score"] == pytest.approx(score, abs=1e-5)
 
 

@@ -214,7 +214,9 @@ def test_corpus_through_predict(run: Path, tmp_path: Path, capsys: pytest.Captur
     out = tmp_path / "out"
     capsys.readouterr()
     assert main(["predict", "--run", str(run), "--input", str(folder), str(folder / loop.name), "--out", str(out)]) == 0
-    lines = capsys.readouterr().err.splitlines()
+    said = capsys.readouterr().err.splitlines()
+    assert said[0].startswith("scoring with the ")
+    lines = said[1:]
     # one warning per bad file, in list_images order, then the loop named on the command line; then a summary
     expected = [*sorted((case for case in BAD if case.listed), key=lambda case: case.name), loop]
     assert len(lines) == len(expected) + 1

@@ -160,19 +160,6 @@ def test_test_writes_the_report_and_report_re_renders_it(run: Path, capsys) -> N
     assert (report.stat().st_mode & 0o777) != 0o600  # written atomically, but readable like any output
 
 
-def test_export_and_predict_with_onnxruntime_give_the_same_masks(run: Path, demo: Path, tmp_path: Path) -> None:
-    assert main(["export", "--run", str(run), "--format", "onnx"]) == 0
-    folder = str(demo / "fabric" / "test" / "hole")
-    outputs = {}
-    for engine in ("torch", "onnx"):
-        out = tmp_path / engine
-        assert main(["predict", "--run", str(run), "--input", folder, "--out", str(out), "--engine", engine]) == 0
-        outputs[engine] = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
-    for a, b in zip(outputs["torch"], outputs["onnx"], strict=True):
-        assert a["score"] == pytest.approx(b["score"], abs=1e-4) and a["anomalous"] == b["anomalous"]
-        assert np.array_equal(_pixels(a["mask"]), _pixels(b["mask"]))
-
-
 def test_demo_takes_the_model_options_over_its_presets() -> None:
     from flowad.cli import build_parser
 

@@ -125,7 +125,9 @@ def test_predict_with_no_readable_input_exits_2_and_writes_nothing(
     out = tmp_path / "out"
     capsys.readouterr()
     assert main(["predict", "--run", str(run), "--input", *map(str, inputs), "--out", str(out)]) == 2
-    lines = capsys.readouterr().err.splitlines()
+    said = capsys.readouterr().err.splitlines()
+    assert said[0] == f"scoring with the openvino engine ({run / 'openvino' / 'model.xml'})"
+    lines = said[1:]
     assert [line.startswith("warning: skipped ") for line in lines] == [True, True, False]
     assert all(str(path) in line for path, line in zip(inputs, lines, strict=False))
     why = "no input image could be read (2 skipped, see the warnings above)"
@@ -159,4 +161,4 @@ def test_export_to_an_unwritable_path_is_one_line_exit_2(run: Path, tmp_path: Pa
     capsys.readouterr()
     assert main(["export", "--run", str(run), "--out", str(out)]) == 2
     err = capsys.readouterr().err
-    assert err == f"flowad: error: cannot write the ONNX model to {out}: {blocker} is a file, not a folder\n"
+    assert err == f"flowad: error: cannot write the exported model to {out}: {blocker} is a file, not a folder\n"

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import reference
 import torch
 from PIL import Image
 
@@ -14,7 +15,7 @@ from flowad.checkpoint import read_record, save_run
 from flowad.data.datasets import ImageDataset, Sample
 from flowad.errors import InputError
 from flowad.models import build_model
-from flowad.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocess
+from flowad.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocess, resize_uint8
 from flowad.records import RunRecord
 from flowad.thresholds import fixed
 
@@ -27,8 +28,7 @@ def _random_rgb(height: int, width: int, seed: int) -> np.ndarray:
 def test_tensor_is_the_written_out_arithmetic_bit_for_bit(shape: tuple[int, int], size: tuple[int, int]) -> None:
     rgb = _random_rgb(*shape, seed=sum(shape))
     preprocess = Preprocess(size, IMAGENET_MEAN, IMAGENET_STD)
-    resized = Image.fromarray(rgb).resize((size[1], size[0]), Image.Resampling.BILINEAR)
-    scaled = np.asarray(resized, dtype=np.float32) / 255.0
+    scaled = reference.resize_uint8(rgb, size).astype(np.float32) / 255.0
     in_numpy = (scaled - np.float32(IMAGENET_MEAN)) / np.float32(IMAGENET_STD)
     mean, std = torch.tensor(IMAGENET_MEAN).view(3, 1, 1), torch.tensor(IMAGENET_STD).view(3, 1, 1)
     in_torch = (torch.from_numpy(scaled).permute(2, 0, 1) - mean) / std
@@ -37,6 +37,20 @@ def test_tensor_is_the_written_out_arithmetic_bit_for_bit(shape: tuple[int, int]
     assert torch.equal(x, torch.from_numpy(in_numpy.transpose(2, 0, 1).copy()))
     assert torch.equal(x, in_torch)
     assert torch.equal(x, preprocess.tensor(rgb))
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_the_resize_is_the_written_out_filter_and_pillow_on_one_axis(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    height, width, out_height, out_width = (int(v) for v in rng.integers(1, 90, 4))
+    rgb = _random_rgb(height, width, seed)
+    assert np.array_equal(
+        resize_uint8(rgb, (out_height, out_width)), reference.resize_uint8(rgb, (out_height, out_width))
+    )
+    # one axis at a time, Pillow's bilinear filter is this one (the module docstring)
+    for size in ((height, out_width), (out_height, width)):
+        pillow = np.asarray(Image.fromarray(rgb).resize(size[::-1], Image.Resampling.BILINEAR))
+        assert np.array_equal(resize_uint8(rgb, size), pillow)
 
 
 def test_settings_round_trip_through_json() -> None:

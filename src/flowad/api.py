@@ -3,7 +3,8 @@
 - :mod:`flowad.training`: ``train``, ``resume``;
 - :mod:`flowad.evaluation`: ``test``, ``evaluate``, ``format_metrics``;
 - :mod:`flowad.benchmark`: ``benchmark`` and its category table;
-- :mod:`flowad.inference`: ``Detector``, ``load``, ``predict``.
+- :mod:`flowad.inference`: ``Detector``, ``load``; :mod:`flowad.predict_files`: ``predict``;
+- :mod:`flowad.export` and :mod:`flowad.openvino_export`: ``export_onnx``, ``export_openvino``.
 
 Data flows one way: image files -> features -> latents -> maps -> scores and masks -> metrics.
 """
@@ -15,7 +16,10 @@ from flowad.checkpoint import read_json, read_record
 from flowad.data.datasets import Sample
 from flowad.data.spec import DataSpec, list_categories
 from flowad.evaluation import evaluate, format_metrics, test
-from flowad.inference import Detector, load, predict
+from flowad.export import export_onnx
+from flowad.inference import Detector, load
+from flowad.openvino_export import export_openvino
+from flowad.predict_files import predict
 from flowad.records import EngineSettings, RunRecord, TrainRequest
 from flowad.training import resume, train, validation_metrics
 
@@ -28,6 +32,8 @@ __all__ = [
     "benchmark",
     "category_table",
     "evaluate",
+    "export_onnx",
+    "export_openvino",
     "format_metrics",
     "format_table",
     "list_categories",

@@ -22,7 +22,9 @@ from flowad.cli_options import (
     subparser,
     typed_option,
 )
+from flowad.engines import ENGINES
 from flowad.errors import FlowadError, InputError
+from flowad.inference import DEFAULT_BATCH
 
 
 def _add_engine_args(p: argparse.ArgumentParser) -> None:
@@ -204,22 +206,41 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--quiet", action="store_true", help="no summary line")
     p.add_argument(
         "--engine",
-        default="torch",
-        choices=["torch", "onnx"],
-        help="torch (default) or onnx: onnxruntime on RUN/model.onnx written by 'flowad export'",
+        default="auto",
+        choices=list(ENGINES),
+        help="auto (default): OpenVINO, else onnxruntime, on the run's exported file (exported on first use, "
+        "kept in RUN), else torch; or torch, onnx, openvino. The one used is said on stderr",
+    )
+    p.add_argument(
+        "--exported",
+        type=Path,
+        help="score with this file exported from the run (.onnx, or an OpenVINO .xml such as an FP16 or INT8 one)",
+    )
+    p.add_argument(
+        "--batch-size", type=int, default=DEFAULT_BATCH, help=f"images scored at once (default {DEFAULT_BATCH})"
     )
     _add_dist_timeout(p)
 
 
 def _add_export(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("export", help="export a run for deployment: one ONNX graph, image batch -> map and score")
+    p = sub.add_parser(
+        "export",
+        help="export a run for deployment: uint8 images in; map, scores, verdict, mask and latents out",
+    )
     p.add_argument("--run", required=True, type=Path, help="run directory")
-    p.add_argument("--format", default="onnx", choices=["onnx"], help="onnx (default)")
+    p.add_argument("--format", default="onnx", choices=["onnx", "openvino"], help="onnx (default) or openvino (IR)")
     p.add_argument(
         "--out",  # a string: Path() would drop the trailing separator that marks a folder
-        help="output file, or a folder to write model.onnx in: an existing folder or a path ending in / "
-        "(default RUN/model.onnx)",
+        help="output file, or a folder to write it in: an existing folder or a path ending in / (default "
+        "RUN/model.onnx, RUN/model_raw.onnx with --raw, RUN/openvino[-fp16|-int8]/model.xml)",
     )
+    p.add_argument(
+        "--raw", action="store_true", help="onnx: the model alone (normalised float images in, map and score out)"
+    )
+    p.add_argument("--precision", default="fp32", choices=["fp32", "fp16"], help="openvino: weights' precision")
+    p.add_argument("--int8", action="store_true", help="openvino: INT8 post-training quantisation (NNCF)")
+    p.add_argument("--calibration", type=Path, help="openvino --int8: a folder of good images to calibrate on")
+    _add_threshold_arg(p)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -9,6 +9,7 @@ from pathlib import Path
 from flowad import distributed
 from flowad.cli_options import given_model_options
 from flowad.errors import InputError
+from flowad.ranges import check_value
 from flowad.records import EngineSettings
 
 # The demo data set has 48 training images per category: at the papers' batch of 32 that is two optimiser
@@ -80,13 +81,31 @@ def _test(args: argparse.Namespace) -> None:
 def _predict(args: argparse.Namespace) -> None:
     from flowad import api
 
-    api.predict(args.run, args.input, args.out, args.threshold, quiet=args.quiet, engine=args.engine)
+    check_value("batch_size", args.batch_size)
+    api.predict(
+        args.run,
+        args.input,
+        args.out,
+        args.threshold,
+        args.quiet,
+        engine=args.engine,
+        batch_size=args.batch_size,
+        exported=args.exported,
+    )
 
 
 def _export(args: argparse.Namespace) -> None:
-    from flowad.export import export_onnx
+    from flowad import api
 
-    print(f"wrote {export_onnx(args.run, args.out)}")
+    if args.format == "openvino":
+        if args.raw:
+            raise InputError("--raw is an ONNX option: the OpenVINO IR is made from the deployable graph")
+        path = api.export_openvino(args.run, args.out, args.precision, args.int8, args.calibration, args.threshold)
+    else:
+        if args.int8 or args.calibration is not None or args.precision != "fp32":
+            raise InputError("--precision, --int8 and --calibration are OpenVINO options: add --format openvino")
+        path = api.export_onnx(args.run, args.out, raw=args.raw, threshold=args.threshold)
+    print(f"wrote {path}")
 
 
 def _report(args: argparse.Namespace) -> None:
