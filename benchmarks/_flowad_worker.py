@@ -1,22 +1,35 @@
 """flowad's side of ``benchmarks/vs_anomalib.py``; runs in the system Python, one process per call.
 
-The same two tasks as ``_anomalib_worker.py``, each writing one JSON object to ``--json-out``:
+The same ``run`` and ``aupro`` tasks as ``_anomalib_worker.py``, and ``backbone``, each writing one JSON object
+to ``--json-out``:
 
 - ``run``: build flowad's model (backbone weights from ``--weights``), train it with ``flowad.engine.train``
   (features cached once, then the epochs), time each epoch and the whole training, compute the anomaly
   maps of the test split (saved to ``--maps-out``), and time the torch module's forward (image tensor ->
   anomaly map) and the backbone alone, at batch 1 and 16.
 - ``aupro``: time ``flowad.metrics.aupro`` on saved maps and masks.
+- ``backbone``: the backbone's own time in each engine, the floor for flowad's engines (no training): the
+  model's frozen encoder (``model.encoder``, weights from ``--weights``) exported alone to ONNX
+  (``torch.onnx.export``, the TorchScript exporter as flowad's own export uses, batch axis dynamic, outputs
+  the feature maps of every stage) and timed per image at batch 1 and 16 in torch (inference mode),
+  onnxruntime and OpenVINO (the ONNX file read as is; settings in ``_runtimes.py``), on the first 16 test
+  images by sorted path (random images without ``--data``).
+
+(flowad's deployment engines, ``flowad.inference.Detector`` with ``engine="auto"`` and
+``flowad.api.predict``, get a ``deploy`` task of their own here; see ``_deploy_section.py``.)
 """
 
 from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
-from _harness import per_image_ms, time_aupro, worker_main
+from _harness import per_image_ms
+from _runtimes import ENGINES, batches_ms, time_engines
+from _worker_cli import time_aupro, worker_main
 
 # anomalib's U-Flow: LinearLR from 1.0 to 0.4 over 25000 epochs, stepped once per epoch
 ANOMALIB_UFLOW_LR_ITERS = 25000
@@ -116,5 +129,70 @@ def aupro(args: argparse.Namespace) -> dict:
     return time_aupro("flowad", flowad_aupro, args)
 
 
+class _Features(torch.nn.Module):
+    """The encoder as an exported graph: normalised images -> a tuple of feature maps (ONNX has no lists)."""
+
+    def __init__(self, encoder: torch.nn.Module) -> None:
+        super().__init__()
+        self.encoder = encoder
+
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return tuple(self.encoder(image))
+
+
+def export_encoder(encoder: torch.nn.Module, image_size: int, path: Path) -> Path:
+    """The frozen encoder alone as ONNX (TorchScript exporter, opset 17, batch axis dynamic)."""
+    graph = _Features(encoder).eval()
+    outputs = [f"features_{i}" for i in range(len(graph(torch.zeros(1, 3, image_size, image_size))))]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with torch.no_grad():
+        torch.onnx.export(
+            graph,
+            (torch.zeros(2, 3, image_size, image_size),),  # batch 2: the tracer must not specialise on 1
+            str(path),
+            dynamo=False,
+            input_names=["image"],
+            output_names=outputs,
+            dynamic_axes={name: {0: "batch"} for name in ("image", *outputs)},
+            opset_version=17,
+        )
+    return path
+
+
+def timing_images(net: torch.nn.Module, args: argparse.Namespace) -> torch.Tensor:
+    """16 normalised images of the input size: the first test images by sorted path (those the deploy section
+    predicts) with ``--data``, else random ones."""
+    if not args.data:
+        return torch.randn(16, 3, args.image_size, args.image_size, generator=torch.Generator().manual_seed(args.seed))
+    from flowad.data.datasets import ImageDataset, mvtec_splits
+    from flowad.preprocess import Preprocess
+
+    samples = sorted(mvtec_splits(args.data, args.category).test, key=lambda s: str(s.path))[:16]
+    dataset = ImageDataset(samples, Preprocess.from_model(net))
+    return torch.stack([dataset[i]["image"] for i in range(len(dataset))])
+
+
+def backbone(args: argparse.Namespace) -> dict:
+    from flowad.models import build_model
+
+    net = build_model(args.model, **options(args)).eval()
+    encoder = net.encoder
+    path = export_encoder(encoder, args.image_size, Path(args.work, "flowad_export", f"{args.model}_encoder.onnx"))
+    images = timing_images(net, args)
+    with torch.inference_mode():
+        reference = [f.numpy() for f in encoder(images)]
+        timings = {"torch": batches_ms(lambda x: encoder(torch.from_numpy(x)), images.numpy(), args.rounds)}
+    timings.update(time_engines(dict.fromkeys(ENGINES, path), images.numpy(), args.threads, args.rounds, reference))
+    return {
+        "side": "flowad",
+        "version": flowad_version(),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "model": args.model,
+        "encoder": f"{args.backbone}, strides {list(encoder.strides)}, channels {list(encoder.channels)}",
+        "engines": timings,
+    }
+
+
 if __name__ == "__main__":
-    worker_main(__doc__, run, aupro)
+    worker_main(__doc__, {"run": run, "aupro": aupro, "backbone": backbone})

@@ -1,5 +1,6 @@
 """What the scripts in benchmarks/ share: their command line, the machine they ran on, torch's thread count,
-a small trained run on the demo data, timing, and the section they append to RESULTS.md.
+a small trained run on the demo data, timing, and the section they append to RESULTS.md. (The worker processes of
+vs_anomalib.py share ``_worker_cli.py``, and the ONNX and OpenVINO timings ``_runtimes.py``.)
 
 Every script runs as ``python benchmarks/NAME.py``, so this folder is on ``sys.path`` and this module imports
 as ``_harness``. It imports no flowad name at module level: anomalib's worker (``_anomalib_worker.py``) uses it
@@ -21,7 +22,6 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 REPOSITORY = Path(__file__).resolve().parent.parent
@@ -355,76 +355,3 @@ def per_image_ms(forward: Callable[[torch.Tensor], object], images: torch.Tensor
     with torch.inference_mode():
         seconds = alternating_medians({"all": all_images}, rounds)["all"]
     return seconds / len(images) * 1000
-
-
-# --------------------------------------------------------------------------------------------------
-# the two worker processes of vs_anomalib.py (and cflow_reference_check.py's run step)
-# --------------------------------------------------------------------------------------------------
-
-
-def add_comparison_arguments(parser: argparse.ArgumentParser) -> None:
-    """What both sides of vs_anomalib.py are given alike: vs_anomalib.py takes these and hands them to each worker."""
-    parser.add_argument("--category", default=DEMO_CATEGORY, help="category folder under --data")
-    parser.add_argument("--backbone", default="resnet18", help="a timm name both libraries accept for every model")
-    parser.add_argument("--image-size", type=positive_int, default=256, help="input size in px")
-    parser.add_argument("--batch-size", type=positive_int, default=32, help="training batch size")
-    parser.add_argument("--epochs", type=positive_int, default=3, help="training epochs")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the backbone's random weights and the flows")
-    parser.add_argument("--rounds", type=positive_int, default=3, help="timed rounds inside each process (medians)")
-    add_threads_argument(parser)
-
-
-def add_worker_arguments(parser: argparse.ArgumentParser) -> None:
-    """The arguments both sides' workers take (vs_anomalib.py passes them)."""
-    add_comparison_arguments(parser)
-    parser.add_argument("--model", choices=MODEL_NAMES, help="run: the model to train")
-    parser.add_argument("--data", help="run: data root in the MVTec AD layout")
-    parser.add_argument("--weights", help="run: backbone weights (.safetensors, the timm model's full state dict)")
-    parser.add_argument("--work", default="runs/vs_anomalib", help="folder for the side's own outputs")
-    parser.add_argument("--maps", nargs="*", default=[], help="aupro: .npz files with 'maps' and 'masks'")
-    parser.add_argument("--maps-out", help="run: .npz file for the test split's maps, scores, masks and labels")
-    parser.add_argument("--json-out", required=True, help="file for the JSON result")
-
-
-def check_worker_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace, task: str) -> None:
-    needed = ("model", "data", "weights", "maps_out") if task == "run" else ("maps",)
-    missing = [name for name in needed if not getattr(args, name)]
-    if missing:
-        names = ", ".join("--" + name.replace("_", "-") for name in missing)
-        parser.error(f"{task} needs the arguments {names}")
-
-
-def write_worker_result(result: dict[str, Any], path: str) -> None:
-    Path(path).write_text(json.dumps(result, indent=1))
-    print(json.dumps(result))
-
-
-def time_aupro(side: str, compute: Callable[[np.ndarray, np.ndarray], float], args: argparse.Namespace) -> dict:
-    """Median time of ``compute(maps, masks)`` on each saved map set of ``--maps``, after one warm-up call."""
-    results = []
-    for path in args.maps:
-        data = np.load(path)
-        maps, masks = data["maps"], data["masks"]
-        value = compute(maps, masks)  # the first call imports and allocates
-        times = []
-        for _ in range(args.rounds):
-            t0 = time.perf_counter()
-            value = compute(maps, masks)
-            times.append(time.perf_counter() - t0)
-        results.append({"maps": path, "value": value, "seconds": statistics.median(times)})
-    return {"side": side, "threads": torch.get_num_threads(), "aupro": results}
-
-
-def worker_main(
-    doc: str | None,
-    run: Callable[[argparse.Namespace], dict],
-    aupro: Callable[[argparse.Namespace], dict],
-) -> None:
-    """A worker's command line: ``run`` or ``aupro``, then :func:`add_worker_arguments`'s arguments."""
-    parser = script_parser(doc)
-    parser.add_argument("task", choices=("run", "aupro"), help="train, score and time a model; or time AUPRO")
-    add_worker_arguments(parser)
-    args = parser.parse_args()
-    check_worker_arguments(parser, args, args.task)
-    set_threads(args.threads)
-    write_worker_result(run(args) if args.task == "run" else aupro(args), args.json_out)

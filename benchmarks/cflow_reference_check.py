@@ -1,7 +1,7 @@
 """Does anomalib's CFLOW-AD on flowad's offline pretrained EfficientNet-Lite0 reach the quality flowad's does?
 
 Three steps (the first and last with flowad's Python, the second in anomalib's environment, see
-benchmarks/vs_anomalib.py for how ``.venv-anomalib`` is made):
+benchmarks/_anomalib_env.py for how ``.venv-anomalib`` is made):
 
     python benchmarks/cflow_reference_check.py weights runs/ref/lite0.safetensors
     .venv-anomalib/bin/python benchmarks/cflow_reference_check.py run --model cflow --data runs/demo/data \\
@@ -22,14 +22,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from _harness import (
-    add_subcommand,
-    add_worker_arguments,
-    check_worker_arguments,
-    script_parser,
-    set_threads,
-    write_worker_result,
-)
+from _harness import add_subcommand, script_parser, set_threads
+from _worker_cli import add_worker_arguments, check_worker_arguments, write_worker_result
 
 ONE_BATCH = 10_000  # more test images than any category has: the whole split in one batch
 

@@ -3,12 +3,12 @@ backbone and settings.
 
     python benchmarks/vs_anomalib.py --append benchmarks/RESULTS.md
 
-anomalib is installed into a virtual environment of its own (``.venv-anomalib/`` at the repository root,
-created with ``--system-site-packages`` so that both sides run the machine's torch); it is never a
+anomalib is installed into a virtual environment of its own (``.venv-anomalib/`` at the repository root, made
+and checked by ``_anomalib_env.py``: the same torch release and build as this side's); it is never a
 dependency of flowad. Each side runs in its own process (``_anomalib_worker.py`` in that environment,
 ``_flowad_worker.py`` in this Python) with the same thread count, so peak RSS is per side and model.
 
-For each model, ``--repeats`` times, sides alternating (flowad, anomalib, flowad, anomalib, ...):
+Section ``train``: for each model, ``--repeats`` times, sides alternating (flowad, anomalib, flowad, ...):
 
 - train with the same backbone, input size, batch size and number of epochs on one category of the demo
   data (anomalib through its ``Engine``, validation off and no checkpoint files; flowad through
@@ -22,6 +22,11 @@ For each model, ``--repeats`` times, sides alternating (flowad, anomalib, flowad
 Then AUPRO alone: anomalib's ``AUPRO`` and ``flowad.metrics.aupro`` timed on the same maps and masks (both
 sides' maps of the first repeat), values compared. Figures are medians over repeats.
 
+Section ``deploy`` (``_deploy_section.py``): inference per image at batch 1 and 16 and end-to-end prediction on
+image files: anomalib's export (ONNX, OpenVINO) in onnxruntime and OpenVINO and its inferencers, the backbone
+alone in each engine, and flowad's default engine (once its worker task is wired). It uses the models the train
+section saved when that ran too.
+
 No pretrained weights can be downloaded for anomalib's backbone names here, so both sides load the same
 randomly initialised backbone (``torch.manual_seed(--seed)``, saved once to a .safetensors file).
 """
@@ -33,18 +38,17 @@ import json
 import os
 import statistics
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
+from _anomalib_env import describe, ensure_anomalib
+from _deploy_section import deploy_lines, deploy_results
 from _harness import (
     REPOSITORY,
     add_append_argument,
-    add_comparison_arguments,
     add_models_argument,
     check_data_arguments,
-    child_environment,
     machine_description,
     markdown_table,
     positive_int,
@@ -52,9 +56,9 @@ from _harness import (
     script_parser,
     section,
 )
+from _worker_cli import add_comparison_arguments, start_worker
 
-HERE = Path(__file__).resolve().parent
-ANOMALIB_VERSION = "2.7.0"
+SECTIONS = ("train", "deploy")
 SIDES = ("flowad", "anomalib")
 # targets: the ratio flowad / anomalib at most
 TARGET_INFER = 0.5
@@ -94,6 +98,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--data", help="MVTec-layout root holding --category (default: demo data under --work)")
     parser.add_argument("--repeats", type=positive_int, default=3, help="runs per side and model (medians)")
     parser.add_argument("--venv", default=str(REPOSITORY / ".venv-anomalib"), help="anomalib's virtual environment")
+    parser.add_argument("--sections", nargs="+", choices=SECTIONS, default=list(SECTIONS), help="what to measure")
+    parser.add_argument("--deploy-images", type=positive_int, default=16, help="deploy: image files predicted")
     parser.add_argument("--work", default=str(REPOSITORY / "runs" / "vs_anomalib"), help="data, maps, logs")
     add_append_argument(parser)
     args = parser.parse_args()
@@ -107,42 +113,6 @@ def parse_args() -> argparse.Namespace:
 # --------------------------------------------------------------------------------------------------
 # environment, data, weights
 # --------------------------------------------------------------------------------------------------
-
-PROBE = (
-    "import json, warnings; warnings.simplefilter('ignore'); import anomalib, torch, torchvision; "
-    "print(json.dumps({'anomalib': anomalib.__version__, 'torch': torch.__version__, "
-    "'torch_file': torch.__file__, 'torchvision': torchvision.__version__}))"
-)
-
-
-def probe(python: Path) -> dict | None:
-    out = subprocess.run([str(python), "-c", PROBE], capture_output=True, text=True)
-    if out.returncode != 0:
-        return None
-    return json.loads(out.stdout.strip().splitlines()[-1])
-
-
-def ensure_anomalib(venv: Path) -> dict:
-    """anomalib 2.7 in its own virtual environment over this Python's packages (torch included)."""
-    python = venv / "bin" / "python"
-    if not python.exists():
-        print(f"creating {venv} (--system-site-packages: anomalib runs on this machine's torch)", flush=True)
-        subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True)
-    found = probe(python)
-    if found is None or found["anomalib"] != ANOMALIB_VERSION:
-        print(f"installing anomalib=={ANOMALIB_VERSION} into {venv}", flush=True)
-        subprocess.run([str(python), "-m", "pip", "install", "--quiet", f"anomalib=={ANOMALIB_VERSION}"], check=True)
-        found = probe(python)
-    if found is None or found["anomalib"] != ANOMALIB_VERSION:
-        raise SystemExit(f"`import anomalib` fails in {venv} or is not {ANOMALIB_VERSION}: {found}")
-    import torch
-
-    if found["torch"] != torch.__version__ or Path(found["torch_file"]) != Path(torch.__file__):
-        raise SystemExit(
-            f"{venv} runs torch {found['torch']} from {found['torch_file']}, not this machine's {torch.__version__}; "
-            "both sides must run the same torch"
-        )
-    return found
 
 
 def ensure_data(args: argparse.Namespace) -> Path:
@@ -160,6 +130,7 @@ def ensure_weights(args: argparse.Namespace) -> Path:
     """The backbone both sides load: timm's random initialisation under ``--seed``, full state dict."""
     path = Path(args.work) / f"{args.backbone}_random_seed{args.seed}.safetensors"
     if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)  # with --data, nothing else has made --work yet
         import timm
         import torch
         from safetensors.torch import save_file
@@ -173,33 +144,6 @@ def ensure_weights(args: argparse.Namespace) -> Path:
 # --------------------------------------------------------------------------------------------------
 # running the workers
 # --------------------------------------------------------------------------------------------------
-
-
-def worker(side: str, task: str, extra: list[str], args: argparse.Namespace, tag: str) -> tuple[dict, float]:
-    """Run one worker process; returns its JSON result and its peak RSS in MiB."""
-    work = Path(args.work)
-    python = Path(args.venv) / "bin" / "python" if side == "anomalib" else Path(sys.executable)
-    script = HERE / f"_{side}_worker.py"
-    json_out = work / "json" / f"{tag}.json"
-    log = work / "logs" / f"{tag}.log"
-    for folder in (json_out.parent, log.parent):
-        folder.mkdir(parents=True, exist_ok=True)
-    json_out.unlink(missing_ok=True)
-    cmd = [str(python), str(script), task, "--threads", str(args.threads), "--rounds", str(args.rounds)]
-    cmd += ["--work", str(work), "--json-out", str(json_out), *extra]
-    with open(log, "w") as out:
-        proc = subprocess.Popen(
-            cmd, stdout=out, stderr=subprocess.STDOUT, env=child_environment(args.threads), cwd=REPOSITORY
-        )
-        _, status, usage = os.wait4(proc.pid, 0)  # the child's own rusage: its peak RSS
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    if proc.returncode != 0 or not json_out.exists():
-        tail = "".join(log.read_text(errors="replace").splitlines(keepends=True)[-30:])
-        raise SystemExit(f"{side} worker failed ({tag}, exit {proc.returncode}); log {log}:\n{tail}")
-    result = json.loads(json_out.read_text())
-    if result["threads"] != args.threads:
-        raise SystemExit(f"{side} worker ran {result['threads']} torch threads, not {args.threads}")
-    return result, usage.ru_maxrss / 1024  # Linux: KiB
 
 
 def quality(maps_file: Path) -> dict[str, float]:
@@ -218,19 +162,32 @@ def per_epoch(seconds: list[float]) -> float:
     return statistics.median(seconds[1:] if len(seconds) > 1 else seconds)
 
 
-def train_runs(model: str, args: argparse.Namespace, data: Path, weights: Path, started: float) -> dict:
-    """``--repeats`` runs per side, sides alternating: {side: [worker result + peak RSS + quality]}."""
-    work = Path(args.work)
-    (work / "maps").mkdir(parents=True, exist_ok=True)
+def common_arguments(model: str, args: argparse.Namespace, data: Path, weights: Path) -> list[str]:
+    """What both sides' workers are given alike for ``model``."""
     common = ["--model", model, "--data", str(data), "--category", args.category, "--backbone", args.backbone]
     common += ["--weights", str(weights), "--image-size", str(args.image_size), "--batch-size", str(args.batch_size)]
-    common += ["--epochs", str(args.epochs), "--seed", str(args.seed)]
+    return common + ["--epochs", str(args.epochs), "--seed", str(args.seed)]
+
+
+def saved_model(model: str, side: str, args: argparse.Namespace) -> Path:
+    """Where the train section's first run of a side saves its trained model for the deploy section."""
+    return Path(args.work) / "models" / f"{model}_{side}.pt"
+
+
+def train_runs(model: str, args: argparse.Namespace, common: list[str], started: float) -> dict:
+    """``--repeats`` runs per side, sides alternating: {side: [worker result + peak RSS + quality]}."""
+    work = Path(args.work)
+    for folder in ("maps", "models"):
+        (work / folder).mkdir(parents=True, exist_ok=True)
     runs: dict[str, list[dict]] = {side: [] for side in SIDES}
     for repeat in range(args.repeats):
         for side in SIDES:
             tag = f"{model}_{side}_r{repeat}"
             maps = work / "maps" / f"{tag}.npz"
-            result, rss = worker(side, "run", [*common, "--maps-out", str(maps)], args, tag)
+            extra = [*common, "--maps-out", str(maps)]
+            if side == "anomalib" and repeat == 0:  # flowad side: its run directory, once `run` saves one
+                extra += ["--model-out", str(saved_model(model, side, args))]
+            result, rss = start_worker(side, "run", extra, args, tag)
             result.update(peak_rss_mib=rss, maps=str(maps), **quality(maps))
             runs[side].append(result)
             print(
@@ -248,7 +205,7 @@ def aupro_runs(maps: list[str], args: argparse.Namespace, started: float) -> dic
     out: dict[str, list[dict]] = {side: [] for side in SIDES}
     for repeat in range(args.repeats):
         for side in SIDES:
-            result, _ = worker(side, "aupro", ["--maps", *maps], args, f"aupro_{side}_r{repeat}")
+            result, _ = start_worker(side, "aupro", ["--maps", *maps], args, f"aupro_{side}_r{repeat}")
             out[side].append({a["maps"]: a for a in result["aupro"]})
     print(f"[{time.perf_counter() - started:6.0f} s] AUPRO timed on both sides", flush=True)
     return out
@@ -361,41 +318,55 @@ def flowad_revision() -> str:
     return f"git {sha.stdout.strip()}" + (" with local changes in src/" if dirty.stdout.strip() else "")
 
 
+def train_section(args: argparse.Namespace, data: Path, weights: Path, started: float) -> dict[str, dict]:
+    runs = {m: train_runs(m, args, common_arguments(m, args, data, weights), started) for m in args.models}
+    # AUPRO alone, both implementations on the same maps: both sides' maps of the first run, every model
+    same_maps = {model: [runs[model][side][0]["maps"] for side in SIDES] for model in args.models}
+    aupro = aupro_runs([m for pair in same_maps.values() for m in pair], args, started)
+    return {model: summarise(runs[model], aupro, same_maps[model]) for model in args.models}
+
+
+def deploy_section(args: argparse.Namespace, data: Path, weights: Path, trained: bool) -> dict[str, dict]:
+    """The deployment section (``_deploy_section.py``) on the models the train section saved, if it ran."""
+    out = {}
+    for model in args.models:
+        # flowad side, to be wired: its trained run directory (from `run --model-out`) in place of None
+        states = {"anomalib": str(saved_model(model, "anomalib", args)) if trained else None, "flowad": None}
+        out[model] = deploy_results(model, args, common_arguments(model, args, data, weights), states)
+    return out
+
+
 def main() -> None:
     args = parse_args()
     started = time.perf_counter()
     load_before = os.getloadavg()
     found = ensure_anomalib(Path(args.venv))
-    print(f"anomalib {found['anomalib']} in {args.venv} (torch {found['torch']})", flush=True)
+    print(f"{args.venv}: {describe(found)}", flush=True)
     data, weights = ensure_data(args), ensure_weights(args)
-    runs = {model: train_runs(model, args, data, weights, started) for model in args.models}
-    # AUPRO alone, both implementations on the same maps: both sides' maps of the first run, every model
-    same_maps = {model: [runs[model][side][0]["maps"] for side in SIDES] for model in args.models}
-    aupro = aupro_runs([m for pair in same_maps.values() for m in pair], args, started)
-    results = {model: summarise(runs[model], aupro, same_maps[model]) for model in args.models}
+    results = {"train": train_section(args, data, weights, started)} if "train" in args.sections else {}
+    if "deploy" in args.sections:
+        results["deploy"] = deploy_section(args, data, weights, "train" in results)
     load_after = os.getloadavg()
     minutes = (time.perf_counter() - started) / 60
     Path(args.work, "results.json").write_text(json.dumps(results, indent=1))
 
-    table = tables(results)
-    print("\n" + table)
-    print(f"\n{minutes:.1f} min; load average (1 min) {load_before[0]:.2f} before, {load_after[0]:.2f} after")
+    lines = [f"- {found['torch_note']}."] if found["torch_note"] else []
+    lines += train_lines(args, results["train"]) if "train" in results else []
+    lines += deploy_lines(args, results["deploy"]) if "deploy" in results else []
+    took = f"{minutes:.0f} min; load average (1 min) {load_before[0]:.2f} before, {load_after[0]:.2f} after"
+    print("\n".join(lines) + f"\n\n{took}")
     if args.append:
-        publish(report(args, found, table, minutes, load_before, load_after, results), args.append)
+        lines += ["", f"The run took {took}."]
+        title = f"flowad vs anomalib {found['anomalib']}"
+        about = f" (flowad at {flowad_revision()})"
+        publish(section(title, machine_description(args.threads), about, lines), args.append)
 
 
-def report(
-    args: argparse.Namespace,
-    found: dict,
-    table: str,
-    minutes: float,
-    load_before: tuple[float, ...],
-    load_after: tuple[float, ...],
-    results: dict[str, dict],
-) -> str:
+def train_lines(args: argparse.Namespace, results: dict[str, dict]) -> list[str]:
+    """The train section's explanation and tables for RESULTS.md."""
     epochs = "epochs 2..E" if args.epochs > 1 else "the only epoch"
     images = next(iter(results.values()))["images"]
-    lines = [
+    return [
         "",
         f"- **Random backbone weights on both sides**: no pretrained weights for anomalib's backbone names can "
         f"be downloaded here, so both sides load the same randomly initialised `{args.backbone}` (timm's "
@@ -413,16 +384,12 @@ def report(
         "- AUPRO s: anomalib's `AUPRO` and `flowad.metrics.aupro` on the same two map sets (both sides' maps "
         "of the first run), time summed over the two.",
         "- Quality: `flowad.metrics` on each side's own test maps.",
-        f"- The run took {minutes:.0f} min; load average (1 min) {load_before[0]:.2f} before, "
-        f"{load_after[0]:.2f} after.",
         "",
-        table,
+        tables(results),
         "",
         "Settings given to both sides: " + "; ".join(f"{m}: {SETTINGS[m]}" for m in results) + ".",
         "Not identical: " + "; ".join(f"{m}: {DIFFERENCES[m]}" for m in results) + ".",
     ]
-    title = f"flowad vs anomalib {found['anomalib']}"
-    return section(title, machine_description(args.threads), f" (flowad at {flowad_revision()})", lines)
 
 
 if __name__ == "__main__":
