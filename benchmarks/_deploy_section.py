@@ -9,7 +9,7 @@ Per model, ``--repeats`` times in turn (medians reported):
   image files;
 - flowad's ``backbone`` task (``_flowad_worker.py``): the frozen encoder alone in torch, onnxruntime and
   OpenVINO;
-- flowad's ``deploy`` task, once the flowad side has it (``FLOWAD_DEPLOY`` below).
+- flowad's ``deploy`` task: its default engine and its torch engine on the run the train section saved.
 
 Target: flowad's default engine at most ``TARGET_ENGINE_VS_BACKBONE`` times the backbone's own time in the
 same engine.
@@ -33,19 +33,6 @@ BACKBONE_ENGINES = {"torch": "torch", "onnxruntime": "onnxruntime", "openvino": 
 # flowad's engine names (Detector.engine) -> the backbone timing of the same engine
 SAME_ENGINE = {"torch": "torch", "onnx": "onnxruntime", "openvino": "openvino"}
 
-# ---------------------------------------------------------------------------------------------------------------
-# FLOWAD SIDE, TO BE WIRED: set FLOWAD_DEPLOY = True once _flowad_worker.py has a `deploy` task. It is called as
-#   _flowad_worker.py deploy --model M --images N --model-in RUN ... (the comparison arguments)
-# where RUN is the run directory that flowad's `run --model-out RUN` saves (to be added there: the trained model
-# and its thresholds, flowad.checkpoint.save_run), and returns JSON with
-#   "threads": torch threads,
-#   "engine": flowad.inference.Detector.load(RUN, threshold="f1", engine="auto").engine (torch, onnx or openvino),
-#   "infer": {"b1_ms": ..., "b16_ms": ...}: that detector on batches of 1 and 16 normalised images, per image,
-#   "predict": {"ms_per_image": ..., "images": N}: flowad.api.predict(RUN, files, OUT, engine="auto") on the first N
-#       test image files (sorted), end to end: decode, resize, normalise, model, thresholds, and what it writes.
-# ---------------------------------------------------------------------------------------------------------------
-FLOWAD_DEPLOY = False
-
 
 def deploy_runs(model: str, args: argparse.Namespace, common: list[str], states: dict[str, str | None]) -> dict:
     """``--repeats`` rounds of the deployment tasks; ``states``: per side, the trained model the train section
@@ -58,7 +45,7 @@ def deploy_runs(model: str, args: argparse.Namespace, common: list[str], states:
         tag = f"{model}_{{}}_r{repeat}"
         runs["anomalib"].append(start_worker("anomalib", "deploy", theirs, args, tag.format("anomalib_deploy"))[0])
         runs["backbone"].append(start_worker("flowad", "backbone", common, args, tag.format("flowad_backbone"))[0])
-        if FLOWAD_DEPLOY:  # flowad side, to be wired (see above)
+        if states.get("flowad"):
             runs["flowad"].append(start_worker("flowad", "deploy", ours, args, tag.format("flowad_deploy"))[0])
         print(f"[{time.strftime('%H:%M:%S')}] {model:8s} deploy {repeat + 1}/{args.repeats} done", flush=True)
     return runs
@@ -91,6 +78,8 @@ def summarise(runs: dict[str, list[dict]]) -> dict:
             "engine": ours[0]["engine"],
             **{b: median_of(ours, "infer", b) for b in ("b1_ms", "b16_ms")},
             "predict_ms": median_of(ours, "predict", "ms_per_image"),
+            "torch_engine": {b: median_of(ours, "torch_engine", "infer", b) for b in ("b1_ms", "b16_ms")},
+            "predict_torch_ms": median_of(ours, "torch_engine", "predict", "ms_per_image"),
         }
     return out
 
@@ -125,7 +114,7 @@ def flowad_cells(res: dict) -> list[str]:
     """flowad's default engine, its time, and its ratio to the backbone in the same engine (target)."""
     ours = res.get("flowad")
     if ours is None:
-        return ["not wired yet", "-", "-"]
+        return ["-", "-", "-"]
     floor = res["backbone"][SAME_ENGINE[ours["engine"]]]
     ratios = [ours[b] / floor[b] if isinstance(floor[b], float) else None for b in ("b1_ms", "b16_ms")]
     met = all(r is not None and r <= TARGET_ENGINE_VS_BACKBONE for r in ratios)
@@ -156,17 +145,63 @@ def deploy_tables(results: dict[str, dict]) -> str:
         for model, res in results.items()
     ]
     speed = markdown_table(headers, rows)
-    headers = ["model", "anomalib OpenVINOInferencer", "anomalib TorchInferencer", "flowad.api.predict"]
+    headers = ["model", "anomalib OpenVINOInferencer", "anomalib TorchInferencer", "flowad predict, default engine"]
+    headers.append("flowad predict, torch engine")
     rows = [
         [model, ms(res["inferencers"]["openvino"]), ms(res["inferencers"]["torch"])]
-        + [ms(res["flowad"]["predict_ms"]) if "flowad" in res else "not wired yet"]
+        + ([ms(res["flowad"]["predict_ms"]), ms(res["flowad"]["predict_torch_ms"])] if "flowad" in res else ["-", "-"])
         for model, res in results.items()
     ]
     files = markdown_table(headers, rows)
+    headers = ["model", *(f"{name} (target {bound})" for name, bound, _ in TARGETS)]
+    rows = [[model, *target_cells(res)] for model, res in results.items() if "flowad" in res]
+    targets = markdown_table(headers, rows)
     return "\n".join(
         ["Exports:", "", *exports, "", "ms per image, batch 1 / batch 16:", "", *speed]
         + ["", "End to end on image files, ms per image:", "", *files]
+        + ["", "Targets, flowad's default engine (ratios at batch 1 / batch 16; predict: one figure):", "", *targets]
     )
+
+
+# (name, bound shown, test on the ratio)
+TARGETS = (
+    ("default engine / anomalib torch module", "<= 0.5", lambda r: r <= 0.5),
+    ("default engine / anomalib's fastest export", "<= 1", lambda r: r <= 1.0),
+    (
+        "default engine / backbone, same engine",
+        f"<= {TARGET_ENGINE_VS_BACKBONE}",
+        lambda r: r <= TARGET_ENGINE_VS_BACKBONE,
+    ),
+    ("predict: default engine images/s / torch engine images/s", ">= 2", lambda r: r >= 2.0),
+)
+
+
+def _ratio_cell(ratios: list[float | None], test) -> str:
+    if any(r is None for r in ratios):
+        return "-"
+    shown = " / ".join(f"{r:.2f}x" for r in ratios)
+    return f"{shown} {'met' if all(test(r) for r in ratios) else 'missed'}"
+
+
+def _number(value) -> float | None:
+    return float(value) if isinstance(value, float | int) else None
+
+
+def target_cells(res: dict) -> list[str]:
+    ours, batches = res["flowad"], ("b1_ms", "b16_ms")
+
+    def ratios(reference: dict) -> list[float | None]:
+        values = [(_number(ours[b]), _number(reference[b])) for b in batches]
+        return [a / b if a is not None and b else None for a, b in values]
+
+    exports = [res["anomalib"][e] for e in ("onnxruntime", "openvino")]
+    fastest = {b: min((v for v in (_number(e[b]) for e in exports) if v is not None), default=None) for b in batches}
+    predict = [None]
+    if _number(ours["predict_ms"]) and _number(ours["predict_torch_ms"]):
+        predict = [ours["predict_torch_ms"] / ours["predict_ms"]]  # images/s ratio = inverse of ms per image
+    found = [ratios(res["anomalib"]["torch"]), ratios(fastest), ratios(res["backbone"][SAME_ENGINE[ours["engine"]]])]
+    found.append(predict)
+    return [_ratio_cell(r, test) for r, (_, _, test) in zip(found, TARGETS, strict=True)]
 
 
 def deploy_lines(args: argparse.Namespace, results: dict[str, dict]) -> list[str]:

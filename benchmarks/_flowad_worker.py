@@ -15,8 +15,8 @@ to ``--json-out``:
   onnxruntime and OpenVINO (the ONNX file read as is; settings in ``_runtimes.py``), on the first 16 test
   images by sorted path (random images without ``--data``).
 
-(flowad's deployment engines, ``flowad.inference.Detector`` with ``engine="auto"`` and
-``flowad.api.predict``, get a ``deploy`` task of their own here; see ``_deploy_section.py``.)
+- ``deploy``: flowad's default engine and its torch engine on the run that ``run --model-out RUN`` saved
+  (per image at batch 1 and 16, and ``predict`` end to end on image files; see :func:`deploy`).
 """
 
 from __future__ import annotations
@@ -101,6 +101,12 @@ def run(args: argparse.Namespace) -> dict:
 
     sample = torch.stack([test_set[i]["image"] for i in range(min(16, len(test_set)))])
     net.eval()
+    if args.model_out:  # the deploy task's run directory; thresholds only set the masks' share, not the timings
+        from flowad.checkpoint import save_run
+        from flowad.thresholds import fixed
+
+        scores = out["scores"]
+        save_run(args.model_out, net, fixed(float(np.median(scores)), float(scores.min()), float(scores.max())))
 
     def forward(x: torch.Tensor) -> torch.Tensor:
         return net(x)[0]
@@ -194,5 +200,47 @@ def backbone(args: argparse.Namespace) -> dict:
     }
 
 
+def test_files(args: argparse.Namespace, count: int) -> list[Path]:
+    """The first ``count`` test image files by sorted path (the ones anomalib's inferencers predict)."""
+    from flowad.data.datasets import mvtec_splits
+
+    return sorted((s.path for s in mvtec_splits(args.data, args.category).test), key=str)[:count]
+
+
+def deploy(args: argparse.Namespace) -> dict:
+    """flowad's default engine (``engine="auto"``) and its torch engine on the run ``--model-in``: per image at
+    batch 1 and 16 on resized uint8 images (``Detector.score_resized``: normalisation, model, map), and
+    ``predict`` end to end on ``--images`` files (decode, resize, score, map at the image's size, mask, both
+    PNGs and the JSON line written), the detector loaded once (start-up excluded), median of ``--rounds``."""
+    import tempfile
+
+    from flowad.data.images import read_image
+    from flowad.inference import Detector
+    from flowad.predict_files import predict_with
+
+    files = test_files(args, args.images)
+    found = {}
+    for engine in ("auto", "torch"):
+        detector = Detector.load(args.model_in, engine=engine, threads=args.threads)
+        images = np.stack([detector.preprocess.resized(read_image(path)) for path in files[:16]])
+        infer = batches_ms(detector.score_resized, images, args.rounds)
+        with tempfile.TemporaryDirectory(prefix="flowad-predict-") as out:
+            predict_with(detector, files, out, quiet=True)  # warm: the first call sets up the threads' work
+            seconds = []
+            for _ in range(args.rounds):
+                started = time.perf_counter()
+                predict_with(detector, files, out, quiet=True)
+                seconds.append(time.perf_counter() - started)
+        predict = {"ms_per_image": float(np.median(seconds)) / len(files) * 1000, "images": len(files)}
+        found[engine] = {"engine": detector.engine.name, "infer": infer, "predict": predict}
+    return {
+        "side": "flowad",
+        "version": flowad_version(),
+        "threads": torch.get_num_threads(),
+        **found["auto"],
+        "torch_engine": found["torch"],
+    }
+
+
 if __name__ == "__main__":
-    worker_main(__doc__, {"run": run, "aupro": aupro, "backbone": backbone})
+    worker_main(__doc__, {"run": run, "aupro": aupro, "backbone": backbone, "deploy": deploy})

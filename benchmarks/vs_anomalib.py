@@ -171,7 +171,7 @@ def common_arguments(model: str, args: argparse.Namespace, data: Path, weights: 
 
 def saved_model(model: str, side: str, args: argparse.Namespace) -> Path:
     """Where the train section's first run of a side saves its trained model for the deploy section."""
-    return Path(args.work) / "models" / f"{model}_{side}.pt"
+    return Path(args.work) / "models" / (f"{model}_{side}.pt" if side == "anomalib" else f"{model}_{side}_run")
 
 
 def train_runs(model: str, args: argparse.Namespace, common: list[str], started: float) -> dict:
@@ -185,7 +185,7 @@ def train_runs(model: str, args: argparse.Namespace, common: list[str], started:
             tag = f"{model}_{side}_r{repeat}"
             maps = work / "maps" / f"{tag}.npz"
             extra = [*common, "--maps-out", str(maps)]
-            if side == "anomalib" and repeat == 0:  # flowad side: its run directory, once `run` saves one
+            if repeat == 0:  # what the deploy section scores: anomalib's state dict, flowad's run directory
                 extra += ["--model-out", str(saved_model(model, side, args))]
             result, rss = start_worker(side, "run", extra, args, tag)
             result.update(peak_rss_mib=rss, maps=str(maps), **quality(maps))
@@ -330,8 +330,7 @@ def deploy_section(args: argparse.Namespace, data: Path, weights: Path, trained:
     """The deployment section (``_deploy_section.py``) on the models the train section saved, if it ran."""
     out = {}
     for model in args.models:
-        # flowad side, to be wired: its trained run directory (from `run --model-out`) in place of None
-        states = {"anomalib": str(saved_model(model, "anomalib", args)) if trained else None, "flowad": None}
+        states = {side: str(saved_model(model, side, args)) if trained else None for side in SIDES}
         out[model] = deploy_results(model, args, common_arguments(model, args, data, weights), states)
     return out
 

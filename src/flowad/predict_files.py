@@ -66,13 +66,22 @@ def predict(
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise InputError(f"output folder {out} exists and is not a folder")
-    files = _expand_inputs(inputs, out)
-    # output names are set over every input before sharding, so that each process names files alike
-    names = _output_names(files)
+    _expand_inputs(inputs, out)  # bad inputs fail before the engine is opened (and maybe exported)
     detector = Detector.load(run, threshold, engine, exported=exported)
     detector.batch_size = batch_size
     if not quiet and distributed.is_main():
         print(f"scoring with the {detector.engine.name} engine ({detector.engine.source})", file=sys.stderr)
+    return predict_with(detector, inputs, out, quiet)
+
+
+def predict_with(
+    detector: Detector, inputs: Sequence[str | Path], out: str | Path, quiet: bool = False
+) -> list[dict[str, Any]]:
+    """:func:`predict` with a detector already loaded (a service, a benchmark): the same files and records."""
+    out = Path(out)
+    files = _expand_inputs(inputs, out)
+    # output names are set over every input before sharding, so that each process names files alike
+    names = _output_names(files)
     shares = distributed.all_gather(_score_share(detector, files, names, out))
     records = [record for _, record in sorted((p for part, _ in shares for p in part), key=lambda p: p[0])]
     skipped = sum(n for _, n in shares)
