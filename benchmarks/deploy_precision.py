@@ -53,6 +53,10 @@ def ensure_run(model: str, args: argparse.Namespace) -> Path:
     if given is not None and (given / "config.json").is_file():
         return given
     options = {"epochs": args.epochs, "image_size": args.image_size}
+    if not (Path(args.data) / DEMO_CATEGORY / "train").is_dir():
+        from flowad.data.synthetic import make_demo_dataset
+
+        make_demo_dataset(Path(args.data), seed=0, categories=(DEMO_CATEGORY,))  # the demo's data
     return train_run(Path(args.work) / model, model, Path(args.data), DEMO_CATEGORY, options)
 
 

@@ -330,7 +330,9 @@ def deploy_section(args: argparse.Namespace, data: Path, weights: Path, trained:
     """The deployment section (``_deploy_section.py``) on the models the train section saved, if it ran."""
     out = {}
     for model in args.models:
-        states = {side: str(saved_model(model, side, args)) if trained else None for side in SIDES}
+        # what the train section saved, in this call or an earlier one with the same --work
+        saved = {side: saved_model(model, side, args) for side in SIDES}
+        states = {side: str(path) if trained or path.exists() else None for side, path in saved.items()}
         out[model] = deploy_results(model, args, common_arguments(model, args, data, weights), states)
     return out
 

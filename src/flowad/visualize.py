@@ -20,7 +20,12 @@ def colorize(values: np.ndarray) -> np.ndarray:
 
 def overlay(image: np.ndarray, heat: np.ndarray, alpha: float = 0.5) -> np.ndarray:
     """Blend the coloured heat (values in [0, 1], 0.5 = threshold) over an RGB uint8 image."""
-    mixed = (1 - alpha) * image.astype(np.float64) + alpha * colorize(heat).astype(np.float64)
+    colours = colorize(heat)
+    if alpha == 0.5:  # the same pixels in integers, 4x faster: (a + b) / 2 rounded half to even, as numpy rounds
+        total = image.astype(np.uint16) + colours
+        half = total >> 1
+        return (half + (total & half & 1)).astype(np.uint8)
+    mixed = (1 - alpha) * image.astype(np.float64) + alpha * colours.astype(np.float64)
     return mixed.round().astype(np.uint8)
 
 
