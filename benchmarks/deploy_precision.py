@@ -3,8 +3,9 @@
     python benchmarks/deploy_precision.py --models fastflow cflow uflow --append benchmarks/RESULTS.md
 
 Per model, a run on the demo's ``fabric`` (``--runs DIR/MODEL`` when it holds one, e.g. ``flowad demo``'s
-``runs/demo/MODEL/fabric``; else trained here with ``--epochs``), exported to ONNX and to OpenVINO in FP32,
-FP16 and INT8 (NNCF, calibrated on the category's training images). Each engine scores the whole test split
+``runs/demo/MODEL/fabric``, or one trained here before, in ``--work``; else trained here with ``--epochs``),
+exported to ONNX and to OpenVINO in FP32, FP16 and INT8 (NNCF on the backbone, calibrated on the category's
+training images). Each engine scores the whole test split
 through ``flowad.inference.Detector`` (the same resizing, thresholds and map code for all); image AUROC, pixel
 AUROC and AUPRO (``flowad.metrics``) beside torch's, and milliseconds per image of ``Detector.score_resized``
 (normalisation, model, map) at batch 1 and 16, engines alternating, medians of ``--rounds``.
@@ -49,8 +50,8 @@ VARIANTS = (
 
 
 def ensure_run(model: str, args: argparse.Namespace) -> Path:
-    given = Path(args.runs) / model / DEMO_CATEGORY if args.runs else None
-    if given is not None and (given / "config.json").is_file():
+    given = Path(args.runs) / model / DEMO_CATEGORY if args.runs else Path(args.work) / model
+    if (given / "config.json").is_file():
         return given
     options = {"epochs": args.epochs, "image_size": args.image_size}
     if not (Path(args.data) / DEMO_CATEGORY / "train").is_dir():

@@ -233,3 +233,23 @@ def test_openvino_fp16_and_int8_files_score_like_fp32(runs, demo_data: Path, ima
         spread = np.ptp([r["score"] for r in fp32]) + 1e-6
         # not equal, but close: the score order is what detection needs
         assert max(abs(a["score"] - b["score"]) for a, b in zip(fp32, other, strict=True)) < tolerance * spread + 1e-3
+
+
+def test_predict_writes_the_same_files_every_time_and_what_the_detector_gives(runs, images, tmp_path: Path) -> None:
+    """Reading and writing run in threads beside the scoring; the batches, and so every byte, do not depend on
+    their timing, and each image gets what the in-memory detector gives it."""
+    run = runs["uflow"]
+    first = _predict(run, images, tmp_path / "a", "--batch-size", "3")
+    again = _predict(run, images, tmp_path / "b", "--batch-size", "3")
+    for a, b in zip(first, again, strict=True):
+        assert {k: v for k, v in a.items() if k not in ("heatmap", "mask")} == {
+            k: v for k, v in b.items() if k not in ("heatmap", "mask")
+        }
+        for key in ("heatmap", "mask"):
+            assert Path(a[key]).read_bytes() == Path(b[key]).read_bytes()
+    detector = Detector.load(run)
+    detector.batch_size = 3
+    expected = detector.predict([np.asarray(Image.open(path).convert("RGB")) for path in images])
+    for record, result in zip(first, expected, strict=True):
+        assert record["score"] == result["score"] and record["anomalous"] == result["anomalous"]
+        assert np.array_equal(_mask(record["mask"]), result["mask"])

@@ -46,8 +46,9 @@ def export_openvino(
     """Write the run's OpenVINO IR (``model.xml`` and ``model.bin``); returns the .xml path.
 
     ``out``: the .xml file, or a folder for it (default ``RUN/openvino``, ``RUN/openvino-fp16``,
-    ``RUN/openvino-int8``). ``int8`` quantises with NNCF on the images of the folder ``calibration`` (good
-    images, any depth, up to 300 used); weights and activations of the other operations stay in float32.
+    ``RUN/openvino-int8``). ``int8`` quantises the backbone's weights and activations with NNCF, calibrated
+    on the images of the folder ``calibration`` (good images, any depth, up to 300 used); the flow heads and
+    everything after them stay in float32.
     """
     ov = _openvino()
     if precision not in PRECISIONS:
@@ -103,7 +104,10 @@ def _quantise(ov_model: Any, samples: list[np.ndarray]) -> Any:
         import nncf
     except ImportError as err:
         raise InputError(f"INT8 quantisation needs nncf: {INSTALL_HINT}") from err
-    return nncf.quantize(ov_model, nncf.Dataset(samples), subset_size=len(samples))
+    # the frozen backbone only: the flows' exp and log-det amplify INT8's error (measured on the demo: CFLOW's
+    # image AUROC 0.91 -> 0.43 with every layer quantised, 0.91 -> 0.92 with the backbone alone, at the same speed)
+    heads = nncf.IgnoredScope(patterns=[r"^(?!/encoder/).*"], validate=False)
+    return nncf.quantize(ov_model, nncf.Dataset(samples), subset_size=len(samples), ignored_scope=heads)
 
 
 def _save(ov: Any, ov_model: Any, target: Path, compress_to_fp16: bool) -> None:
