@@ -31,6 +31,8 @@ def runs(fastflow_run: Path, demo_data: Path, tmp_path_factory) -> dict[str, Pat
     for model in MODELS[1:]:
         found[model] = root / model
         args = ["--data", str(demo_data), "--category", "fabric", "--model", model, "--out", str(found[model])]
+        # CFLOW-AD: fiber batches that 4 images of 64 px fill at every stride (16 fibers at stride 32)
+        args += ["--fiber-batch-size", "16"] if model == "cflow" else []
         assert main(["train", *args, *TINY_TRAIN]) == 0
     return found
 
@@ -100,13 +102,17 @@ def test_the_exported_file_alone_gives_the_predictions_of_torch(model, runs, ima
         assert ours.shape == theirs.shape and (ours != theirs).sum() == 0, f"{record['path']}: masks differ"
 
 
-def _disagreements(reference: list[dict], other: list[dict]) -> list[str]:
-    """Per image whose verdict or mask differs: its index and how many pixels differ."""
+def _disagreements(reference: list[dict], other: list[dict], pixel_threshold: float | None) -> list[str]:
+    """Per image whose verdict or mask differs: its index and how many pixels differ. With a ``pixel_threshold``,
+    pixels whose map lies within float32 agreement (1e-4, relative above 1) of it are left out: there any two
+    float32 computations may fall on either side."""
     found = []
     for i, (a, b) in enumerate(zip(reference, other, strict=True)):
-        pixels = int((a["mask"] != b["mask"]).sum())
-        if pixels or a["anomalous"] != b["anomalous"]:
-            found.append(f"image {i}: verdict {a['anomalous']} vs {b['anomalous']}, {pixels} mask pixels")
+        differ = a["mask"] != b["mask"]
+        if pixel_threshold is not None:
+            differ &= np.abs(a["map"] - pixel_threshold) > 1e-4 * np.maximum(1, np.abs(a["map"]))
+        if differ.any() or a["anomalous"] != b["anomalous"]:
+            found.append(f"image {i}: verdict {a['anomalous']} vs {b['anomalous']}, {int(differ.sum())} mask pixels")
     return found
 
 
@@ -122,7 +128,11 @@ def test_every_engine_gives_the_verdicts_and_masks_of_torch(model, threshold, ru
         detector = Detector.load(runs[model], threshold, engine=engine)
         assert detector.engine.name == engine
         results = detector.predict(rgb)
-        assert not _disagreements(torch_results, results), (engine, _disagreements(torch_results, results))
+        pixel = None if threshold == "nfa" else detector.thresholds.pixel
+        assert not _disagreements(torch_results, results, pixel), (
+            engine,
+            _disagreements(torch_results, results, pixel),
+        )
         for a, b in zip(torch_results, results, strict=True):
             # float32 agreement: 1e-4, relative where the map is large (CFLOW's can reach 1e4, where torch alone,
             # on 1 thread or 2, differs by 0.09)
