@@ -75,6 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
         _add_report,
         _add_predict,
         _add_export,
+        _add_serve,
     ):
         add_command(sub)
     return parser
@@ -241,6 +242,22 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--int8", action="store_true", help="openvino: INT8 post-training quantisation (NNCF)")
     p.add_argument("--calibration", type=Path, help="openvino --int8: a folder of good images to calibrate on")
     _add_threshold_arg(p)
+
+
+def _add_serve(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("serve", help="an HTTP inspection service over a run: API, review page, metrics")
+    p.add_argument("--run", required=True, type=Path, help="run directory")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    p.add_argument("--engine", default="auto", choices=list(ENGINES), help="as for predict (default auto)")
+    _add_threshold_arg(p)
+    p.add_argument("--workers", type=int, default=1, help="server processes, each with its own engine (default 1)")
+    p.add_argument(
+        "--api-key", help="require 'Authorization: Bearer KEY' on every endpoint but /healthz (or FLOWAD_API_KEY)"
+    )
+    p.add_argument("--batch-size", type=int, default=DEFAULT_BATCH, help="images scored together at most")
+    p.add_argument("--max-wait-ms", type=float, default=5.0, help="how long a batch waits for more images")
+    p.add_argument("--body-limit-mb", type=float, default=32.0, help="largest request accepted, MB (default 32)")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -108,6 +108,50 @@ def _export(args: argparse.Namespace) -> None:
     print(f"wrote {path}")
 
 
+def _serve(args: argparse.Namespace) -> None:
+    import json
+    import os
+    import sys
+
+    from flowad.inference import Detector
+
+    try:
+        import uvicorn
+
+        from flowad.serve_app import create_app
+    except ImportError as err:
+        raise InputError(f"flowad serve needs its extra: pip install 'flowad[serve]' ({err})") from err
+    check_value("batch_size", args.batch_size)
+    if args.workers < 1 or not 0 <= args.max_wait_ms <= 1000 or not 0 < args.body_limit_mb <= 4096:
+        raise InputError("expected --workers >= 1, --max-wait-ms in 0..1000 and --body-limit-mb in (0, 4096]")
+    api_key = args.api_key or os.environ.get("FLOWAD_API_KEY") or None
+    if api_key is None and args.host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"warning: serving on {args.host} without an API key: anyone who reaches it can use it", file=sys.stderr)
+    detector = Detector.load(args.run, args.threshold, args.engine)  # a bad run fails here, with exit 2
+    body_limit = int(args.body_limit_mb * 1024 * 1024)
+    print(
+        f"serving {args.run} with the {detector.engine.name} engine on http://{args.host}:{args.port}", file=sys.stderr
+    )
+    if args.workers == 1:
+        app = create_app(str(args.run), detector, api_key, body_limit, args.batch_size, args.max_wait_ms)
+        uvicorn.run(app, host=args.host, port=args.port, log_level="warning", timeout_graceful_shutdown=30)
+        return
+    settings = {"run": str(args.run), "threshold": args.threshold, "engine": args.engine}
+    settings.update(body_limit=body_limit, batch_size=args.batch_size, max_wait_ms=args.max_wait_ms)
+    os.environ["FLOWAD_SERVE"] = json.dumps(settings)
+    if api_key:
+        os.environ["FLOWAD_API_KEY"] = api_key
+    uvicorn.run(
+        "flowad.serve_app:app_from_environment",
+        factory=True,
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        log_level="warning",
+        timeout_graceful_shutdown=30,
+    )
+
+
 def _report(args: argparse.Namespace) -> None:
     from flowad.report import render_report
 
@@ -181,4 +225,5 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], None]] = {
     "report": _report,
     "predict": _predict,
     "export": _export,
+    "serve": _serve,
 }

@@ -24,6 +24,7 @@ Files larger than :data:`MAX_IMAGE_PIXELS` pixels are refused before they are de
 
 from __future__ import annotations
 
+import io
 import os
 import struct
 import threading
@@ -72,10 +73,23 @@ def read_image(path: str | Path) -> np.ndarray:
     :data:`MAX_IMAGE_PIXELS`.
     """
     with _open_decoded(path, "image") as img:
-        if img.mode in _SIXTEEN_BIT_MODES or img.mode == "F":
-            gray = _gray_to_uint8(img)
-            return np.repeat(gray[:, :, None], 3, axis=2)
-        return np.asarray(_to_rgb(img), dtype=np.uint8).copy()
+        return _rgb_array(img)
+
+
+def decode_image(data: bytes, name: str = "in the request") -> np.ndarray:
+    """An image sent as bytes (a request to the service) -> ``uint8`` RGB ``(H, W, 3)``, with the checks of
+    :func:`read_image`; ``name`` says where it came from in the errors. Nothing touches the file system."""
+    if not data:
+        raise InputError(f"image {name} is empty (0 bytes); {_EXPECTED_FORMATS}")
+    with _decoded(io.BytesIO(data), name, "image") as img:
+        return _rgb_array(img)
+
+
+def _rgb_array(img: Image.Image) -> np.ndarray:
+    if img.mode in _SIXTEEN_BIT_MODES or img.mode == "F":
+        gray = _gray_to_uint8(img)
+        return np.repeat(gray[:, :, None], 3, axis=2)
+    return np.asarray(_to_rgb(img), dtype=np.uint8).copy()
 
 
 def read_mask(path: str | Path, expected_size: tuple[int, int] | None = None) -> np.ndarray:
@@ -137,9 +151,16 @@ def pixel_limit() -> int:
 def _open_decoded(path: str | Path, kind: str) -> Iterator[Image.Image]:
     """Open, size-check, fully decode and orient an image; yields the Pillow image."""
     file = _check_file(path, kind)
+    with _decoded(file, file, kind) as img:
+        yield img
+
+
+@contextmanager
+def _decoded(source: Path | io.BytesIO, file: Path | str, kind: str) -> Iterator[Image.Image]:
+    """Open ``source`` (named ``file`` in errors), size-check, fully decode and orient it."""
     with _pil_limit_disabled():
         try:
-            img = Image.open(file)
+            img = Image.open(source)
         except _DECODE_ERRORS as exc:
             raise _decode_error(file, kind, exc) from exc
         with img:
@@ -202,8 +223,10 @@ def _check_size(file: Path, kind: str, img: Image.Image) -> None:
         )
 
 
-def _decode_error(file: Path, kind: str, exc: BaseException) -> InputError:
+def _decode_error(file: Path | str, kind: str, exc: BaseException) -> InputError:
     reason = str(exc) or type(exc).__name__
+    if reason.startswith("cannot identify image file"):  # Pillow names the file object, not the file
+        reason = "not an image format Pillow can identify"
     return InputError(f"cannot read {kind} {file}: {reason}; {_EXPECTED_FORMATS}")
 
 
