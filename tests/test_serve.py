@@ -169,13 +169,14 @@ def test_bad_input_is_a_json_4xx_and_the_next_request_is_served(
     assert _call(server + "/v1/predict", good, "image/png")[0] == 200
 
 
-def test_the_api_key_guards_every_endpoint_but_health(server, test_images) -> None:
-    for path in ("/v1/model", "/metrics", "/readyz", "/"):
+def test_the_api_key_guards_every_endpoint_but_health_and_the_page(server, test_images) -> None:
+    for path in ("/v1/model", "/metrics", "/readyz"):
         for key in (None, "wrong"):
             answer = _call(server + path, key=key)
             assert answer[0] == 401 and "API key" in _json(answer)["error"]
     assert _call(server + "/v1/predict", test_images[0].read_bytes(), "image/png", key=None)[0] == 401
     assert _call(server + "/healthz", key=None)[0] == 200
+    assert _call(server + "/", key=None)[0] == 200  # the page is static; what it calls needs the key
 
 
 def test_a_missing_or_damaged_run_stops_the_start_with_exit_2(tmp_path: Path, capsys) -> None:
@@ -184,3 +185,36 @@ def test_a_missing_or_damaged_run_stops_the_start_with_exit_2(tmp_path: Path, ca
     (tmp_path / "damaged").mkdir()
     (tmp_path / "damaged" / "config.json").write_text("{not json")
     assert main(["serve", "--run", str(tmp_path / "damaged"), "--port", str(_free_port())]) == 2
+
+
+def test_the_review_page_in_a_real_browser_shows_the_apis_verdicts(server, test_images, tmp_path: Path) -> None:
+    """Playwright drives Debian's chromium (its own browser download is not reachable; scripts/test installs it)."""
+    import shutil
+
+    from playwright.sync_api import sync_playwright
+
+    chromium = shutil.which("chromium")
+    assert chromium is not None, "chromium is not installed: apt-get install chromium (scripts/test does it)"
+    uploads = [Path(shutil.copy(p, tmp_path / f"{i}-{p.parent.name}-{p.name}")) for i, p in enumerate(test_images)]
+    expected = [_json(_call(server + "/v1/predict?pictures=false", p.read_bytes(), "image/png")) for p in uploads]
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
+        try:
+            page = browser.new_page()
+            page.goto(server + "/")
+            page.fill("#key", KEY)
+            page.set_input_files("#files", [str(p) for p in uploads])
+            page.wait_for_function(f"document.querySelectorAll('.card canvas').length === {len(uploads)}")
+            names = page.eval_on_selector_all(".card .name", "nodes => nodes.map(n => n.textContent)")
+            shown = page.eval_on_selector_all(".card .api", "nodes => nodes.map(n => n.dataset.anomalous)")
+            by_name = dict(zip(names, shown, strict=True))
+            for path, answer in zip(uploads, expected, strict=True):
+                assert by_name[path.name] == str(answer["anomalous"]).lower()
+            page.fill("#slider", "0")  # every image flagged at the lowest threshold
+            page.dispatch_event("#slider", "input")
+            verdicts = page.eval_on_selector_all(".card p:last-child", "nodes => nodes.map(n => n.textContent)")
+            assert verdicts and all(v.startswith("anomalous at 0.00") for v in verdicts)
+            page.screenshot(path=str(tmp_path / "page.png"), full_page=True)
+            assert (tmp_path / "page.png").stat().st_size > 0
+        finally:
+            browser.close()

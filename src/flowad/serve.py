@@ -5,7 +5,7 @@ Endpoints: ``POST /v1/predict`` (one image: the request body, or the ``image`` f
 ``GET /readyz`` and ``GET /metrics`` (Prometheus' text format). Concurrent requests are scored together:
 a micro-batcher collects images for up to ``max_wait_ms`` or ``batch_size`` images, whichever comes first, and
 scores them in one engine call. Bad input is a 4xx with ``{"error": "..."}``; nothing from a request reaches
-the file system. With an API key every endpoint but ``/healthz`` wants ``Authorization: Bearer KEY``.
+the file system. With an API key every endpoint but ``/healthz`` and the page wants ``Authorization: Bearer KEY``.
 """
 
 from __future__ import annotations

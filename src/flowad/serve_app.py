@@ -25,7 +25,8 @@ from flowad.errors import InputError
 from flowad.inference import Detector
 from flowad.serve import DEFAULT_BODY_LIMIT, IMAGE_TYPES, MicroBatcher, model_info, response
 
-OPEN_PATHS = ("/healthz",)  # reachable without the API key: a load balancer's probe
+# reachable without the API key: a load balancer's probe, and the page (static; its calls send the key)
+OPEN_PATHS = ("/healthz", "/")
 
 
 class HttpError(Exception):

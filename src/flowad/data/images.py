@@ -225,7 +225,7 @@ def _check_size(file: Path, kind: str, img: Image.Image) -> None:
 
 def _decode_error(file: Path | str, kind: str, exc: BaseException) -> InputError:
     reason = str(exc) or type(exc).__name__
-    if reason.startswith("cannot identify image file"):  # Pillow names the file object, not the file
+    if not isinstance(file, Path) and reason.startswith("cannot identify image file"):  # names a BytesIO
         reason = "not an image format Pillow can identify"
     return InputError(f"cannot read {kind} {file}: {reason}; {_EXPECTED_FORMATS}")
 
