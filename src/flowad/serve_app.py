@@ -155,6 +155,7 @@ async def _images(request: Request, field: str, limit: int, single: bool) -> lis
     kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
     length = request.headers.get("content-length")
     if length is not None and length.isdigit() and int(length) > limit:
+        await _discard(request)
         raise HttpError(413, f"request of {length} bytes; the limit is {limit} bytes (--body-limit-mb)")
     if kind == "multipart/form-data":
         form = await request.form()
@@ -178,9 +179,20 @@ async def _body(request: Request, limit: int) -> bytes:
     async for chunk in request.stream():
         size += len(chunk)
         if size > limit:
+            await _discard(request)
             raise HttpError(413, f"request over {limit} bytes; the limit is {limit} bytes (--body-limit-mb)")
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+async def _discard(request: Request, cap: int = 1 << 30) -> None:
+    """Read the rest of a refused body (up to ``cap`` bytes) without keeping it: a server that answers and
+    closes while the client still sends makes the client's socket fail before it can read the 413."""
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > cap:
+            return
 
 
 def app_from_environment() -> FastAPI:
