@@ -58,8 +58,12 @@ def server(fastflow_run: Path):
     assert "Traceback" not in process.stderr.read()
 
 
-def _call(url: str, body: bytes | None = None, content_type: str | None = None, key: str | None = KEY):
+def _call(
+    url: str, body: bytes | None = None, content_type: str | None = None, key: str | None = KEY, accept: str = ""
+):
     headers = {"Content-Type": content_type} if content_type else {}
+    if accept:
+        headers["Accept"] = accept
     if key:
         headers["Authorization"] = f"Bearer {key}"
     request = urllib.request.Request(url, data=body, headers=headers, method="POST" if body is not None else "GET")
@@ -218,3 +222,44 @@ def test_the_review_page_in_a_real_browser_shows_the_apis_verdicts(server, test_
             assert (tmp_path / "page.png").stat().st_size > 0
         finally:
             browser.close()
+
+
+def test_accept_png_answers_with_the_mask_and_the_figures_in_headers(server, test_images) -> None:
+    body = test_images[1].read_bytes()
+    answer = _json(_call(server + "/v1/predict", body, "image/png"))
+    request = urllib.request.Request(
+        server + "/v1/predict",
+        data=body,
+        headers={"Content-Type": "image/png", "Accept": "image/png", "Authorization": f"Bearer {KEY}"},
+        method="POST",
+    )
+    with urllib.request.urlopen(request, timeout=60) as reply:
+        assert reply.headers["content-type"] == "image/png"
+        assert float(reply.headers["X-Flowad-Score"]) == answer["score"]
+        assert reply.headers["X-Flowad-Anomalous"] == str(answer["anomalous"])
+        assert reply.read() == base64.b64decode(answer["mask_png"])
+
+
+def test_several_workers_serve_and_sigterm_lets_a_request_in_flight_finish(fastflow_run, test_images) -> None:
+    port = _free_port()
+    command = [sys.executable, "-m", "flowad", "serve", "--run", str(fastflow_run), "--port", str(port)]
+    process = subprocess.Popen([*command, "--workers", "2"], stderr=subprocess.PIPE, text=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(600):
+            try:
+                if _call(base + "/readyz", key=None)[0] == 200:
+                    break
+            except OSError:
+                time.sleep(0.2)
+        body, kind = _multipart("images", [(p.name, p.read_bytes()) for p in test_images * 8])
+        with ThreadPoolExecutor(1) as pool:
+            in_flight = pool.submit(_call, base + "/v1/predict/batch", body, kind, None)
+            time.sleep(0.3)  # the 40 images are being scored
+            process.terminate()
+            status, reply, _ = in_flight.result(timeout=120)
+        assert status == 200 and len(json.loads(reply)["results"]) == 40
+        assert process.wait(timeout=60) in (0, -15)
+    finally:
+        if process.poll() is None:
+            process.kill()

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import hmac
 import json
 import os
@@ -27,6 +28,9 @@ from flowad.serve import DEFAULT_BODY_LIMIT, IMAGE_TYPES, MicroBatcher, model_in
 
 # reachable without the API key: a load balancer's probe, and the page (static; its calls send the key)
 OPEN_PATHS = ("/healthz", "/")
+# Accept: one picture as the answer's body instead of JSON
+PICTURES = {"image/png": "mask_png", "image/png; kind=mask": "mask_png", "image/png; kind=heatmap": "heatmap_png"}
+HEADER_FIELDS = ("score", "normalised_score", "anomalous")
 
 
 class HttpError(Exception):
@@ -113,11 +117,16 @@ def create_app(
         return Response(generate_latest(metrics["registry"]), media_type=CONTENT_TYPE_LATEST)
 
     @app.post("/v1/predict")
-    async def predict(request: Request, pictures: bool = True) -> dict[str, Any]:
+    async def predict(request: Request, pictures: bool = True) -> Any:
         (rgb,) = await _images(request, "image", body_limit, single=True)
         result = await batcher.score(rgb)
         metrics["images"].inc()
-        return response(detector, rgb, result, pictures)
+        wanted = request.headers.get("accept", "")
+        answer = response(detector, rgb, result, pictures=pictures or wanted in PICTURES)
+        if wanted in PICTURES:  # one picture as the body, the figures in headers (a PLC-friendly answer)
+            headers = {f"X-Flowad-{k.replace('_', '-').title()}": str(answer[k]) for k in HEADER_FIELDS}
+            return Response(base64.b64decode(answer[PICTURES[wanted]]), media_type="image/png", headers=headers)
+        return answer
 
     @app.post("/v1/predict/batch")
     async def predict_batch(request: Request, pictures: bool = True) -> dict[str, Any]:
