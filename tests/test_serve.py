@@ -34,13 +34,10 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def server(fastflow_run: Path):
-    """``flowad serve`` as its own process on 127.0.0.1, with an API key and small limits; stopped at the end."""
+def _start_server(run: Path, *options: str, env: dict[str, str] | None = None) -> tuple[subprocess.Popen, str]:
+    """``flowad serve --run RUN OPTIONS`` as its own process on a free 127.0.0.1 port, once it answers."""
     port = _free_port()
-    env = {**os.environ, "FLOWAD_API_KEY": KEY, "FLOWAD_MAX_IMAGE_PIXELS": str(PIXEL_LIMIT)}
-    command = [sys.executable, "-m", "flowad", "serve", "--run", str(fastflow_run), "--port", str(port)]
-    command += ["--body-limit-mb", str(BODY_LIMIT_MB), "--batch-size", "4", "--max-wait-ms", "20"]
+    command = [sys.executable, "-m", "flowad", "serve", "--run", str(run), "--port", str(port), *options]
     process = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True)
     base = f"http://127.0.0.1:{port}"
     deadline = time.time() + 120
@@ -48,22 +45,28 @@ def server(fastflow_run: Path):
         if process.poll() is not None:
             pytest.fail(f"the server stopped: {process.stderr.read()}")
         try:
-            if _call(base + "/healthz")[0] == 200:
-                break
+            if _call(base + "/healthz", key=None)[0] == 200:
+                return process, base
         except OSError:
             time.sleep(0.2)
+    process.kill()
+    pytest.fail("the server did not answer in 120 s")
+
+
+@pytest.fixture(scope="module")
+def server(fastflow_run: Path):
+    """``flowad serve`` with an API key and small limits; stopped at the end."""
+    env = {**os.environ, "FLOWAD_API_KEY": KEY, "FLOWAD_MAX_IMAGE_PIXELS": str(PIXEL_LIMIT)}
+    options = ["--body-limit-mb", str(BODY_LIMIT_MB), "--batch-size", "4", "--max-wait-ms", "20"]
+    process, base = _start_server(fastflow_run, *options, env=env)
     yield base
     process.terminate()  # SIGTERM: uvicorn finishes what is in flight, stops, then re-raises the signal
     assert process.wait(timeout=60) in (0, -15)
     assert "Traceback" not in process.stderr.read()
 
 
-def _call(
-    url: str, body: bytes | None = None, content_type: str | None = None, key: str | None = KEY, accept: str = ""
-):
+def _call(url: str, body: bytes | None = None, content_type: str | None = None, key: str | None = KEY):
     headers = {"Content-Type": content_type} if content_type else {}
-    if accept:
-        headers["Accept"] = accept
     if key:
         headers["Authorization"] = f"Bearer {key}"
     request = urllib.request.Request(url, data=body, headers=headers, method="POST" if body is not None else "GET")
@@ -241,17 +244,8 @@ def test_accept_png_answers_with_the_mask_and_the_figures_in_headers(server, tes
 
 
 def test_several_workers_serve_and_sigterm_lets_a_request_in_flight_finish(fastflow_run, test_images) -> None:
-    port = _free_port()
-    command = [sys.executable, "-m", "flowad", "serve", "--run", str(fastflow_run), "--port", str(port)]
-    process = subprocess.Popen([*command, "--workers", "2"], stderr=subprocess.PIPE, text=True)
-    base = f"http://127.0.0.1:{port}"
+    process, base = _start_server(fastflow_run, "--workers", "2")
     try:
-        for _ in range(600):
-            try:
-                if _call(base + "/readyz", key=None)[0] == 200:
-                    break
-            except OSError:
-                time.sleep(0.2)
         body, kind = _multipart("images", [(p.name, p.read_bytes()) for p in test_images * 8])
         with ThreadPoolExecutor(1) as pool:
             in_flight = pool.submit(_call, base + "/v1/predict/batch", body, kind, None)

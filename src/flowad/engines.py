@@ -153,9 +153,8 @@ def _torch_engine(run_dir: Path) -> TorchEngine:
 
 
 def _require_runtime(engine: str) -> None:
-    if importlib.util.find_spec(RUNTIME_MODULES[engine]) is None:
-        extra = "onnx" if engine == "onnx" else "openvino"
-        raise InputError(f"--engine {engine} needs {RUNTIME_MODULES[engine]}: pip install 'flowad[{extra}]'")
+    if importlib.util.find_spec(RUNTIME_MODULES[engine]) is None:  # each engine's extra is named after it
+        raise InputError(f"--engine {engine} needs {RUNTIME_MODULES[engine]}: pip install 'flowad[{engine}]'")
 
 
 def _exported_engine(run_dir: Path, engine: str, threads: int | None) -> Any:

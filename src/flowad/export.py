@@ -33,6 +33,7 @@ from torch import nn
 from flowad.checkpoint import BACKBONE_FILE, CONFIG_FILE, MODEL_FILE, atomic_write, flowad_version, load_run
 from flowad.errors import InputError
 from flowad.models import AnomalyModel
+from flowad.nfa import settings_of
 from flowad.records import RunRecord
 from flowad.thresholds import Thresholds, from_option
 
@@ -182,7 +183,6 @@ def _rename(graph: Any, old: str, new: str) -> None:
 
 def metadata(run_dir: Path, record: RunRecord, thresholds: Thresholds, option: str | float) -> dict[str, str]:
     """The ``flowad.*`` metadata of an exported file (strings): what a user needs, and what makes it current."""
-    config = record.model_config
     return {
         "flowad.graph": GRAPH_FORMAT,
         "flowad.version": flowad_version(),
@@ -190,13 +190,7 @@ def metadata(run_dir: Path, record: RunRecord, thresholds: Thresholds, option: s
         "flowad.image_size": json.dumps(list(record.preprocess.size)),
         "flowad.normalisation": json.dumps({"mean": list(record.preprocess.mean), "std": list(record.preprocess.std)}),
         "flowad.thresholds": json.dumps({**dataclasses.asdict(thresholds), "option": str(option)}),
-        "flowad.nfa": json.dumps(
-            {
-                "window_size": config.get("nfa_window_size", 7),
-                "probability_threshold": config.get("nfa_probability_threshold", 0.5),
-                "high_precision": config.get("nfa_high_precision", False),
-            }
-        ),
+        "flowad.nfa": json.dumps(settings_of(record.model_config)),
         "flowad.weights_sha256": weights_fingerprint(run_dir),
         "flowad.record": json.dumps(record.to_json()),
     }
@@ -212,15 +206,13 @@ def weights_fingerprint(run_dir: Path) -> str:
     return digest.hexdigest()
 
 
-def export_target(run_dir: Path, out: str | Path | None, file_name: str) -> Path:
-    """The file an export writes for ``out`` (None: ``RUN/file_name``; a folder: ``folder/file_name``), its
-    folder made; InputError if it cannot be."""
-    if out is None:
-        return run_dir / file_name
+def export_target(default_folder: Path, out: str | Path | None, file_name: str) -> Path:
+    """The file an export writes for ``out`` (None: ``default_folder/file_name``; a folder: ``folder/file_name``),
+    its folder made; InputError if it cannot be."""
     # Path() drops a trailing separator, so "models/" is recognised on the string
-    names_folder = str(out).endswith(tuple(sep for sep in (os.sep, os.altsep, "/") if sep))
-    target = Path(out)
-    if names_folder or target.is_dir():
+    names_folder = out is not None and str(out).endswith(tuple(sep for sep in (os.sep, os.altsep, "/") if sep))
+    target = Path(default_folder if out is None else out)
+    if out is None or names_folder or target.is_dir():
         target = target / file_name
     if target.is_dir():
         raise InputError(f"cannot write the exported model to {target}: it is a folder")

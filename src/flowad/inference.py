@@ -16,10 +16,11 @@ import numpy as np
 from flowad.checkpoint import read_record
 from flowad.engines import EngineOutput, open_engine
 from flowad.errors import InputError
-from flowad.nfa import log_nfa
+from flowad.nfa import log_nfa, settings_of
 from flowad.records import RunRecord
 from flowad.resize import resize_bilinear
 from flowad.thresholds import from_option
+from flowad.visualize import mask_image, overlay
 
 DEFAULT_BATCH = 8
 
@@ -77,14 +78,8 @@ class Detector:
         result = {"map": full_map, "score": score}
         result["normalised_score"] = float(self.thresholds.normalise(np.array([score]))[0])
         if self.use_nfa:
-            config = self.record.model_config
-            small = log_nfa(
-                [z[i : i + 1] for z in scored.latents],
-                self.image_size,
-                config.get("nfa_window_size", 7),
-                config.get("nfa_probability_threshold", 0.5),
-                config.get("nfa_high_precision", False),
-            )
+            latents = [z[i : i + 1] for z in scored.latents]
+            small = log_nfa(latents, self.image_size, **settings_of(self.record.model_config))
             full_log_nfa = resize_bilinear(small[0].astype(np.float32), image_size)
             result["mask"] = full_log_nfa < 0
             result["anomalous"] = bool(result["mask"].any())
@@ -93,6 +88,12 @@ class Detector:
             result["anomalous"] = score >= self.thresholds.image
             result["mask"] = (full_map >= self.thresholds.pixel) & result["anomalous"]
         return result
+
+    def pictures(self, rgb: np.ndarray, result: dict[str, Any]) -> dict[str, np.ndarray]:
+        """What an image's result looks like: ``heat`` (the map normalised, 0.5 = the image threshold, float),
+        ``heatmap`` (its colours over the image) and ``mask`` (0/255), uint8 at the image's size."""
+        heat = self.thresholds.normalise(result["map"])
+        return {"heat": heat, "heatmap": overlay(rgb, heat), "mask": mask_image(result["mask"])}
 
 
 def _checked(rgb: Any) -> np.ndarray:

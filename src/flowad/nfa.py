@@ -96,6 +96,16 @@ def log_nfa(
     return total_log_p + math.log10(n_tests)
 
 
+def settings_of(model_config: dict[str, Any]) -> dict[str, Any]:
+    """:func:`log_nfa`'s settings from a run's stored model config (its ``nfa_*`` fields; the defaults for a run
+    that stored none): ``window_size``, ``probability_threshold``, ``high_precision``."""
+    return {
+        "window_size": model_config.get("nfa_window_size", 7),
+        "probability_threshold": model_config.get("nfa_probability_threshold", 0.5),
+        "high_precision": model_config.get("nfa_high_precision", False),
+    }
+
+
 def nfa_mask(
     latents: Sequence[np.ndarray | torch.Tensor], size: tuple[int, int], *args: Any, **kwargs: Any
 ) -> np.ndarray:

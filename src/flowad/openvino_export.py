@@ -57,8 +57,7 @@ def export_openvino(
         raise InputError("--int8 needs --calibration GOOD_IMAGES_DIR: images to calibrate the quantisation on")
     run_dir = Path(run_dir)
     model, record = load_run(run_dir)
-    folder = run_dir / default_folder(precision, int8)
-    target = export_target(folder, out if out is not None else str(folder) + os.sep, XML_FILE)
+    target = export_target(run_dir / default_folder(precision, int8), out, XML_FILE)
     samples = calibration_images(calibration, record) if int8 else None
     proto = deployable_proto(run_dir, model, record, threshold, any_size=False)
     ov_model = _convert(ov, proto)

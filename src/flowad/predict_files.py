@@ -7,7 +7,6 @@ decoding and encoding release Python's lock, as do the engines, so the three run
 
 from __future__ import annotations
 
-import io
 import json
 import queue
 import sys
@@ -20,7 +19,6 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
 from flowad import distributed
 from flowad.checkpoint import atomic_write
@@ -29,7 +27,7 @@ from flowad.data.images import is_image_file, read_image
 from flowad.engines import EngineOutput
 from flowad.errors import InputError
 from flowad.inference import DEFAULT_BATCH, Detector
-from flowad.visualize import mask_image, overlay
+from flowad.visualize import png_bytes
 
 PREFETCH = 16  # images decoded ahead of the scoring, and finished ones waiting to be written
 
@@ -66,12 +64,12 @@ def predict(
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise InputError(f"output folder {out} exists and is not a folder")
-    _expand_inputs(inputs, out)  # bad inputs fail before the engine is opened (and maybe exported)
+    files = _expand_inputs(inputs, out)  # bad inputs fail before the engine is opened (and maybe exported)
     detector = Detector.load(run, threshold, engine, exported=exported)
     detector.batch_size = batch_size
     if not quiet and distributed.is_main():
         print(f"scoring with the {detector.engine.name} engine ({detector.engine.source})", file=sys.stderr)
-    return predict_with(detector, inputs, out, quiet)
+    return _predict_files(detector, files, out, quiet)
 
 
 def predict_with(
@@ -79,7 +77,10 @@ def predict_with(
 ) -> list[dict[str, Any]]:
     """:func:`predict` with a detector already loaded (a service, a benchmark): the same files and records."""
     out = Path(out)
-    files = _expand_inputs(inputs, out)
+    return _predict_files(detector, _expand_inputs(inputs, out), out, quiet)
+
+
+def _predict_files(detector: Detector, files: list[_InputFile], out: Path, quiet: bool) -> list[dict[str, Any]]:
     # output names are set over every input before sharding, so that each process names files alike
     names = _output_names(files)
     shares = distributed.all_gather(_score_share(detector, files, names, out))
@@ -212,11 +213,11 @@ def _finish(
 ) -> tuple[int, dict[str, Any]]:
     """Image ``k`` of a scored batch at its own size, its heat-map overlay and mask written; its JSON record."""
     result = detector.result(output, k, item.rgb.shape[:2])
-    heat = detector.thresholds.normalise(result["map"])
+    pictures = detector.pictures(item.rgb, result)
     heat_path, mask_path = out / f"{name}_heatmap.png", out / f"{name}_mask.png"
     # zlib level 1: the same pixels, 5x faster than level 6 on heat maps (31 -> 6 ms at 256 px), files ~12 % larger
-    _write_png(heat_path, overlay(item.rgb, heat), compress_level=1)
-    _write_png(mask_path, mask_image(result["mask"]))
+    _write_png(heat_path, pictures["heatmap"], compress_level=1)
+    _write_png(mask_path, pictures["mask"])
     record = {
         "path": str(item.found.path),
         "relative_path": item.found.relative_path,
@@ -276,9 +277,7 @@ def _output_names(files: Sequence[_InputFile]) -> list[str]:
 
 
 def _write_png(path: Path, array: np.ndarray, compress_level: int = 6) -> None:
-    buffer = io.BytesIO()
-    Image.fromarray(array).save(buffer, format="PNG", compress_level=compress_level)
-    _write_output(path, buffer.getvalue(), durable=False)  # a picture predict can draw again: no fsync
+    _write_output(path, png_bytes(array, compress_level), durable=False)  # predict can draw it again: no fsync
 
 
 def _write_output(path: Path, data: bytes | str, durable: bool = True) -> None:

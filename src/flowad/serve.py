@@ -12,26 +12,26 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import io
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
 from flowad.checkpoint import flowad_version, read_json
 from flowad.inference import Detector
-from flowad.visualize import mask_image, overlay
+from flowad.visualize import png_bytes
 
 DEFAULT_BODY_LIMIT = 32 * 1024 * 1024  # bytes of one request
 IMAGE_TYPES = ("image/png", "image/jpeg", "image/bmp", "image/tiff", "application/octet-stream")
 
 
 class MicroBatcher:
-    """Images from concurrent requests scored together, in the order they came."""
+    """Images from concurrent requests scored together (up to the detector's ``batch_size`` at once), in the
+    order they came."""
 
-    def __init__(self, detector: Detector, batch_size: int, max_wait_ms: float) -> None:
-        self.detector, self.batch_size, self.max_wait = detector, batch_size, max_wait_ms / 1000
+    def __init__(self, detector: Detector, max_wait_ms: float) -> None:
+        self.detector, self.batch_size, self.max_wait = detector, detector.batch_size, max_wait_ms / 1000
         self.queue: asyncio.Queue = asyncio.Queue()
         self.task: asyncio.Task | None = None
 
@@ -43,7 +43,7 @@ class MicroBatcher:
             self.task.cancel()
 
     async def score(self, rgb: np.ndarray) -> dict[str, Any]:
-        """One image's result (:meth:`Detector.result`), once its batch is scored."""
+        """One image's result (as :meth:`Detector.predict` gives it), once its batch is scored."""
         done = asyncio.get_running_loop().create_future()
         await self.queue.put((rgb, done))
         return await done
@@ -58,23 +58,16 @@ class MicroBatcher:
                 except TimeoutError:
                     break
             try:
-                results = await asyncio.to_thread(self._score, [rgb for rgb, _ in batch])
+                results = await asyncio.to_thread(self.detector.predict, [rgb for rgb, _ in batch])
                 for (_, done), result in zip(batch, results, strict=True):
                     done.set_result(result)
             except Exception as err:  # noqa: BLE001 - handed to each waiting request
                 for _, done in batch:
                     done.set_exception(err)
 
-    def _score(self, images: list[np.ndarray]) -> list[dict[str, Any]]:
-        detector = self.detector
-        scored = detector.score_resized(np.stack([detector.preprocess.resized(rgb) for rgb in images]))
-        return [detector.result(scored, i, rgb.shape[:2]) for i, rgb in enumerate(images)]
-
 
 def png_base64(array: np.ndarray) -> str:
-    buffer = io.BytesIO()
-    Image.fromarray(array).save(buffer, format="PNG", compress_level=1)
-    return base64.b64encode(buffer.getvalue()).decode("ascii")
+    return base64.b64encode(png_bytes(array, compress_level=1)).decode("ascii")
 
 
 def response(detector: Detector, rgb: np.ndarray, result: dict[str, Any], pictures: bool) -> dict[str, Any]:
@@ -91,17 +84,15 @@ def response(detector: Detector, rgb: np.ndarray, result: dict[str, Any], pictur
     if "log_nfa_min" in result:
         out["log_nfa_min"] = result["log_nfa_min"]
     if pictures:
-        heat = detector.thresholds.normalise(result["map"])
-        out["mask_png"] = png_base64(mask_image(result["mask"]))
-        out["heatmap_png"] = png_base64(overlay(rgb, heat))
+        drawn = detector.pictures(rgb, result)
+        out["mask_png"] = png_base64(drawn["mask"])
+        out["heatmap_png"] = png_base64(drawn["heatmap"])
         # the normalised map as 8-bit grey: what the review page re-thresholds (0.5 = the image threshold)
-        out["normalised_map_png"] = png_base64(np.round(heat * 255).astype(np.uint8))
+        out["normalised_map_png"] = png_base64(np.round(drawn["heat"] * 255).astype(np.uint8))
     return out
 
 
 def model_info(run: str, detector: Detector) -> dict[str, Any]:
-    from pathlib import Path
-
     record = detector.record
     metrics_file = Path(run) / "metrics.json"
     metrics = read_json(metrics_file) if metrics_file.is_file() else None

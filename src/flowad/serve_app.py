@@ -58,7 +58,8 @@ def create_app(
     batch_size: int = 8,
     max_wait_ms: float = 5.0,
 ) -> FastAPI:
-    batcher = MicroBatcher(detector, batch_size, max_wait_ms)
+    detector.batch_size = batch_size  # a micro-batch is scored in one engine call
+    batcher = MicroBatcher(detector, max_wait_ms)
     metrics = _metrics()
     state = {"ready": False}
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import io
+
 import numpy as np
+from PIL import Image
 
 # A perceptually ordered dark-blue -> cyan -> yellow -> red ramp; values between stops are interpolated.
 _STOPS = np.array(
@@ -32,3 +35,10 @@ def overlay(image: np.ndarray, heat: np.ndarray, alpha: float = 0.5) -> np.ndarr
 def mask_image(mask: np.ndarray) -> np.ndarray:
     """Boolean mask -> uint8 0/255, the format MVTec AD ships its ground truth in."""
     return np.where(mask, 255, 0).astype(np.uint8)
+
+
+def png_bytes(image: np.ndarray, compress_level: int = 6) -> bytes:
+    """An RGB or grey uint8 array as PNG file bytes (zlib ``compress_level`` 0-9: the pixels are the same)."""
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="PNG", compress_level=compress_level)
+    return buffer.getvalue()
