@@ -192,6 +192,9 @@ def test_a_missing_or_damaged_run_stops_the_start_with_exit_2(tmp_path: Path, ca
     (tmp_path / "damaged").mkdir()
     (tmp_path / "damaged" / "config.json").write_text("{not json")
     assert main(["serve", "--run", str(tmp_path / "damaged"), "--port", str(_free_port())]) == 2
+    capsys.readouterr()
+    assert main(["serve", "--run", str(tmp_path / "damaged"), "--workers", "0"]) == 2
+    assert "--workers 0" in capsys.readouterr().err
 
 
 def test_the_review_page_in_a_real_browser_shows_the_apis_verdicts(server, test_images, tmp_path: Path) -> None:

@@ -123,7 +123,8 @@ def _serve(args: argparse.Namespace) -> None:
         raise InputError(f"flowad serve needs its extra: pip install 'flowad[serve]' ({err})") from err
     check_value("batch_size", args.batch_size)
     if args.workers < 1 or not 0 <= args.max_wait_ms <= 1000 or not 0 < args.body_limit_mb <= 4096:
-        raise InputError("expected --workers >= 1, --max-wait-ms in 0..1000 and --body-limit-mb in (0, 4096]")
+        given = f"--workers {args.workers}, --max-wait-ms {args.max_wait_ms:g}, --body-limit-mb {args.body_limit_mb:g}"
+        raise InputError(f"{given}: expected --workers >= 1, --max-wait-ms in 0..1000, --body-limit-mb in (0, 4096]")
     api_key = args.api_key or os.environ.get("FLOWAD_API_KEY") or None
     if api_key is None and args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"warning: serving on {args.host} without an API key: anyone who reaches it can use it", file=sys.stderr)
