@@ -36,6 +36,9 @@ OPTION_HELP = {
     "nfa_window_size": "--threshold nfa: window at the finest latent scale (pixels)",
     "nfa_probability_threshold": "--threshold nfa: a latent value is a candidate when P(chi2(1) >= z^2) < 1 - this",
     "nfa_high_precision": "--threshold nfa: binomial tails in exact integer arithmetic (slower)",
+    "tile": "large images: train on TILE x TILE crops at full resolution and score images tile by tile, "
+    "blending the tiles' maps (each tile resized to --image-size; 0: whole images, resized)",
+    "tile_stride": "pixels between tiles (0: half the tile; the last tiles end at the image's border)",
     "input_statistics": "input normalisation: 'weights' (the backbone weights' own mean/std) or 'imagenet' "
     "(ImageNet's for any backbone, as anomalib)",
 }

@@ -319,6 +319,8 @@ def infer(
 
 
 def _infer(model, dataset, settings, device, keep_latents) -> dict[str, Any]:
+    if getattr(dataset, "tiling", None) is not None:
+        return _infer_tiled(model, dataset, settings, device, keep_latents)
     model.eval()
     latents_of = torch.compile(model.latents, dynamic=True) if settings.compile else model.latents
     loader = _loader(dataset, settings.inference_batch_size, settings, device)
@@ -338,4 +340,39 @@ def _infer(model, dataset, settings, device, keep_latents) -> dict[str, Any]:
     }
     if keep_latents:
         out["latents"] = [torch.cat(scale) for scale in zip(*latents, strict=True)]
+    return out
+
+
+def _infer_tiled(model, dataset, settings, device, with_nfa) -> dict[str, Any]:
+    """A tiled run's images scored tile by tile at full resolution (:mod:`flowad.tiling`); with ``with_nfa``,
+    the log NFA < 0 masks over all tiles (``nfa_masks``) instead of the latents. The images must share a size."""
+    from flowad.engines import TorchEngine
+    from flowad.nfa import log_nfa, settings_of
+    from flowad.tiling import score_tiled
+
+    scorer = TorchEngine(model, dataset.preprocess, device)
+    nfa_settings = settings_of(model.config.to_dict())
+
+    def nfa(latents: list[np.ndarray], tiles: int) -> np.ndarray:
+        return log_nfa(latents, model.image_size, **nfa_settings, tiles=tiles)
+
+    maps, scores, masks, nfa_masks = [], [], [], []
+    for i in progress(range(len(dataset)), len(dataset), "scoring tiles", settings.quiet):
+        item = dataset[i]
+        if maps and item["rgb"].shape[:2] != maps[0].shape:
+            raise FlowadError(
+                f"{dataset.samples[i].path} is {tuple(item['rgb'].shape[:2])} (height, width) but the first image is "
+                f"{maps[0].shape}; a tiled run is evaluated on images of one size"
+            )
+        rgb = item["rgb"].numpy()
+        resize, batch = dataset.preprocess.resized, settings.inference_batch_size
+        tiled = score_tiled(rgb, dataset.tiling, resize, scorer.run, batch, nfa if with_nfa else None)
+        maps.append(tiled.map)
+        scores.append(tiled.score)
+        masks.append(item["mask"][0].numpy() > 0.5)
+        if with_nfa:
+            nfa_masks.append(tiled.log_nfa < 0)
+    out: dict[str, Any] = {"maps": np.stack(maps), "scores": np.array(scores, np.float32), "masks": np.stack(masks)}
+    if with_nfa:
+        out["nfa_masks"] = np.stack(nfa_masks)
     return out

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from flowad.errors import InputError
-from flowad.records import RunRecord
+from flowad.preprocess import Preprocess
 
 ENGINES = ("auto", "torch", "onnx", "openvino")
 AUTO_ORDER = ("openvino", "onnx", "torch")
@@ -41,13 +41,13 @@ class EngineOutput:
 class TorchEngine:
     name = "torch"
 
-    def __init__(self, model: Any, record: RunRecord, device: torch.device) -> None:
-        self.model, self.record, self.device = model.to(device).eval(), record, device
+    def __init__(self, model: Any, preprocess: Preprocess, device: torch.device) -> None:
+        self.model, self.preprocess, self.device = model.to(device).eval(), preprocess, device
         self.source = "PyTorch"
 
     @torch.inference_mode()
     def run(self, images: np.ndarray, latents: bool = False) -> EngineOutput:
-        normalised = self.record.preprocess.normalised(images).transpose(0, 3, 1, 2)
+        normalised = self.preprocess.normalised(images).transpose(0, 3, 1, 2)
         z = self.model.latents(torch.from_numpy(np.ascontiguousarray(normalised)).to(self.device))
         maps = self.model.anomaly_map(z)
         kept = [t.float().cpu().numpy() for t in z] if latents else None
@@ -149,7 +149,7 @@ def _torch_engine(run_dir: Path) -> TorchEngine:
     from flowad.engine import resolve_device
 
     model, record = load_run(run_dir)
-    return TorchEngine(model, record, resolve_device("auto"))
+    return TorchEngine(model, record.preprocess, resolve_device("auto"))
 
 
 def _require_runtime(engine: str) -> None:

@@ -17,8 +17,9 @@ import numpy as np
 
 from flowad import metrics
 from flowad.checkpoint import atomic_write, load_run, write_json
-from flowad.data.datasets import ImageDataset, Sample, check_masks
+from flowad.data.datasets import Sample, check_masks
 from flowad.data.spec import DataSpec
+from flowad.data.tiles import image_dataset
 from flowad.engine import infer
 from flowad.errors import InputError
 from flowad.nfa import nfa_masks
@@ -43,10 +44,10 @@ def test(
     spec = _test_spec(record.data, data, category)
     splits = spec.splits(record.seed)
     check_masks(splits.test)
-    dataset = ImageDataset(splits.test, record.preprocess)  # as the model was trained
+    dataset = image_dataset(splits.test, record.preprocess)  # as the model was trained
     start = time.perf_counter()
     out = infer(net, dataset, settings, keep_latents=True)
-    nfa = nfa_masks(net, out["latents"])
+    nfa = out["nfa_masks"] if "nfa_masks" in out else nfa_masks(net, out["latents"])  # a tiled run's: over its tiles
     masks = out["masks"]  # read with the images: each test file is decoded once
     labels = np.array([s.label for s in splits.test])
     thresholds = from_option(record.thresholds, threshold)

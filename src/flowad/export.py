@@ -183,6 +183,7 @@ def _rename(graph: Any, old: str, new: str) -> None:
 
 def metadata(run_dir: Path, record: RunRecord, thresholds: Thresholds, option: str | float) -> dict[str, str]:
     """The ``flowad.*`` metadata of an exported file (strings): what a user needs, and what makes it current."""
+    tiling = record.preprocess.tiling
     return {
         "flowad.graph": GRAPH_FORMAT,
         "flowad.version": flowad_version(),
@@ -191,6 +192,8 @@ def metadata(run_dir: Path, record: RunRecord, thresholds: Thresholds, option: s
         "flowad.normalisation": json.dumps({"mean": list(record.preprocess.mean), "std": list(record.preprocess.std)}),
         "flowad.thresholds": json.dumps({**dataclasses.asdict(thresholds), "option": str(option)}),
         "flowad.nfa": json.dumps(settings_of(record.model_config)),
+        # a tiled run's graph scores one tile: the caller cuts the tiles and blends their maps (README, Large images)
+        "flowad.tiling": json.dumps(None if tiling is None else dataclasses.asdict(tiling)),
         "flowad.weights_sha256": weights_fingerprint(run_dir),
         "flowad.record": json.dumps(record.to_json()),
     }

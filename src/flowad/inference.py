@@ -20,6 +20,7 @@ from flowad.nfa import log_nfa, settings_of
 from flowad.records import RunRecord
 from flowad.resize import resize_bilinear
 from flowad.thresholds import from_option
+from flowad.tiling import score_tiled
 from flowad.visualize import mask_image, overlay
 
 DEFAULT_BATCH = 8
@@ -38,6 +39,7 @@ class Detector:
         self.use_nfa = threshold == "nfa"
         self.preprocess = record.preprocess
         self.image_size = self.preprocess.size
+        self.tiling = self.preprocess.tiling  # a tiled run scores each image tile by tile (flowad.tiling)
 
     @classmethod
     def load(
@@ -60,6 +62,8 @@ class Detector:
         With the ``nfa`` threshold the mask is log NFA < 0 and the image is anomalous iff its mask is not empty.
         """
         images = [_checked(rgb) for rgb in images]
+        if self.tiling is not None:
+            return [self.predict_tiled(rgb) for rgb in images]
         results = []
         for start in range(0, len(images), self.batch_size):
             chunk = images[start : start + self.batch_size]
@@ -67,20 +71,37 @@ class Detector:
             results.extend(self.result(scored, i, rgb.shape[:2]) for i, rgb in enumerate(chunk))
         return results
 
+    def check_size(self, rgb: np.ndarray) -> None:
+        """InputError when this run cannot score ``rgb``: a tiled run needs images at least as large as its tile."""
+        if self.tiling is not None:
+            self.tiling.positions(*rgb.shape[:2])
+
     def score_resized(self, resized: np.ndarray) -> EngineOutput:
         """uint8 (N, h, w, 3) at the model's size -> the engine's maps, scores (and latents for the NFA)."""
         return self.engine.run(resized, latents=self.use_nfa)
 
+    def predict_tiled(self, rgb: np.ndarray) -> dict[str, Any]:
+        """One image of a tiled run, scored ``batch_size`` tiles at a time, as :meth:`result` gives it."""
+        nfa = self._log_nfa if self.use_nfa else None
+        tiled = score_tiled(rgb, self.tiling, self.preprocess.resized, self.engine.run, self.batch_size, nfa)
+        return self._decided(tiled.map, tiled.score, tiled.log_nfa)
+
+    def _log_nfa(self, latents: list[np.ndarray], tiles: int = 1) -> np.ndarray:
+        return log_nfa(latents, self.image_size, **settings_of(self.record.model_config), tiles=tiles)
+
     def result(self, scored: EngineOutput, i: int, image_size: tuple[int, int]) -> dict[str, Any]:
         """Image ``i`` of a scored batch at its own ``image_size``: map, mask, score, normalised score, verdict."""
-        score = float(scored.scores[i])
-        full_map = resize_bilinear(scored.maps[i], image_size)
+        full_log_nfa = None
+        if self.use_nfa:
+            small = self._log_nfa([z[i : i + 1] for z in scored.latents])
+            full_log_nfa = resize_bilinear(small[0].astype(np.float32), image_size)
+        return self._decided(resize_bilinear(scored.maps[i], image_size), float(scored.scores[i]), full_log_nfa)
+
+    def _decided(self, full_map: np.ndarray, score: float, full_log_nfa: np.ndarray | None) -> dict[str, Any]:
+        """The result of an image from its map and score (and log NFA) at its own size."""
         result = {"map": full_map, "score": score}
         result["normalised_score"] = float(self.thresholds.normalise(np.array([score]))[0])
-        if self.use_nfa:
-            latents = [z[i : i + 1] for z in scored.latents]
-            small = log_nfa(latents, self.image_size, **settings_of(self.record.model_config))
-            full_log_nfa = resize_bilinear(small[0].astype(np.float32), image_size)
+        if full_log_nfa is not None:
             result["mask"] = full_log_nfa < 0
             result["anomalous"] = bool(result["mask"].any())
             result["log_nfa_min"] = float(full_log_nfa.min())

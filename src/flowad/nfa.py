@@ -21,7 +21,8 @@ position we count such "candidates" in a window and ask how unlikely that many w
   pads by reflection, which counts some entries twice and breaks the independence the test assumes).
 - scales combine by bilinear upsampling of each log10 P to ``size`` (float64, torch's
   ``F.interpolate(mode="bilinear", align_corners=False)`` as :func:`flowad.resize.resize_bilinear`) and summing; then
-  log NFA = sum_s log10 P_s + log10(N_tests), N_tests = number of latent positions over all scales.
+  log NFA = sum_s log10 P_s + log10(N_tests), N_tests = number of latent positions over all scales (times the
+  number of tiles of a tiled image).
   The reference upsamples bicubically (align_corners=True); flowad keeps bilinear on purpose. A bilinear
   value is a weighted mean of the neighbouring windows' log10 P, so every upsampled pixel stays within
   the range the tests produced: never above 0 (a probability above 1) and never below the strongest
@@ -65,8 +66,12 @@ def log_nfa(
     window_size: int = 7,
     probability_threshold: float = 0.5,
     high_precision: bool = False,
+    tiles: int = 1,
 ) -> np.ndarray:
     """log10 NFA per pixel, float64 (B, H, W) at ``size``; a pixel is anomalous iff its log NFA < 0.
+
+    ``tiles``: how many such tests the image holds (its tiles, see :mod:`flowad.tiling`): the number of tests
+    is every latent position of every tile, so the promise holds for the whole image.
 
     ``latents``: (B, C_s, H_s, W_s) maps, any order, numpy arrays (an exported model's outputs) or torch
     tensors (e.g. ``model.latents(images)``, on any device): the same values give the same result.
@@ -92,7 +97,9 @@ def log_nfa(
         log_p = table[np.searchsorted(n_values, n), k]  # row (H, W) broadcasts against k (B, H, W)
         # bilinear, not the reference's bicubic: it cannot overshoot the tests' range (module docstring)
         total_log_p = total_log_p + resize_bilinear(log_p, tuple(size))
-    n_tests = sum(z.shape[-2] * z.shape[-1] for z in latents)
+    if int(tiles) != tiles or tiles < 1:
+        raise InputError(f"tiles is {tiles}; expected a whole number of at least 1")
+    n_tests = tiles * sum(z.shape[-2] * z.shape[-1] for z in latents)
     return total_log_p + math.log10(n_tests)
 
 

@@ -7,12 +7,13 @@ decoding and encoding release Python's lock, as do the engines, so the three run
 
 from __future__ import annotations
 
+import functools
 import json
 import queue
 import sys
 import threading
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -24,7 +25,6 @@ from flowad import distributed
 from flowad.checkpoint import atomic_write
 from flowad.data.datasets import list_images_at_any_depth
 from flowad.data.images import is_image_file, read_image
-from flowad.engines import EngineOutput
 from flowad.errors import InputError
 from flowad.inference import DEFAULT_BATCH, Detector
 from flowad.visualize import png_bytes
@@ -119,9 +119,8 @@ def _score_share(
             skipped += len(batch) - len(readable)
             if not readable:
                 continue
-            output = detector.score_resized(np.stack([item.resized for item in readable]))
-            for k, item in enumerate(readable):
-                pending.append(writer.submit(_finish, detector, output, k, item, out, names[item.index]))
+            for item, result_of in zip(readable, _scored(detector, readable), strict=True):
+                pending.append(writer.submit(_finish, detector, result_of, item, out, names[item.index]))
             while len(pending) > PREFETCH:  # finished images wait in memory: keep them few
                 scored.append(pending.popleft().result())
         scored.extend(future.result() for future in pending)
@@ -146,11 +145,32 @@ def _read_share(detector: Detector, files: list[_InputFile]) -> Iterator[_Decode
             if not is_image_file(found.path):
                 raise InputError(f"{found.path} is not an image file (expected .png, .jpg, .jpeg, .bmp, .tif or .tiff)")
             rgb = read_image(found.path)
+            _check_size(detector, rgb, found.path)
         except InputError as err:
             print(f"warning: skipped {err}", file=sys.stderr)
             yield _Decoded(i, found)
             continue
-        yield _Decoded(i, found, rgb, detector.preprocess.resized(rgb))
+        yield _Decoded(i, found, rgb, None if detector.tiling else detector.preprocess.resized(rgb))
+
+
+def _check_size(detector: Detector, rgb: np.ndarray, path: Path) -> None:
+    try:
+        detector.check_size(rgb)
+    except InputError as err:
+        raise InputError(f"{path}: {err}") from err
+
+
+def _scored(detector: Detector, batch: list[_Decoded]) -> list[Callable[[], dict[str, Any]]]:
+    """Each image's result, to be finished by the writer: a batch at the model's size is scored in one engine
+    call (the maps at each image's size are drawn later); a tiled run's images are scored tile by tile here."""
+    if detector.tiling is not None:
+        return [_already(detector.predict_tiled(item.rgb)) for item in batch]
+    output = detector.score_resized(np.stack([item.resized for item in batch]))
+    return [functools.partial(detector.result, output, k, item.rgb.shape[:2]) for k, item in enumerate(batch)]
+
+
+def _already(result: dict[str, Any]) -> Callable[[], dict[str, Any]]:
+    return lambda: result
 
 
 def _batches(items: Iterator[_Decoded], size: int) -> Iterator[list[_Decoded]]:
@@ -209,10 +229,10 @@ def _drain(buffer: queue.Queue) -> None:
 
 
 def _finish(
-    detector: Detector, output: EngineOutput, k: int, item: _Decoded, out: Path, name: str
+    detector: Detector, result_of: Callable[[], dict[str, Any]], item: _Decoded, out: Path, name: str
 ) -> tuple[int, dict[str, Any]]:
-    """Image ``k`` of a scored batch at its own size, its heat-map overlay and mask written; its JSON record."""
-    result = detector.result(output, k, item.rgb.shape[:2])
+    """An image's result at its own size, its heat-map overlay and mask written; its JSON record."""
+    result = result_of()
     pictures = detector.pictures(item.rgb, result)
     heat_path, mask_path = out / f"{name}_heatmap.png", out / f"{name}_mask.png"
     # zlib level 1: the same pixels, 5x faster than level 6 on heat maps (31 -> 6 ms at 256 px), files ~12 % larger

@@ -24,6 +24,7 @@ import torch
 from PIL import Image
 
 from flowad.errors import InputError
+from flowad.tiling import Tiling, tiling_of
 
 if TYPE_CHECKING:
     from flowad.models.base import AnomalyModel
@@ -38,12 +39,17 @@ PRECISION_BITS = 22  # fixed-point weights for 8-bit images, as Pillow's: 32 - 8
 @dataclasses.dataclass(frozen=True)
 class Preprocess:
     """The input of a model: ``size`` (height, width), or one int for a square; ``mean`` and ``std`` per RGB
-    channel of the image scaled to [0, 1]; ``resize``, the PIL filter that brings an image to ``size``."""
+    channel of the image scaled to [0, 1]; ``resize``, the PIL filter that brings an image to ``size``.
+
+    ``tile`` > 0: the model sees ``tile`` x ``tile`` crops of the full-resolution image, every ``tile_stride``
+    pixels (0: half the tile), each brought to ``size`` as a whole image would be (:mod:`flowad.tiling`)."""
 
     size: tuple[int, int] | int
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     resize: str = "bilinear"
+    tile: int = 0
+    tile_stride: int = 0
 
     def __post_init__(self) -> None:
         # settings are kept in one form (tuples of Python numbers) so that equal ones compare and serialise alike
@@ -52,22 +58,38 @@ class Preprocess:
         object.__setattr__(self, "std", _channel_stats("std", self.std, positive=True))
         if self.resize not in RESAMPLING:
             raise InputError(f"resize filter {self.resize!r} is not known; expected one of {sorted(RESAMPLING)}")
+        self.tiling  # noqa: B018 - a bad tile or stride fails here
+
+    @property
+    def tiling(self) -> Tiling | None:
+        """Where the tiles of an image lie, or None when whole images are resized."""
+        return tiling_of(self.tile or None, self.tile_stride or None)
 
     @classmethod
     def from_model(cls, model: AnomalyModel) -> Preprocess:
         """What ``model`` takes: its input size, and the statistics its ``input_statistics`` option picks."""
         mean, std = model.input_statistics
-        return cls(model.image_size, mean, std)
+        return cls(model.image_size, mean, std, tile=model.config.tile, tile_stride=model.config.tile_stride)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"size": list(self.size), "mean": list(self.mean), "std": list(self.std), "resize": self.resize}
+        values = {"size": list(self.size), "mean": list(self.mean), "std": list(self.std), "resize": self.resize}
+        if self.tile:  # written only when tiling, so the records of whole-image runs keep their form
+            values.update(tile=self.tile, tile_stride=self.tile_stride)
+        return values
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> Preprocess:
         missing = sorted({"size", "mean", "std"} - set(values))
         if missing:
             raise InputError(f"preprocessing settings {values!r} lack {missing}")
-        return cls(tuple(values["size"]), tuple(values["mean"]), tuple(values["std"]), values.get("resize", "bilinear"))
+        return cls(
+            tuple(values["size"]),
+            tuple(values["mean"]),
+            tuple(values["std"]),
+            values.get("resize", "bilinear"),
+            values.get("tile", 0),
+            values.get("tile_stride", 0),
+        )
 
     # float32, as the arithmetic below runs: (x / 255 - mean) / std in float32 numpy
     @functools.cached_property

@@ -76,6 +76,8 @@ RANGES: dict[str, Range] = {
     "dist_timeout": POSITIVE,
     "val_fraction": FRACTION,
     "fpr": FRACTION,  # 0: the threshold is the good validation scores' maximum
+    "tile": NON_NEGATIVE_INT,  # 0: no tiling
+    "tile_stride": NON_NEGATIVE_INT,  # 0: half the tile
 }
 
 

@@ -120,6 +120,7 @@ def create_app(
     @app.post("/v1/predict")
     async def predict(request: Request, pictures: bool = True) -> Any:
         (rgb,) = await _images(request, "image", body_limit, single=True)
+        detector.check_size(rgb)  # before its batch: one image's error must not fail its batch-mates
         result = await batcher.score(rgb)
         metrics["images"].inc()
         wanted = request.headers.get("accept", "")
@@ -132,6 +133,8 @@ def create_app(
     @app.post("/v1/predict/batch")
     async def predict_batch(request: Request, pictures: bool = True) -> dict[str, Any]:
         images = await _images(request, "images", body_limit, single=False)
+        for rgb in images:
+            detector.check_size(rgb)
         results = await asyncio.gather(*(batcher.score(rgb) for rgb in images))
         metrics["images"].inc(len(images))
         return {"results": [response(detector, rgb, r, pictures) for rgb, r in zip(images, results, strict=True)]}

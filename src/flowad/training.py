@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch.utils.data import Dataset
 
 from flowad import distributed, metrics
 from flowad.checkpoint import (
@@ -26,8 +27,9 @@ from flowad.checkpoint import (
     save_run,
     write_json,
 )
-from flowad.data.datasets import ImageDataset, check_masks
+from flowad.data.datasets import check_masks
 from flowad.data.spec import DataSpec
+from flowad.data.tiles import image_dataset, training_dataset
 from flowad.engine import divergence_message, infer
 from flowad.engine import train as train_head
 from flowad.errors import FlowadError, InputError
@@ -84,7 +86,7 @@ def resume(run: str | Path, settings: EngineSettings | None = None) -> Path:
 
 
 def validation_metrics(
-    val_set: ImageDataset, labels: np.ndarray, settings: EngineSettings
+    val_set: Dataset, labels: np.ndarray, settings: EngineSettings
 ) -> Callable[[AnomalyModel], dict[str, float]]:
     """A scorer of models on a split with anomalies: image AUROC, and pixel AUROC given masks."""
     quiet = dataclasses.replace(settings, quiet=True)
@@ -122,8 +124,8 @@ def _train_run(run_dir: Path, request: TrainRequest, resume: bool) -> Path:
     torch.manual_seed(seed)  # the flows' initial weights
     net = model_class(request.model)(config)
     preprocess = Preprocess.from_model(net)  # save_run stores the same one in the run
-    train_set = ImageDataset(splits.train, preprocess)
-    val_set = ImageDataset(splits.val, preprocess)
+    train_set = training_dataset(splits.train, preprocess)  # the tiles of a tiled run
+    val_set = image_dataset(splits.val, preprocess)
     val_labels = np.array([s.label for s in splits.val])
     validate = validation_metrics(val_set, val_labels, settings) if 0 < val_labels.sum() < len(val_labels) else None
     with log_to(run_dir):
@@ -136,6 +138,8 @@ def _train_run(run_dir: Path, request: TrainRequest, resume: bool) -> Path:
         if not distributed.is_main():
             return run_dir  # the main process writes the run
         summary = _summary(log, len(splits.train), len(splits.val), config.lr)
+        if preprocess.tiling is not None:
+            summary["tiles"] = len(train_set)
         saved = {"data": spec, "seed": seed, "train": summary}
         _save_with_thresholds(run_dir, net, val_set, val_labels, settings, request.fpr, saved)
         write_json(run_dir / "train_log.json", log)
@@ -173,7 +177,7 @@ def _summary(log: dict[str, Any], n_train: int, n_val: int, lr: float) -> dict[s
 def _save_with_thresholds(
     run_dir: Path,
     net: AnomalyModel,
-    val_set: ImageDataset,
+    val_set: Dataset,
     labels: np.ndarray,
     settings: EngineSettings,
     fpr: float,

@@ -22,6 +22,7 @@ from flowad.errors import InputError
 from flowad.flows import gaussian_nll
 from flowad.preprocess import IMAGENET_MEAN, IMAGENET_STD
 from flowad.ranges import check_ranges
+from flowad.tiling import tiling_of
 
 INPUT_STATISTICS = ("weights", "imagenet")
 
@@ -44,11 +45,18 @@ class ModelConfig:
     # how input images are normalised: "weights" = the statistics the backbone's weights were trained with
     # (its timm configuration), "imagenet" = ImageNet's mean/std whatever the backbone (as anomalib does)
     input_statistics: str = "weights"
+    # large images (flowad.tiling): tile > 0 trains on tile x tile crops of the full-resolution images and scores
+    # images tile by tile, each tile resized to image_size; tile_stride 0 means half the tile
+    tile: int = 0
+    tile_stride: int = 0
 
     def __post_init__(self) -> None:
         check_ranges(self)
         if self.input_statistics not in INPUT_STATISTICS:
             raise InputError(f"input_statistics={self.input_statistics!r}: expected one of {list(INPUT_STATISTICS)}")
+        if self.tile_stride and not self.tile:
+            raise InputError(f"--tile-stride {self.tile_stride} needs --tile: tiles of which size?")
+        tiling_of(self.tile or None, self.tile_stride or None)  # a bad tile or stride fails here
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
