@@ -192,7 +192,7 @@ def test_config_checks_and_json_round_trip() -> None:
     assert config.strides == (8, 16, 32) and config.lr == 1e-4 and config.weight_decay == 0.0
     with pytest.raises(InputError, match="condition_vector=6"):
         CFlowConfig(condition_vector=6)
-    with pytest.raises(InputError, match="image_size=70"):
+    with pytest.raises(InputError, match="image size 70 does not fit"):
         build_model("cflow", image_size=70)
 
 

@@ -85,7 +85,11 @@ def test_existing_run_directory_needs_force(run: Path, demo: Path, capsys) -> No
     [
         (["train", "--data", "/no/such/root", "--category", "x", "--out", "OUT"], "/no/such/root"),
         (["train", "--data", "DEMO", "--category", "nope", "--out", "OUT"], "nope"),
-        (["train", "--data", "DEMO", "--category", "fabric", "--out", "OUT", "--image-size", "70"], "image_size=70"),
+        (["train", "--data", "DEMO", "--category", "fabric", "--out", "OUT", "--image-size", "70"], "image size 70"),
+        (
+            ["train", "--data", "DEMO", "--category", "fabric", "--out", "OUT", "--image-size", "100", "160"],
+            "image height 100 does not fit backbone tf_efficientnet_lite0: expected a multiple of 16",
+        ),
         (["train", "--model", "nomodel", "--data", "DEMO", "--category", "fabric", "--out", "OUT"], "unknown model"),
         (  # FastFlow's couplings shuffle channels only, as the reference's
             [

@@ -53,6 +53,15 @@ def images(demo_data: Path, tmp_path_factory) -> list[Path]:
     return files
 
 
+@pytest.fixture(scope="module")
+def non_square_run(demo_data: Path, tmp_path_factory) -> Path:
+    """FastFlow trained through the command line at 96 x 160 (height x width) on the demo fabric."""
+    run = tmp_path_factory.mktemp("deploy-non-square") / "fastflow"
+    args = ["train", "--data", str(demo_data), "--category", "fabric", "--out", str(run), *TINY_TRAIN]
+    assert main([*args, "--image-size", "96", "160"]) == 0  # the last --image-size wins over TINY_TRAIN's
+    return run
+
+
 def _readme_example() -> str:
     text = README.read_text(encoding="utf-8")
     block = re.search(r"<!-- deploy-example -->\n```python\n(.*?)```\n<!-- end deploy-example -->", text, re.S)
@@ -263,3 +272,19 @@ def test_predict_writes_the_same_files_every_time_and_what_the_detector_gives(ru
     for record, result in zip(first, expected, strict=True):
         assert record["score"] == result["score"] and record["anomalous"] == result["anomalous"]
         assert np.array_equal(_mask(record["mask"]), result["mask"])
+
+
+def test_a_non_square_run_keeps_its_height_and_width(non_square_run: Path) -> None:
+    config = json.loads((non_square_run / "config.json").read_text())
+    assert config["model_config"]["image_size"] == [96, 160] and config["preprocess"]["size"] == [96, 160]
+
+
+def test_every_engine_scores_a_non_square_run_as_torch(non_square_run: Path, images, tmp_path: Path) -> None:
+    """The exported graph resizes to height x width, not width x height: else the scores or shapes would differ."""
+    expected = _predict(non_square_run, images, tmp_path / "torch", "--engine", "torch")
+    for engine in ("onnx", "openvino"):
+        found = _predict(non_square_run, images, tmp_path / engine, "--engine", engine)
+        for path, a, b in zip(images, expected, found, strict=True):
+            assert b["score"] == pytest.approx(a["score"], abs=1e-4), (engine, path.name)
+            with Image.open(path) as image:
+                assert _mask(a["mask"]).shape == _mask(b["mask"]).shape == (image.height, image.width)

@@ -100,3 +100,16 @@ def test_train_data_and_cache_options(flag: str, value: str, tmp_path: Path, cap
 
 def test_a_count_given_as_a_fraction_is_refused(tmp_path: Path, capsys) -> None:
     _refused([*_commands(tmp_path)["train"], "--flow-steps", "0"], capsys, "--flow-steps 0", "an integer >= 1")
+
+
+def test_image_size_takes_one_value_or_height_and_width(tmp_path: Path, capsys) -> None:
+    train = _commands(tmp_path)["train"]
+    parser = cli.build_parser()
+    assert parser.parse_args([*train, "--image-size", "64"]).image_size == 64  # a square: the int, as always
+    assert parser.parse_args([*train, "--image-size", "96", "160"]).image_size == [96, 160]
+    expected = ("--image-size 96 160 224", "expected one size (a square) or two, height and width")
+    _refused([*train, "--image-size", "96", "160", "224"], capsys, *expected)
+    config = tmp_path / "config.yaml"
+    config.write_text("image_size: [96, 160, 224]\n")  # a config file's list: the same check
+    _refused([*train, "--config", str(config)], capsys, *expected)
+    assert [p.name for p in tmp_path.iterdir()] == ["config.yaml"]

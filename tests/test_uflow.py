@@ -86,7 +86,7 @@ def test_loss_is_the_mean_negative_log_likelihood(model: UFlow) -> None:
 
 
 def test_mcait_needs_448_and_says_so() -> None:
-    with pytest.raises(InputError, match="mcait.*takes 448x448 images; got image_size=256"):
+    with pytest.raises(InputError, match="mcait.*takes 448x448 images only.*got image_size 256x256"):
         build_model("uflow", backbone="mcait", image_size=256)
 
 

@@ -15,7 +15,7 @@ OPTION_HELP = {
     "backbone": "timm backbone name (tf_efficientnet_lite0's ImageNet weights ship with flowad; U-Flow: also 'mcait')",
     "weights": "backbone weights: 'pretrained' (offline for tf_efficientnet_lite0, else downloaded by timm), "
     "'random', or a path to a .pth/.safetensors file",
-    "image_size": "square input size in pixels (a multiple of the backbone's largest stride)",
+    "image_size": "input size in pixels: one value (square) or H W, each a multiple of the backbone's largest stride",
     "lr": "Adam learning rate",
     "weight_decay": "Adam weight decay",
     "batch_size": "training batch size (images)",
@@ -42,6 +42,22 @@ OPTION_HELP = {
     "input_statistics": "input normalisation: 'weights' (the backbone weights' own mean/std) or 'imagenet' "
     "(ImageNet's for any backbone, as anomalib)",
 }
+# model options that take one value (a square) or two (height and width)
+HEIGHT_WIDTH_OPTIONS = {"image_size"}
+
+
+class OneOrTwoValues(argparse.Action):
+    """One value is stored as itself, so that a square gives the config it always gave; several as a list (the
+    model's config refuses more than two, naming them)."""
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: list[int],
+        option_string: str | None = None,
+    ) -> None:
+        setattr(namespace, self.dest, values[0] if len(values) == 1 else list(values))
 
 
 def model_fields() -> dict[str, dict[str, object]]:
@@ -72,6 +88,8 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
         example = next(iter(defaults.values()))
         if isinstance(example, bool):
             p.add_argument(flag, dest=field, action="store_const", const=True, help=text)
+        elif field in HEIGHT_WIDTH_OPTIONS:
+            p.add_argument(flag, dest=field, type=int, nargs="+", action=OneOrTwoValues, metavar=("H", "W"), help=text)
         elif isinstance(example, tuple):
             p.add_argument(flag, dest=field, type=type(example[0]), nargs="+", help=text)
         else:

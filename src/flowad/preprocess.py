@@ -53,7 +53,7 @@ class Preprocess:
 
     def __post_init__(self) -> None:
         # settings are kept in one form (tuples of Python numbers) so that equal ones compare and serialise alike
-        object.__setattr__(self, "size", _size_hw(self.size))
+        object.__setattr__(self, "size", size_hw(self.size))
         object.__setattr__(self, "mean", _channel_stats("mean", self.mean, positive=False))
         object.__setattr__(self, "std", _channel_stats("std", self.std, positive=True))
         if self.resize not in RESAMPLING:
@@ -163,7 +163,8 @@ def bilinear_taps(in_len: int, out_len: int) -> tuple[np.ndarray, np.ndarray]:
     return np.minimum(j, in_len - 1), fixed
 
 
-def _size_hw(image_size: int | Sequence[int]) -> tuple[int, int]:
+def size_hw(image_size: int | Sequence[int]) -> tuple[int, int]:
+    """(height, width) of a size given as one int (a square) or as a pair."""
     size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
     if len(size) != 2 or not all(isinstance(v, int) and v > 0 for v in size):
         raise InputError(f"image_size is {image_size!r}; expected a positive int or (height, width)")

@@ -20,8 +20,8 @@ from torch import nn
 from flowad.backbones import Encoder
 from flowad.errors import InputError
 from flowad.flows import gaussian_nll
-from flowad.preprocess import IMAGENET_MEAN, IMAGENET_STD
-from flowad.ranges import check_ranges
+from flowad.preprocess import IMAGENET_MEAN, IMAGENET_STD, size_hw
+from flowad.ranges import check_ranges, option_flag
 from flowad.tiling import tiling_of
 
 INPUT_STATISTICS = ("weights", "imagenet")
@@ -33,7 +33,7 @@ class ModelConfig:
 
     backbone: str = "tf_efficientnet_lite0"
     weights: str = "pretrained"
-    image_size: int = 256
+    image_size: int | tuple[int, int] = 256  # a square, or (height, width)
     lr: float = 1e-3
     weight_decay: float = 1e-5
     batch_size: int = 32
@@ -51,6 +51,7 @@ class ModelConfig:
     tile_stride: int = 0
 
     def __post_init__(self) -> None:
+        self.image_size = _image_size_as_given(self.image_size)
         check_ranges(self)
         if self.input_statistics not in INPUT_STATISTICS:
             raise InputError(f"input_statistics={self.input_statistics!r}: expected one of {list(INPUT_STATISTICS)}")
@@ -70,6 +71,18 @@ class ModelConfig:
         return cls(**values)
 
 
+def _image_size_as_given(value: Any) -> Any:
+    """An int stays an int (a square); a pair (a list from JSON or the command line) becomes a tuple (height,
+    width) and one value the int it holds, so that equal sizes compare equal however they were written. The
+    values' range is checked with every other field's."""
+    if not isinstance(value, list | tuple):
+        return value
+    if len(value) not in (1, 2):
+        shown = " ".join(map(str, value))
+        raise InputError(f"{option_flag('image_size')} {shown}: expected one size (a square) or two, height and width")
+    return value[0] if len(value) == 1 else tuple(value)
+
+
 class AnomalyModel(nn.Module):
     """Base class: subclasses set ``name``/``config_class`` and implement ``head`` and ``loss``."""
 
@@ -86,7 +99,8 @@ class AnomalyModel(nn.Module):
 
     @property
     def image_size(self) -> tuple[int, int]:
-        return (self.config.image_size, self.config.image_size)
+        """(height, width) of the model's input, whether the config gives a square or a pair."""
+        return size_hw(self.config.image_size)
 
     @property
     def input_statistics(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -187,12 +201,25 @@ def mean_probability_map(latents: list[torch.Tensor], size: tuple[int, int]) -> 
     return 1 - (total / len(latents))[:, 0]
 
 
-def check_image_size(image_size: int, stride: int, backbone: str) -> None:
-    """Feature sizes must be whole numbers at every stage, and a per-stage LayerNorm fixes them."""
-    if image_size < 2 * stride or image_size % stride:
+def check_image_size(size: tuple[int, int], stride: int, backbone: str) -> None:
+    """Feature sizes must be whole numbers at every stage, and a per-stage LayerNorm fixes them: each of
+    ``size`` (height, width) must be a multiple of the backbone's largest ``stride``."""
+    height, width = size
+    dimensions = {"size": height} if height == width else {"height": height, "width": width}
+    for dimension, value in dimensions.items():
+        if value < 2 * stride or value % stride:
+            raise InputError(
+                f"image {dimension} {value} does not fit backbone {backbone}: expected a multiple of {stride} "
+                f"of at least {2 * stride} (e.g. 256)"
+            )
+
+
+def check_fixed_size(size: tuple[int, int], fixed: int, backbone: str) -> None:
+    """A ViT's positional embedding fixes its input to one square size."""
+    if size != (fixed, fixed):
         raise InputError(
-            f"image_size={image_size} does not fit backbone {backbone}: expected a multiple of {stride} "
-            f"of at least {2 * stride} (e.g. 256)"
+            f"backbone {backbone} takes {fixed}x{fixed} images only (a fixed square size); "
+            f"got image_size {size[0]}x{size[1]}"
         )
 
 
@@ -219,8 +246,9 @@ class StageNorms(nn.ModuleList):
         return total
 
 
-def stage_norms(encoder: Encoder, image_size: int, backbone: str) -> StageNorms:
-    """A trainable LayerNorm over (C, H, W) per CNN stage; this locks the input size, so check it first."""
+def stage_norms(encoder: Encoder, image_size: tuple[int, int], backbone: str) -> StageNorms:
+    """A trainable LayerNorm over (C, H / s, W / s) per CNN stage of stride s; this locks the input size
+    (height, width), so check it first."""
     check_image_size(image_size, max(encoder.strides), backbone)
-    shapes = encoder.feature_shapes((image_size, image_size))
+    shapes = encoder.feature_shapes(image_size)
     return StageNorms([nn.LayerNorm(list(shape)) for shape in shapes])

@@ -114,7 +114,7 @@ class CFlow(AnomalyModel):
 
     def __init__(self, config: CFlowConfig) -> None:
         super().__init__(config)
-        check_image_size(config.image_size, max(config.strides), config.backbone)
+        check_image_size(self.image_size, max(config.strides), config.backbone)
         self.encoder = CNNEncoder(config.backbone, config.strides, config.weights)
         blocks = config.coupling_blocks
         self.decoders = nn.ModuleList(

@@ -1,7 +1,7 @@
 """FastFlow: 2D normalizing flows over multi-scale CNN features (or one ViT scale).
 
 Yu et al., "FastFlow: Unsupervised Anomaly Detection and Localization via 2D Normalizing Flows".
-CNN path: stages at strides 4, 8, 16, each followed by a trainable LayerNorm over (C, H, W), then one
+CNN path: stages at strides 4, 8, 16, each followed by a trainable LayerNorm over (C, H/s, W/s), then one
 2D flow per scale. ViT path (CaiT m48 at 448, DeiT-base-distilled at 384): one token map, one flow.
 Loss: sum over scales of mean over the batch of 0.5 * sum(z^2) - log|det| (the LayerNorms' affines
 included: see :class:`flowad.models.base.StageNorms`).
@@ -16,9 +16,8 @@ import torch
 from torch import nn
 
 from flowad.backbones import CNNEncoder, ViTEncoder
-from flowad.errors import InputError
 from flowad.flows import conv_flow
-from flowad.models.base import AnomalyModel, ModelConfig, StageNorms, stage_norms
+from flowad.models.base import AnomalyModel, ModelConfig, StageNorms, check_fixed_size, stage_norms
 
 # ViT backbones of the paper: how many transformer blocks feed the flow, and their input size.
 VIT_BLOCKS = {"cait_m48_448": (41, 448), "deit_base_distilled_patch16_384": (8, 384)}
@@ -41,15 +40,12 @@ class FastFlow(AnomalyModel):
         super().__init__(config)
         if config.backbone in VIT_BLOCKS:
             blocks, size = VIT_BLOCKS[config.backbone]
-            if config.image_size != size:
-                raise InputError(
-                    f"backbone {config.backbone} takes {size}x{size} images; got image_size={config.image_size}"
-                )
+            check_fixed_size(self.image_size, size, config.backbone)
             self.encoder = ViTEncoder(config.backbone, blocks, config.weights)
             self.norms = StageNorms([nn.Identity()])  # the ViT's own final norm is kept
         else:
             self.encoder = CNNEncoder(config.backbone, (4, 8, 16), config.weights)
-            self.norms = stage_norms(self.encoder, config.image_size, config.backbone)
+            self.norms = stage_norms(self.encoder, self.image_size, config.backbone)
         self.flows = nn.ModuleList(
             conv_flow(c, config.flow_steps, config.clamp, config.hidden_ratio, config.conv3x3_only, seed=10 * i)
             for i, c in enumerate(self.encoder.channels)

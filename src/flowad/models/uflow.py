@@ -2,7 +2,8 @@
 
 Tailanian et al., "U-Flow: A U-shaped Normalizing Flow for Anomaly Detection with Unsupervised Threshold".
 Features: MS-CaiT ("mcait": two CaiTs at 448 and 224 -> 768x28x28 and 384x14x14) or the stages of a timm
-CNN at strides 4, 8, 16, each with a trainable LayerNorm over (C, H, W).
+CNN at strides 4, 8, 16, each with a trainable LayerNorm over (C, H/s, W/s). A CNN takes any height and width
+that are multiples of 16: then each scale is twice the next one's size in both directions, as the U needs.
 
 The flow runs coarse to fine. The coarsest features go through a flow stage (``flow_steps`` coupling
 blocks); its output is split: one part is that scale's latent, the other is up-sampled invertibly
@@ -28,7 +29,7 @@ from torch import nn
 from flowad.backbones import CNNEncoder, MSCaiTEncoder
 from flowad.errors import InputError
 from flowad.flows import conv_flow
-from flowad.models.base import AnomalyModel, ModelConfig, StageNorms, stage_norms
+from flowad.models.base import AnomalyModel, ModelConfig, StageNorms, check_fixed_size, stage_norms
 
 MCAIT_SIZE = 448  # MS-CaiT's input size: cait_m48_448's fixed positional embedding
 
@@ -119,14 +120,12 @@ class UFlow(AnomalyModel):
     def __init__(self, config: UFlowConfig) -> None:
         super().__init__(config)
         if config.backbone == "mcait":
-            if config.image_size != MCAIT_SIZE:
-                size = f"{MCAIT_SIZE}x{MCAIT_SIZE}"
-                raise InputError(f"backbone mcait (MS-CaiT) takes {size} images; got image_size={config.image_size}")
+            check_fixed_size(self.image_size, MCAIT_SIZE, "mcait (MS-CaiT)")
             self.encoder = MSCaiTEncoder(config.weights)
             self.norms = StageNorms([nn.Identity(), nn.Identity()])  # the ViTs' own final norms are kept
         else:
             self.encoder = CNNEncoder(config.backbone, (4, 8, 16), config.weights)
-            self.norms = stage_norms(self.encoder, config.image_size, config.backbone)
+            self.norms = stage_norms(self.encoder, self.image_size, config.backbone)
         self.flow = UShapedFlow(
             self.encoder.channels,
             config.flow_steps,
