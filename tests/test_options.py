@@ -21,6 +21,8 @@ BAD_VALUE = {
     "weight_decay": "-0.5",
     "seed": "-1",
     "num_workers": "-1",
+    "tile": "-1",  # 0 turns tiling off
+    "tile_stride": "-1",
 }
 
 
