@@ -190,7 +190,9 @@ def _threshold_text(result: dict[str, Any]) -> str:
 def _head(run: Path, record: RunRecord, result: dict[str, Any]) -> str:
     height, width = record.preprocess.size
     size = f"{height}" if height == width else f"{height}x{width}"
-    model = f"{record.model} ({record.model_config.get('backbone', '?')}, {size} px)"
+    tiling = record.preprocess.tiling
+    tiles = "" if tiling is None else f", tiles of {tiling.tile} px every {tiling.stride}"
+    model = f"{record.model} ({record.model_config.get('backbone', '?')}, {size} px{tiles})"
     rows = [
         ("Run", str(run)),
         ("Model", model),

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -30,9 +31,10 @@ from flowad.checkpoint import (
 from flowad.data.datasets import check_masks
 from flowad.data.spec import DataSpec
 from flowad.data.tiles import image_dataset, training_dataset
-from flowad.engine import divergence_message, infer
+from flowad.engine import divergence_message, infer, running
 from flowad.engine import train as train_head
 from flowad.errors import FlowadError, InputError
+from flowad.latent_stats import latent_statistics, readiness_warnings
 from flowad.models import AnomalyModel, model_class
 from flowad.preprocess import Preprocess
 from flowad.records import EngineSettings, TrainRequest
@@ -101,6 +103,25 @@ def validation_metrics(
     return validate
 
 
+def latent_readiness(net: AnomalyModel, good: Dataset, settings: EngineSettings) -> tuple[list[dict], list[str]]:
+    """How far the latents of the good images of ``good`` are from N(0, 1) per scale (:mod:`flowad.latent_stats`),
+    and the warnings that follow for the NFA, each logged and printed on stderr."""
+    loader = torch.utils.data.DataLoader(good, batch_size=8)
+    chunks = []
+    with running(net, settings) as device, torch.no_grad():
+        net.eval()
+        for batch in loader:
+            chunks.append([z.cpu() for z in net.latents(batch["image"].to(device))])
+    latents = [torch.cat(scale) for scale in zip(*chunks, strict=True)]
+    stats = latent_statistics(latents, net.config.nfa_probability_threshold)
+    warnings = readiness_warnings(stats)
+    for message in warnings:
+        logger.warning(message)
+        if not settings.quiet:
+            print(f"warning: {message}", file=sys.stderr)
+    return [s.to_dict() for s in stats], warnings
+
+
 def _prepare_run_dir(out: str | Path, force: bool) -> Path:
     out = Path(out)
     if out.exists() and not out.is_dir():
@@ -140,6 +161,8 @@ def _train_run(run_dir: Path, request: TrainRequest, resume: bool) -> Path:
         summary = _summary(log, len(splits.train), len(splits.val), config.lr)
         if preprocess.tiling is not None:
             summary["tiles"] = len(train_set)
+        good_val = training_dataset([s for s in splits.val if s.label == 0], preprocess)
+        summary["latents"], summary["nfa_warnings"] = latent_readiness(net, good_val, settings)
         saved = {"data": spec, "seed": seed, "train": summary}
         _save_with_thresholds(run_dir, net, val_set, val_labels, settings, request.fpr, saved)
         write_json(run_dir / "train_log.json", log)
