@@ -99,6 +99,20 @@ def oracle_iou(maps, masks) -> tuple[float, float]:
     return best, best_t
 
 
+def iou_by_counts(pred_masks, gt_masks) -> float:
+    """:func:`iou` from numpy counts of each image's pixels instead of coordinate sets: fast on large masks."""
+    values = []
+    for p, g in zip(np.asarray(pred_masks), np.asarray(gt_masks), strict=True):
+        union = np.sum(p | g)
+        values.append(1.0 if union == 0 else np.sum(p & g) / union)
+    return float(np.mean(values))
+
+
+def best_iou(maps, masks, thresholds) -> float:
+    """The best :func:`iou_by_counts` of ``maps >= t`` over the given thresholds, each tried on its own."""
+    return max(iou_by_counts(maps >= t, masks) for t in thresholds)
+
+
 # --- the NFA -------------------------------------------------------------------------------------
 
 

@@ -321,20 +321,61 @@ def test_iou_hand_computed():
         iou(pred, gt[:1])
 
 
+@pytest.mark.parametrize("ties", [False, True])
 @pytest.mark.parametrize("seed", SEEDS[:3])
-def test_oracle_iou_exhaustive_when_few_distinct_values(seed):
-    maps, masks = random_maps(seed, ties=True)  # integer maps: only a handful of distinct values
+def test_oracle_iou_is_the_best_over_every_map_value(seed, ties):
+    maps, masks = random_maps(seed, ties=ties)
+    masks[-1] = False  # an image without defects, which an empty prediction gets right
     best, threshold = oracle_iou(maps, masks)
-    ref_best, ref_threshold = reference.oracle_iou(maps, masks)
-    assert best == pytest.approx(ref_best, abs=1e-9)
-    assert threshold == ref_threshold
+    assert best == pytest.approx(reference.oracle_iou(maps, masks)[0], abs=1e-9)
+    assert best == pytest.approx(reference.iou(maps >= threshold, masks), abs=1e-9)
+
+
+def tiny_defects(seed: int, n: int = 20, size: int = 128):
+    """Defects of 3 to 9 pixels (far under 1/256 of an image) on noise maps that bump up on them."""
+    rng = np.random.default_rng(seed)
+    masks = np.zeros((n, size, size), dtype=bool)
+    for mask in masks:
+        y, x = rng.integers(2, size - 4, size=2)
+        mask[y : y + 3, x : x + 3] = rng.random((3, 3)) < 0.7
+        mask[y + 1, x : x + 3] = True  # 3 to 9 pixels, one region
+    maps = rng.normal(size=masks.shape) + masks * rng.uniform(3.0, 6.0, size=masks.shape)
+    return maps, masks
+
+
+@pytest.mark.parametrize("seed", SEEDS[:2])
+def test_oracle_iou_is_exact_on_tiny_defects(seed):
+    maps, masks = tiny_defects(seed)
+    best, threshold = oracle_iou(maps, masks)
+    # Brute force: every defect pixel's value, the extremes and a random sample of the others.
+    rng = np.random.default_rng(seed)
+    others = rng.choice(maps[~masks], 400, replace=False)
+    thresholds = np.concatenate([maps[masks], others, [maps.min(), maps.max()]])
+    brute = reference.best_iou(maps, masks, thresholds)
+    assert best == pytest.approx(brute, abs=1e-12)
+    assert best == pytest.approx(reference.iou_by_counts(maps >= threshold, masks), abs=1e-12)
+
+
+def test_oracle_iou_beats_a_validation_threshold_on_tiny_defects():
+    maps, masks = tiny_defects(7)
+    good = np.random.default_rng(8).normal(size=(10, 128, 128))  # good validation maps, as a run would calibrate
+    at_validation = iou(maps >= good.max(), masks)
+    assert at_validation > 0.2
+    assert oracle_iou(maps, masks)[0] >= at_validation
+
+
+def test_oracle_iou_without_any_defect_predicts_nothing():
+    maps, masks = random_maps(1)
+    best, threshold = oracle_iou(maps, np.zeros_like(masks))
+    assert threshold == maps.max()
+    assert best == pytest.approx((maps.shape[0] - 1) / maps.shape[0])  # only the image holding the maximum misses
 
 
 @pytest.mark.parametrize("seed", SEEDS[:3])
 def test_oracle_iou_on_quantile_grid(seed):
     maps, masks = random_maps(seed)
     best, threshold = oracle_iou(maps, masks, num_thresholds=16)
-    assert threshold in set(maps.ravel().tolist())  # candidates are actual map values
+    assert threshold in set(maps[masks].tolist()) | {maps.max()}  # candidates are defect values or the maximum
     assert best == pytest.approx(reference.iou(maps >= threshold, masks), abs=1e-9)
     assert best <= reference.oracle_iou(maps, masks)[0] + 1e-12
     # The grid includes the minimum (everything predicted) and the maximum.

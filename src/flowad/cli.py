@@ -22,6 +22,7 @@ from flowad.cli_options import (
     subparser,
     typed_option,
 )
+from flowad.data.synthetic import DEMO_COUNTS, FRAME_COUNTS, MIN_IMAGE_SIZE
 from flowad.engines import ENGINES
 from flowad.errors import FlowadError, InputError
 from flowad.inference import DEFAULT_BATCH
@@ -85,6 +86,22 @@ def _add_demo_data(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo-data", help="write the synthetic demo data set (MVTec AD layout)")
     p.add_argument("out", type=Path, help="folder to write the data set to")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0): the same seed gives the same files")
+    p.add_argument(
+        "--size",
+        type=int,
+        nargs=2,
+        metavar=("W", "H"),
+        help="large W x H frames of the fabric web instead of the 256 x 256 demo of fabric and pill: the cloth at "
+        "the demo's scale, so a larger frame shows more of it, with small defects (0.01 to 0.08 %% of a frame of "
+        f"at least 256 x 256) and exact masks; each side at least {MIN_IMAGE_SIZE}",
+    )
+    flags = (
+        ("--n-train", "training images"),
+        ("--n-test-good", "good test images"),
+        ("--n-test-per-defect", "test images per defect type"),
+    )
+    for (flag, what), demo, frames in zip(flags, DEMO_COUNTS, FRAME_COUNTS, strict=True):
+        p.add_argument(flag, type=int, metavar="N", help=f"{what} per category (default {demo}; {frames} with --size)")
 
 
 def _add_demo(sub: argparse._SubParsersAction) -> None:

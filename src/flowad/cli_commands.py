@@ -31,10 +31,23 @@ def engine_settings(args: argparse.Namespace, **extra) -> EngineSettings:
 
 
 def _demo_data(args: argparse.Namespace) -> None:
-    from flowad.data.synthetic import make_demo_dataset
+    from flowad.data.synthetic import FRAME_CATEGORIES, make_demo_dataset
 
-    path = make_demo_dataset(args.out, seed=args.seed)
-    print(f"wrote the demo data set to {path}")
+    size = 256 if args.size is None else _frame_size(args.size)
+    counts = {"n_train": args.n_train, "n_test_good": args.n_test_good, "n_test_per_defect": args.n_test_per_defect}
+    path = make_demo_dataset(args.out, seed=args.seed, image_size=size, **counts)
+    shown = "" if args.size is None else f" ({size[0]} x {size[1]} frames of {', '.join(FRAME_CATEGORIES)})"
+    print(f"wrote the demo data set{shown} to {path}")
+
+
+def _frame_size(size: list[int]) -> tuple[int, int]:
+    """``--size W H`` as ``(width, height)``, refused with the flag's own words when a side is too small."""
+    from flowad.data.synthetic import MIN_IMAGE_SIZE
+
+    width, height = size
+    if min(width, height) < MIN_IMAGE_SIZE:
+        raise InputError(f"--size {width} {height}: expected a width and a height of at least {MIN_IMAGE_SIZE}")
+    return width, height
 
 
 def _train(args: argparse.Namespace) -> None:

@@ -298,10 +298,10 @@ def f1_max(scores: Any, labels: Any) -> tuple[float, float]:
 # --------------------------------------------------------------------------------------------------
 
 
-def _mean_iou(inter: np.ndarray, union: np.ndarray) -> np.ndarray:
-    """Mean over the image axis (0) of inter / union, an empty union counting as a perfect 1.0."""
+def _ratio(inter: np.ndarray, union: np.ndarray) -> np.ndarray:
+    """Elementwise inter / union, an empty union counting as a perfect 1.0."""
     safe = np.where(union == 0, 1, union)
-    return np.where(union == 0, 1.0, inter / safe).mean(axis=0)
+    return np.where(union == 0, 1.0, inter / safe)
 
 
 def iou(pred_masks: Any, gt_masks: Any) -> float:
@@ -310,11 +310,17 @@ def iou(pred_masks: Any, gt_masks: Any) -> float:
     p, g = _as_stack(p, "pred_masks"), _as_stack(g, "gt_masks")
     inter = np.sum(p & g, axis=(1, 2))
     union = np.sum(p | g, axis=(1, 2))
-    return float(_mean_iou(inter, union))
+    return float(_ratio(inter, union).mean())
+
+
+ORACLE_CANDIDATES = 65536
+"""Default cap on the thresholds :func:`oracle_iou` tries; below it the oracle is exact."""
 
 
 def _candidate_thresholds(sorted_values: np.ndarray, num_thresholds: int) -> np.ndarray:
     """All distinct values if there are few, else ``num_thresholds`` evenly spaced order statistics."""
+    if sorted_values.size == 0:
+        return sorted_values
     distinct = sorted_values[group_ends(sorted_values)]
     if distinct.size <= num_thresholds:
         return distinct
@@ -323,11 +329,32 @@ def _candidate_thresholds(sorted_values: np.ndarray, num_thresholds: int) -> np.
     return np.unique(sorted_values[idx])
 
 
-def oracle_iou(maps: Any, gt_masks: Any, num_thresholds: int = 256) -> tuple[float, float]:
-    """Best mean IoU of ``maps >= t`` against ``gt_masks`` over candidate thresholds ``t``.
+def _image_ious(values: np.ndarray, defect: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
+    """IoU of ``values >= t`` against ``defect`` (one image, flattened) at each threshold ``t``."""
+    # Counts of pixels >= t by binary search in the sorted pixels, and in the sorted defect pixels.
+    predicted = values.size - np.searchsorted(np.sort(values), thresholds)
+    num_gt = int(defect.sum())
+    inter = num_gt - np.searchsorted(np.sort(values[defect]), thresholds)
+    return _ratio(inter, predicted + num_gt - inter)
 
-    Candidates are every distinct map value when there are at most ``num_thresholds`` of them,
-    otherwise ``num_thresholds`` quantiles of the pooled map values. Returns ``(iou, threshold)``.
+
+def oracle_iou(maps: Any, gt_masks: Any, num_thresholds: int = ORACLE_CANDIDATES) -> tuple[float, float]:
+    """Best mean IoU of ``maps >= t`` against ``gt_masks`` over thresholds ``t`` among the map's values;
+    returns ``(iou, t)``.
+
+    Only the values of defect pixels (and the map's maximum) can be best. Lowering ``t`` past a value
+    that only non-defect pixels hold adds those pixels to the predictions and nothing to the
+    intersections, so no image's IoU (nor the mean) rises: every ``t`` is matched or beaten by the
+    lowest defect value at or above it. Above every defect value all intersections are empty, and
+    the map's maximum predicts the least, which only images without defects notice (an empty
+    prediction there scores 1.0).
+
+    The candidates are therefore every distinct defect-pixel value, which makes the result the exact
+    maximum over every map value, when there are at most ``num_thresholds`` of them; otherwise
+    ``num_thresholds`` order statistics of the defect pixels' values, always including their
+    minimum and maximum. Among equal means the lowest candidate is returned. Memory grows with one
+    image and the candidates, not their product.
+
     This is an oracle: it picks the threshold with the test labels, so it is optimistic and must be
     reported only beside the IoU at a threshold calibrated without test labels.
     """
@@ -335,17 +362,12 @@ def oracle_iou(maps: Any, gt_masks: Any, num_thresholds: int = 256) -> tuple[flo
         raise InputError(f"num_thresholds is {num_thresholds}; expected a positive integer")
     m, g = _pixel_inputs(maps, gt_masks, "gt_masks")
     n = m.shape[0]
-    flat = m.reshape(n, -1)
-    thresholds = _candidate_thresholds(np.sort(flat, axis=None), int(num_thresholds))
-    # Per image, counts of pixels >= t come from binary search in sorted rows; non-defect pixels are
-    # set to -inf in the second copy so the same search counts defect pixels >= t.
-    all_sorted = np.sort(flat, axis=1)
-    gt_sorted = np.sort(np.where(g.reshape(n, -1), flat, -np.inf), axis=1)
-    num_pixels = flat.shape[1]
-    num_gt = g.reshape(n, -1).sum(axis=1)
-    predicted = np.stack([num_pixels - np.searchsorted(row, thresholds) for row in all_sorted])
-    inter = np.stack([num_pixels - np.searchsorted(row, thresholds) for row in gt_sorted])
-    union = predicted + num_gt[:, None] - inter
-    mean = _mean_iou(inter, union)
+    flat, defect = m.reshape(n, -1), g.reshape(n, -1)
+    candidates = _candidate_thresholds(np.sort(flat[defect]), int(num_thresholds))
+    thresholds = np.unique(np.append(candidates, flat.max()))
+    total = np.zeros(thresholds.size)
+    for values, gt in zip(flat, defect, strict=True):
+        total += _image_ious(values, gt, thresholds)
+    mean = total / n
     best = int(np.argmax(mean))
     return float(mean[best]), float(thresholds[best])

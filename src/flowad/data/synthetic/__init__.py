@@ -17,76 +17,122 @@ weight exceeds :data:`ALPHA_THRESHOLD` *and* whose colour visibly changes (by at
 :data:`MIN_VISIBLE_CHANGE` grey levels in some channel: ground truth marks what an inspector can see)
 form the mask, and every other pixel is copied unchanged from the good rendering. Sensor noise
 is drawn once per image and added to the good and the defective rendering alike, so outside the
-mask the saved defective image equals the good one byte for byte. Defect areas lie between
+mask the saved defective image equals the good one byte for byte. The demo's defect areas lie between
 :data:`MIN_DEFECT_AREA` and :data:`MAX_DEFECT_AREA` of the image.
 
+Large frames: an ``image_size`` of ``(width, height)`` (any shape, e.g. 2048 x 2048 or a 4000 x 1000
+line-scan strip) renders the ``fabric`` web at the scale of the 256-pixel demo, as a camera of fixed
+resolution would: the weave's period stays about 8.5 pixels, so a larger frame shows more cloth. Its
+defects are small (a few pixels wide scratches and threads, small holes and stains): they cover
+0.01 % to 0.08 % of any frame of at least 256 x 256 pixels (see :data:`FRAME_DEFECT_SPAN`), with
+masks exact by the same rule.
+
 Everything is drawn from :class:`numpy.random.Generator` objects seeded per image, so a data set
-is a pure function of its arguments. The renderers live in :mod:`~flowad.data.synthetic.fabric` and
-:mod:`~flowad.data.synthetic.pill`, on the primitives of :mod:`~flowad.data.synthetic.drawing`.
+is a pure function of its arguments. The renderers live in :mod:`~flowad.data.synthetic.fabric` (on
+the weave of :mod:`~flowad.data.synthetic.weave`) and :mod:`~flowad.data.synthetic.pill`, on the
+primitives of :mod:`~flowad.data.synthetic.drawing`; :mod:`~flowad.data.synthetic.defects` puts a
+defect into a scene.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import dataclasses
+import math
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 from flowad.data.synthetic import fabric, pill
+from flowad.data.synthetic.defects import (
+    ALPHA_THRESHOLD,
+    MAX_DEFECT_AREA,
+    MIN_DEFECT_AREA,
+    MIN_VISIBLE_CHANGE,
+    apply_defect,
+    area_bounds,
+)
 from flowad.data.synthetic.drawing import Scene
 from flowad.errors import InputError
+
+__all__ = [
+    "ALPHA_THRESHOLD",
+    "CATEGORIES",
+    "DEFECTS",
+    "DEMO_COUNTS",
+    "FRAME_COUNTS",
+    "FRAME_CATEGORIES",
+    "MAX_DEFECT_AREA",
+    "MIN_DEFECT_AREA",
+    "MIN_IMAGE_SIZE",
+    "MIN_VISIBLE_CHANGE",
+    "apply_defect",
+    "area_bounds",
+    "finish",
+    "image_rng",
+    "make_demo_dataset",
+    "render_good",
+    "render_sample",
+]
 
 CATEGORIES = ("fabric", "pill")
 DEFECTS: dict[str, tuple[str, ...]] = {
     "fabric": ("hole", "stain", "thread", "scratch"),
     "pill": ("crack", "missing", "contamination", "color"),
 }
-ALPHA_THRESHOLD = 0.25
-"""A defect's weight must exceed this for a pixel to count as changed."""
-MIN_DEFECT_AREA = 0.01
-MAX_DEFECT_AREA = 0.08
-"""Fractions of the image area a defect mask covers."""
 MIN_IMAGE_SIZE = 32
 
-MIN_VISIBLE_CHANGE = 8
-"""Grey levels (of 255) a defect must change a pixel by for the pixel to be part of the defect."""
-_MIN_CHANGE = MIN_VISIBLE_CHANGE / 255
-_MAX_ATTEMPTS = 50
+FRAME_CATEGORIES = ("fabric",)
+"""The categories a (width, height) frame can show: a texture fills any frame, an object does not."""
+FRAME_TEXTURE_SIZE = 256
+"""Frames show the cloth at the scale of the 256-pixel demo images: a larger frame shows more of it."""
+FRAME_DEFECT_SPAN = 0.1
+"""A frame's defect span as a fraction of sqrt(width * height): its defects cover 0.01 % to 0.08 % of it.
+Frames under 256 x 256 pixels have the defects of a 256 x 256 frame, which cover more of them."""
+# Images per category written by default (training, good test, test per defect type); fewer frames,
+# which are heavy to write and to train on.
+DEMO_COUNTS = (60, 20, 8)
+FRAME_COUNTS = (20, 8, 4)
 _SPLIT_CODES = {"train": 0, "test": 1}
 
-
-def render_good(category: str, rng: np.random.Generator, size: int = 256) -> Scene:
-    """Render one defect-free image of ``category`` (see :data:`CATEGORIES`)."""
-    _check_category(category)
-    if size < MIN_IMAGE_SIZE:
-        raise InputError(f"image_size is {size}; expected at least {MIN_IMAGE_SIZE} pixels")
-    return fabric.render(rng, size) if category == "fabric" else pill.render(rng, size)
+ImageSize = int | tuple[int, int]
 
 
-def apply_defect(scene: Scene, defect: str, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Render ``defect`` into ``scene``; returns the float image and its exact bool mask.
+def render_good(category: str, rng: np.random.Generator, size: ImageSize = 256) -> Scene:
+    """Render one defect-free image of ``category`` (see :data:`CATEGORIES`).
 
-    Draws until the mask covers between :data:`MIN_DEFECT_AREA` and :data:`MAX_DEFECT_AREA`
-    of the image. Pixels outside the mask are exactly those of ``scene.image``.
+    An int ``size`` gives the square demo image at that resolution, the same view at any size. A
+    ``(width, height)`` pair gives a frame of the cloth at the 256-pixel demo's scale (one of
+    :data:`FRAME_CATEGORIES`), whose defects are small: see :data:`FRAME_DEFECT_SPAN`.
     """
-    renderer = _renderer(scene, defect)
-    for _ in range(_MAX_ATTEMPTS):
-        out, weight = renderer(scene, rng)
-        visible = np.abs(out - scene.image).max(axis=2) >= _MIN_CHANGE
-        mask = (weight > ALPHA_THRESHOLD) & visible
-        if MIN_DEFECT_AREA <= mask.mean() <= MAX_DEFECT_AREA:
-            return np.where(mask[:, :, None], out, scene.image).astype(np.float32), mask
-    raise RuntimeError(f"could not render a {defect!r} defect of the documented size in {_MAX_ATTEMPTS} tries")
+    _check_category(category)
+    _check_size(size)
+    if not isinstance(size, int):
+        return _render_frame(category, rng, size)
+    return fabric.render(rng, (size, size), size) if category == "fabric" else pill.render(rng, size)
+
+
+def _render_frame(category: str, rng: np.random.Generator, size: tuple[int, int]) -> Scene:
+    if category not in FRAME_CATEGORIES:
+        shown = ", ".join(FRAME_CATEGORIES)
+        raise InputError(f"category {category!r} is rendered square only; a (width, height) frame shows {shown}")
+    width, height = size
+    scene = fabric.render(rng, (height, width), FRAME_TEXTURE_SIZE)
+    pixels = max(width * height, FRAME_TEXTURE_SIZE**2)  # a defect must keep a few pixels
+    return dataclasses.replace(scene, span=FRAME_DEFECT_SPAN * math.sqrt(pixels))
 
 
 def finish(scene: Scene, image: np.ndarray) -> np.ndarray:
     """Add the scene's sensor noise to ``image`` and quantise it to ``uint8``."""
-    return np.clip(np.rint((image + scene.noise) * 255.0), 0, 255).astype(np.uint8)
+    noisy = image + scene.noise
+    noisy *= 255.0  # in place: large frames need no more full-size temporaries
+    np.rint(noisy, out=noisy)
+    return np.clip(noisy, 0, 255, out=noisy).astype(np.uint8)
 
 
 def render_sample(
-    category: str, defect: str, rng: np.random.Generator, size: int = 256
+    category: str, defect: str, rng: np.random.Generator, size: ImageSize = 256
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Render ``(good, image, mask)``: the good image, the same with ``defect`` and the mask.
 
@@ -103,11 +149,11 @@ def render_sample(
 def make_demo_dataset(
     out: str | Path,
     seed: int = 0,
-    categories: Sequence[str] = CATEGORIES,
-    image_size: int = 256,
-    n_train: int = 60,
-    n_test_good: int = 20,
-    n_test_per_defect: int = 8,
+    categories: Sequence[str] | None = None,
+    image_size: ImageSize = 256,
+    n_train: int | None = None,
+    n_test_good: int | None = None,
+    n_test_per_defect: int | None = None,
 ) -> Path:
     """Write a synthetic data set in the MVTec AD layout under ``out`` and return ``out``.
 
@@ -115,22 +161,23 @@ def make_demo_dataset(
     and ``ground_truth/<defect>/<stem>_mask.png`` (0/255 PNG) for each category. Each image has
     its own generator seeded from ``(seed, category, split, defect, index)``, so the files do not
     depend on the counts asked for. Existing files of the same names are overwritten.
+
+    ``image_size`` is as for :func:`render_good`: the square demo (every category), or large
+    ``(width, height)`` frames with small defects (:data:`FRAME_CATEGORIES`). Categories default to
+    every one the size allows, counts left out to :data:`DEMO_COUNTS` or :data:`FRAME_COUNTS`.
     """
+    _check_size(image_size)
+    if categories is None:
+        categories = CATEGORIES if isinstance(image_size, int) else FRAME_CATEGORIES
     if isinstance(categories, str):  # a single name, not a sequence of one-letter names
         categories = (categories,)
     for category in categories:
         _check_category(category)
     _check_whole("seed", seed, 0)
-    _check_whole("image_size", image_size, MIN_IMAGE_SIZE)
-    for what, count in (("n_train", n_train), ("n_test_good", n_test_good), ("n_test_per_defect", n_test_per_defect)):
-        _check_whole(what, count, 1)
+    counts = _counts(image_size, (n_train, n_test_good, n_test_per_defect))
     root = Path(out)
     for category in categories:
-        base = root / category
-        _write_good(base / "train" / "good", category, seed, "train", n_train, image_size)
-        _write_good(base / "test" / "good", category, seed, "test", n_test_good, image_size)
-        for defect in DEFECTS[category]:
-            _write_defects(base, category, defect, seed, n_test_per_defect, image_size)
+        _write_category(root / category, category, seed, image_size, counts)
     return root
 
 
@@ -147,14 +194,22 @@ def image_rng(seed: int, category: str, split: str, defect: str, index: int) -> 
 # --- writing -------------------------------------------------------------------------------------
 
 
-def _write_good(folder: Path, category: str, seed: int, split: str, count: int, size: int) -> None:
+def _write_category(base: Path, category: str, seed: int, size: ImageSize, counts: tuple[int, ...]) -> None:
+    n_train, n_test_good, n_test_per_defect = counts
+    _write_good(base / "train" / "good", category, seed, "train", n_train, size)
+    _write_good(base / "test" / "good", category, seed, "test", n_test_good, size)
+    for defect in DEFECTS[category]:
+        _write_defects(base, category, defect, seed, n_test_per_defect, size)
+
+
+def _write_good(folder: Path, category: str, seed: int, split: str, count: int, size: ImageSize) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     for index in range(count):
         scene = render_good(category, image_rng(seed, category, split, "good", index), size)
         _save(folder / f"{index:03d}.png", finish(scene, scene.image))
 
 
-def _write_defects(base: Path, category: str, defect: str, seed: int, count: int, size: int) -> None:
+def _write_defects(base: Path, category: str, defect: str, seed: int, count: int, size: ImageSize) -> None:
     images, masks = base / "test" / defect, base / "ground_truth" / defect
     images.mkdir(parents=True, exist_ok=True)
     masks.mkdir(parents=True, exist_ok=True)
@@ -167,25 +222,40 @@ def _write_defects(base: Path, category: str, defect: str, seed: int, count: int
 
 
 def _save(path: Path, array: np.ndarray) -> None:
-    # Fast compression: the files are small anyway and generation time matters more.
+    # Fast compression: generation time matters more than file size.
     Image.fromarray(array).save(path, compress_level=1)
 
 
+# --- checks --------------------------------------------------------------------------------------
+
+
+def _counts(image_size: ImageSize, given: tuple[int | None, ...]) -> tuple[int, ...]:
+    """The image counts asked for, the size's defaults in place of None, checked."""
+    defaults = DEMO_COUNTS if isinstance(image_size, int) else FRAME_COUNTS
+    counts = tuple(default if count is None else count for count, default in zip(given, defaults, strict=True))
+    for what, count in zip(("n_train", "n_test_good", "n_test_per_defect"), counts, strict=True):
+        _check_whole(what, count, 1)
+    return counts
+
+
+def _check_size(size: ImageSize) -> None:
+    sides = size if isinstance(size, tuple) and len(size) == 2 else (size,)
+    if not all(_whole(side) and side >= MIN_IMAGE_SIZE for side in sides):
+        raise InputError(
+            f"image_size is {size!r}; expected a whole number of at least {MIN_IMAGE_SIZE}, "
+            "or a (width, height) pair of them"
+        )
+
+
 def _check_whole(what: str, value: int, low: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+    if not _whole(value) or value < low:
         raise InputError(f"{what} is {value!r}; expected a whole number of at least {low}")
+
+
+def _whole(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _check_category(category: str) -> None:
     if category not in CATEGORIES:
         raise InputError(f"synthetic category {category!r} is unknown; expected one of {', '.join(CATEGORIES)}")
-
-
-def _renderer(scene: Scene, defect: str) -> Callable[[Scene, np.random.Generator], tuple[np.ndarray, np.ndarray]]:
-    category = "fabric" if scene.background is None else "pill"
-    renderers = fabric.DEFECT_RENDERERS if category == "fabric" else pill.DEFECT_RENDERERS
-    if defect not in renderers:
-        raise InputError(
-            f"defect {defect!r} is unknown for category {category!r}; expected one of {', '.join(DEFECTS[category])}"
-        )
-    return renderers[defect]

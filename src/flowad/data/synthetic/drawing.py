@@ -20,7 +20,8 @@ class Scene:
     added by :func:`flowad.data.synthetic.finish`; ``light`` the ``HxW`` illumination field; ``support`` the ``HxW``
     coverage of the inspected object (ones for textures); ``background`` what shows where the
     object is missing (None for textures); ``scale`` the pattern period or object radius in
-    pixels and ``angle`` the orientation of texture or object in radians.
+    pixels and ``angle`` the orientation of texture or object in radians. ``span`` is the length in
+    pixels that defect dimensions are fractions of; None means the image's side.
     """
 
     image: np.ndarray
@@ -30,25 +31,46 @@ class Scene:
     background: np.ndarray | None
     scale: float
     angle: float
+    span: float | None = None
 
     @property
-    def size(self) -> int:
-        return self.image.shape[0]
+    def shape(self) -> tuple[int, int]:
+        return self.image.shape[:2]
+
+    @property
+    def defect_span(self) -> float:
+        """The length defect dimensions are fractions of: ``span``, else the image's side."""
+        return self.image.shape[0] if self.span is None else self.span
+
+    def crop(self, box: tuple[slice, slice]) -> Scene:
+        """The part of the scene inside ``box``, with the same defect span (views, not copies)."""
+        background = None if self.background is None else self.background[box]
+        return Scene(
+            image=self.image[box],
+            noise=self.noise[box],
+            light=self.light[box],
+            support=self.support[box],
+            background=background,
+            scale=self.scale,
+            angle=self.angle,
+            span=self.defect_span,
+        )
 
 
-def grid(size: int, supersample: int = 1) -> tuple[np.ndarray, np.ndarray]:
-    """Pixel-centre coordinates ``(y, x)`` in output pixels, on a ``supersample``-times finer grid."""
-    return grid_box((0, size, 0, size), supersample)
+def coordinates(start: int, stop: int, supersample: int = 1) -> np.ndarray:
+    """Pixel-centre coordinates of output pixels ``start:stop`` on a ``supersample``-times finer grid."""
+    return (np.arange((stop - start) * supersample, dtype=np.float32) + 0.5) / supersample - 0.5 + start
+
+
+def grid(shape: tuple[int, int], supersample: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """Pixel-centre coordinates ``(y, x)`` of an ``(H, W)`` image, on a ``supersample``-times finer grid."""
+    return grid_box((0, shape[0], 0, shape[1]), supersample)
 
 
 def grid_box(box: tuple[int, int, int, int], supersample: int) -> tuple[np.ndarray, np.ndarray]:
     """Like :func:`grid` for the output pixels ``top:bottom, left:right`` of ``box`` only."""
     top, bottom, left, right = box
-
-    def axis(start: int, stop: int) -> np.ndarray:
-        return (np.arange((stop - start) * supersample, dtype=np.float32) + 0.5) / supersample - 0.5 + start
-
-    return np.meshgrid(axis(top, bottom), axis(left, right), indexing="ij")
+    return np.meshgrid(coordinates(top, bottom, supersample), coordinates(left, right, supersample), indexing="ij")
 
 
 def downsample(array: np.ndarray, factor: int) -> np.ndarray:
@@ -77,12 +99,17 @@ def fibres(rng: np.random.Generator, shape: tuple[int, int], along: float, acros
     return ((field - field.mean()) / (field.std() + 1e-8)).astype(np.float32)
 
 
-def illumination(rng: np.random.Generator, y: np.ndarray, x: np.ndarray, size: int) -> np.ndarray:
-    """Exposure, a linear gradient and vignetting, as an uneven ring light gives."""
-    c = (size - 1) / 2
+def illumination(rng: np.random.Generator, y: np.ndarray, x: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Exposure, a linear gradient and vignetting, as an uneven ring light gives.
+
+    ``y`` and ``x`` are pixel coordinates that broadcast to ``shape``; the vignette darkens the corners
+    of any frame alike.
+    """
+    height, width = shape
+    cy, cx = (height - 1) / 2, (width - 1) / 2
     gy, gx = rng.uniform(-0.14, 0.14, size=2).tolist()
-    radius2 = ((y - c) ** 2 + (x - c) ** 2) / c**2
-    light = (1 + gy * (y - c) / size + gx * (x - c) / size) * (1 - 0.12 * radius2)
+    radius2 = ((y - cy) ** 2 + (x - cx) ** 2) / ((cy**2 + cx**2) / 2)
+    light = (1 + gy * (y - cy) / height + gx * (x - cx) / width) * (1 - 0.12 * radius2)
     return (light * rng.uniform(0.92, 1.06)).astype(np.float32)
 
 

@@ -5,62 +5,50 @@ from __future__ import annotations
 import numpy as np
 
 from flowad.data.synthetic import drawing as draw
-from flowad.data.synthetic.drawing import SUPERSAMPLE, Scene
+from flowad.data.synthetic.drawing import Scene
+from flowad.data.synthetic.weave import draw_weave, yarn_bands
 
 
-def render(rng: np.random.Generator, size: int) -> Scene:
-    """One good image: the weave at a random phase, slight rotation and scale, under uneven light."""
-    ss = SUPERSAMPLE
-    y, x = draw.grid(size, ss)
-    period = max(size / 30, 3.0) * rng.uniform(0.95, 1.05)
-    angle = float(np.deg2rad(rng.uniform(-3, 3)))
-    c = (size - 1) / 2
-    cos, sin = float(np.cos(angle)), float(np.sin(angle))
-    u = ((x - c) * cos + (y - c) * sin) / period + rng.uniform(0, 3)
-    v = (-(x - c) * sin + (y - c) * cos) / period + rng.uniform(0, 3)
-    iu, iv = np.floor(u), np.floor(v)
-    sin_u, sin_v = np.sin(np.pi * (u - iu)), np.sin(np.pi * (v - iv))
-    iu, iv = iu.astype(np.int32), iv.astype(np.int32)
-    # 2/1 twill: the warp passes over two weft yarns and under one, giving diagonal ribs.
-    warp_on_top = (iu + iv) % 3 != 0
-    height = np.where(warp_on_top, np.sqrt(sin_u) * (0.8 + 0.2 * sin_v), np.sqrt(sin_v) * (0.8 + 0.2 * sin_u))
-    # Relief shading, shadowed gaps between yarns and yarn-to-yarn thickness differences.
-    shade = draw.relief_shading(height, period * 0.35 * ss, draw.light_vector(rng)) * (0.5 + 0.5 * height)
-    warp_gain = (1 + 0.07 * rng.standard_normal(64)).astype(np.float32)[iu % 64]
-    weft_gain = (1 + 0.07 * rng.standard_normal(64)).astype(np.float32)[iv % 64]
-    # Anti-aliased at the fine grid, then the smooth fields are applied at output resolution.
-    warp = draw.downsample(np.where(warp_on_top, shade * warp_gain, 0), ss)
-    weft = draw.downsample(np.where(warp_on_top, 0, shade * weft_gain), ss)
+def render(rng: np.random.Generator, shape: tuple[int, int], texture_size: float) -> Scene:
+    """One good ``(H, W)`` image: the weave at a random phase, slight rotation and scale, under uneven light.
 
-    shape = (size, size)
-    warp = warp * (1 + 0.09 * draw.fibres(rng, shape, 2.5, 0.5, axis=0))  # fibres run along each yarn
-    weft = weft * (1 + 0.09 * draw.fibres(rng, shape, 2.5, 0.5, axis=1))
+    ``texture_size`` sets the cloth's scale: the weave's period is about ``texture_size / 30`` pixels and the
+    dye's unevenness about ``texture_size / 5``, whatever the image's shape.
+    """
+    weave = draw_weave(rng, texture_size)
+    warp_fibres = 1 + 0.09 * draw.fibres(rng, shape, 2.5, 0.5, axis=0)  # fibres run along each yarn
+    weft_fibres = 1 + 0.09 * draw.fibres(rng, shape, 2.5, 0.5, axis=1)
     warp_colour = np.array([0.2, 0.29, 0.46], dtype=np.float32) * rng.uniform(0.93, 1.07, size=3).astype(np.float32)
     weft_colour = np.array([0.68, 0.67, 0.63], dtype=np.float32) * np.float32(rng.uniform(0.96, 1.03))
-    yo, xo = draw.grid(size)
-    light = draw.illumination(rng, yo, xo, size) * (1 + 0.04 * draw.smooth_noise(rng, shape, size / 5))  # uneven dye
-    image = warp[..., None] * warp_colour + weft[..., None] * weft_colour
-    image = np.clip(image * light[..., None], 0.03, 0.96).astype(np.float32)
+    # Coordinates as a column and a row: the light is a smooth function of both, no full grids needed.
+    yo, xo = draw.coordinates(0, shape[0])[:, None], draw.coordinates(0, shape[1])[None, :]
+    light = draw.illumination(rng, yo, xo, shape)
+    light = light * (1 + 0.04 * draw.smooth_noise(rng, shape, texture_size / 5))  # uneven dye
+    # Coloured band by band, while each band's yarns are still in the cache.
+    image = np.empty((*shape, 3), dtype=np.float32)
+    for rows, warp, weft in yarn_bands(weave, shape):
+        dyed = (warp * warp_fibres[rows])[..., None] * warp_colour + (weft * weft_fibres[rows])[..., None] * weft_colour
+        image[rows] = np.clip(dyed * light[rows, :, None], 0.03, 0.96)
     return Scene(
         image=image,
         noise=draw.sensor_noise(rng, image),
         light=light.astype(np.float32),
         support=np.ones(shape, dtype=np.float32),
         background=None,
-        scale=period,
-        angle=angle,
+        scale=weave.period,
+        angle=weave.angle,
     )
 
 
 def _fabric_hole(scene: Scene, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    size, img = scene.size, scene.image
-    y, x = draw.grid(size)
-    radius = size * rng.uniform(0.05, 0.13)
-    rn = draw.blob(y, x, draw.pick(rng, _border_free(size, 0.15)), radius, rng, rough=0.25)
+    span, img = scene.defect_span, scene.image
+    y, x = draw.grid(scene.shape)
+    radius = span * rng.uniform(0.05, 0.13)
+    rn = draw.blob(y, x, draw.pick(rng, _border_free(scene.shape, 0.15)), radius, rng, rough=0.25)
     rn = rn + (1.2 / radius) * draw.smooth_noise(rng, rn.shape, 1.5)  # torn, ragged edge
     inside = np.clip((1 - rn) * radius + 0.5, 0, 1)
     # Frayed rim: torn yarn ends, lighter and fuzzy, fading out from the hole's edge.
-    rim = np.clip(1 - (rn - 1) * radius / max(size * 0.014, 1.0), 0, 1) * (1 - inside)
+    rim = np.clip(1 - (rn - 1) * radius / max(span * 0.014, 1.0), 0, 1) * (1 - inside)
     fuzz = np.clip(0.5 + 0.5 * draw.fibres(rng, rn.shape, 1.5, 0.4, axis=int(rng.integers(2))), 0, 1)
     fray_colour = 0.3 * img + 0.6 * np.array([0.78, 0.78, 0.8]) * scene.light[..., None]
     # Through the hole: the dark table underneath, darkest right under the cloth's edge.
@@ -73,10 +61,10 @@ def _fabric_hole(scene: Scene, rng: np.random.Generator) -> tuple[np.ndarray, np
 
 
 def _fabric_stain(scene: Scene, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    size, img = scene.size, scene.image
-    y, x = draw.grid(size)
-    radius = size * rng.uniform(0.07, 0.15)
-    rn = draw.blob(y, x, draw.pick(rng, _border_free(size, 0.12)), radius, rng, rough=0.25)
+    span, img = scene.defect_span, scene.image
+    y, x = draw.grid(scene.shape)
+    radius = span * rng.uniform(0.07, 0.15)
+    rn = draw.blob(y, x, draw.pick(rng, _border_free(scene.shape, 0.12)), radius, rng, rough=0.25)
     blotch = np.clip((1.1 - rn) * 2.5, 0, 1) * (0.85 + 0.15 * draw.smooth_noise(rng, rn.shape, radius / 2))
     # Dried stains collect pigment at their edge.
     weight = np.clip(blotch + 0.3 * np.exp(-(((rn - 1.0) / 0.06) ** 2)), 0, 1)
@@ -90,11 +78,12 @@ def _fabric_stain(scene: Scene, rng: np.random.Generator) -> tuple[np.ndarray, n
 
 
 def _fabric_thread(scene: Scene, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    size, img = scene.size, scene.image
-    y, x = draw.grid(size)
-    start = np.array(draw.pick(rng, _border_free(size, 0.1)))
-    path = draw.curve(rng, start, rng.uniform(0, 2 * np.pi), size * rng.uniform(0.35, 0.8), 0.12, 0.02)
-    half = max(scene.scale * 0.36, 1.0)
+    span, img = scene.defect_span, scene.image
+    y, x = draw.grid(scene.shape)
+    start = np.array(draw.pick(rng, _border_free(scene.shape, 0.1)))
+    path = draw.curve(rng, start, rng.uniform(0, 2 * np.pi), span * rng.uniform(0.35, 0.8), 0.12, 0.02)
+    # As thick as the weave's yarns, but thin enough to stay a thread where the defect span is short.
+    half = max(min(scene.scale * 0.36, span * 0.036), 1.0)
     distance, arc = draw.polyline_distance(y, x, path, half + 3)
     cover = draw.line_coverage(distance, half)
     # Round yarn: lit in the middle, darker at its sides, with a twist pattern along it.
@@ -104,7 +93,7 @@ def _fabric_thread(scene: Scene, rng: np.random.Generator) -> tuple[np.ndarray, 
     colour = np.array(colours[rng.integers(len(colours))])
     yarn = colour * ((0.5 + 0.5 * np.sqrt(1 - across**2)) * twist * scene.light)[..., None]
     # A faint shadow on the cloth, offset away from the light.
-    shadow_distance, _ = draw.polyline_distance(y, x, path + max(0.006 * size, 0.7), half + 4)
+    shadow_distance, _ = draw.polyline_distance(y, x, path + max(0.006 * span, 0.7), half + 4)
     shadow = 0.4 * np.clip((half + 1.0 - shadow_distance) / 1.5, 0, 1) * (1 - cover)
     out = img * (1 - shadow[..., None])
     out = out * (1 - cover[..., None]) + yarn * cover[..., None]
@@ -112,11 +101,11 @@ def _fabric_thread(scene: Scene, rng: np.random.Generator) -> tuple[np.ndarray, 
 
 
 def _fabric_scratch(scene: Scene, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    size, img = scene.size, scene.image
-    y, x = draw.grid(size)
-    start = np.array(draw.pick(rng, _border_free(size, 0.1)))
-    path = draw.curve(rng, start, rng.uniform(0, 2 * np.pi), size * rng.uniform(0.45, 0.9), 0.03, 0.0)
-    half = size * rng.uniform(0.007, 0.012) + 0.4
+    span, img = scene.defect_span, scene.image
+    y, x = draw.grid(scene.shape)
+    start = np.array(draw.pick(rng, _border_free(scene.shape, 0.1)))
+    path = draw.curve(rng, start, rng.uniform(0, 2 * np.pi), span * rng.uniform(0.45, 0.9), 0.03, 0.0)
+    half = span * rng.uniform(0.007, 0.012) + 0.4
     distance, _ = draw.polyline_distance(y, x, path, half + 2)
     cover = draw.line_coverage(distance, half)
     # Abraded fibres: lighter and greyer, uneven along the line.
@@ -126,11 +115,11 @@ def _fabric_scratch(scene: Scene, rng: np.random.Generator) -> tuple[np.ndarray,
     return img + alpha * (worn - img), cover
 
 
-def _border_free(size: int, fraction: float) -> np.ndarray:
-    """Pixels at least ``fraction`` of the image size away from its border."""
-    inner = np.zeros((size, size), dtype=bool)
-    margin = int(round(size * fraction))
-    inner[margin : size - margin, margin : size - margin] = True
+def _border_free(shape: tuple[int, int], fraction: float) -> np.ndarray:
+    """Pixels at least ``fraction`` of the image's height (width) away from its top and bottom (sides)."""
+    inner = np.zeros(shape, dtype=bool)
+    top, left = (int(round(side * fraction)) for side in shape)
+    inner[top : shape[0] - top, left : shape[1] - left] = True
     return inner
 
 

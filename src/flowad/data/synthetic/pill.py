@@ -38,8 +38,8 @@ def render(rng: np.random.Generator, size: int) -> Scene:
     base = np.array([0.9, 0.88, 0.83], dtype=np.float32) * np.float32(rng.uniform(0.96, 1.02))
     albedo = base * (1 - 0.5 * speckle) + np.array([0.72, 0.4, 0.33], dtype=np.float32) * 0.5 * speckle
     albedo *= (1 + 0.02 * draw.smooth_noise(rng, shape, size / 8))[..., None]
-    yo, xo = draw.grid(size)
-    light = draw.illumination(rng, yo, xo, size)
+    yo, xo = draw.grid(shape)
+    light = draw.illumination(rng, yo, xo, shape)
     tray, cast = _tray(rng, size, cover, light_dir)
     image = tray * (1 - 0.6 * cast) * (1 - cover[..., None]) + albedo * diffuse[..., None] + 0.18 * gloss[..., None]
     image = np.clip(image * light[..., None], 0.03, 0.96).astype(np.float32)
@@ -104,24 +104,24 @@ def _tray(rng: np.random.Generator, size: int, cover: np.ndarray, light: np.ndar
 
 
 def _pill_crack(scene: Scene, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    size, img = scene.size, scene.image
-    y, x = draw.grid(size)
+    span, img = scene.defect_span, scene.image
+    y, x = draw.grid(scene.shape)
     # Run roughly along the tablet through a random point near its middle, so it stays on it.
     heading = scene.angle + rng.uniform(-0.4, 0.4) + np.pi * rng.integers(2)
-    length = size * rng.uniform(0.3, 0.5)
+    length = span * rng.uniform(0.3, 0.5)
     ys, xs = np.nonzero(scene.support > 0.5)
-    middle = np.array([ys.mean(), xs.mean()]) + rng.normal(0, [0.3 * scene.scale, 0.1 * size])
+    middle = np.array([ys.mean(), xs.mean()]) + rng.normal(0, [0.3 * scene.scale, 0.1 * span])
     start = middle - 0.5 * length * np.array([np.sin(heading), np.cos(heading)])
     main = draw.curve(rng, start, heading, length, 0.08, 0.35)
     paths = [main]
     for _ in range(rng.integers(1, 4)):
         fork = main[rng.integers(4, len(main) - 4)]
         side = heading + rng.choice([-1, 1]) * rng.uniform(0.5, 1.1)
-        paths.append(draw.curve(rng, fork, side, size * rng.uniform(0.08, 0.18), 0.05, 0.35))
+        paths.append(draw.curve(rng, fork, side, span * rng.uniform(0.08, 0.18), 0.05, 0.35))
     # The crevice opens and closes along its length.
-    core_half = (size * 0.0045 + 0.4) * (0.75 + 0.35 * np.clip(draw.smooth_noise(rng, y.shape, size / 12), -1, 1))
-    halo_half = core_half + max(size * 0.007, 0.8)
-    distance = np.min([draw.polyline_distance(y, x, p, size * 0.02 + 3)[0] for p in paths], axis=0)
+    core_half = (span * 0.0045 + 0.4) * (0.75 + 0.35 * np.clip(draw.smooth_noise(rng, y.shape, span / 12), -1, 1))
+    halo_half = core_half + max(span * 0.007, 0.8)
+    distance = np.min([draw.polyline_distance(y, x, p, span * 0.02 + 3)[0] for p in paths], axis=0)
     core = draw.line_coverage(distance, core_half) * scene.support
     halo = draw.line_coverage(distance, halo_half) * scene.support
     # A dark crevice whose chipped edges catch less light than the intact surface.
@@ -130,17 +130,17 @@ def _pill_crack(scene: Scene, rng: np.random.Generator) -> tuple[np.ndarray, np.
 
 
 def _pill_missing(scene: Scene, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    size, img = scene.size, scene.image
-    y, x = draw.grid(size)
+    span, img = scene.defect_span, scene.image
+    y, x = draw.grid(scene.shape)
     edge = (scene.support > 0.3) & (scene.support < 0.7)
-    radius = size * rng.uniform(0.07, 0.14)
+    radius = span * rng.uniform(0.07, 0.14)
     centre = draw.pick(rng, edge)
     rn = draw.blob(y, x, centre, radius, rng, rough=0.2)
     rn = rn + (0.8 / radius) * draw.smooth_noise(rng, rn.shape, 2)  # a broken edge is not smooth
     chunk = np.clip((1 - rn) * radius + 0.5, 0, 1)
     removed = chunk * scene.support
     # The fracture face left behind: a rough band along the break, shaded by which way it faces.
-    band_width = max(size * 0.02, 1.0)
+    band_width = max(span * 0.02, 1.0)
     band = np.clip(1 - (rn - 1) * radius / band_width, 0, 1) * (1 - chunk) * scene.support
     dy, dx = centre[0] - y, centre[1] - x
     facing = (dy * -0.4 + dx * -0.35) / (np.hypot(dy, dx) + 1e-3)  # faces the light from the upper left?
@@ -153,9 +153,9 @@ def _pill_missing(scene: Scene, rng: np.random.Generator) -> tuple[np.ndarray, n
 
 
 def _pill_contamination(scene: Scene, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    size, img = scene.size, scene.image
-    y, x = draw.grid(size)
-    radius = size * rng.uniform(0.05, 0.11)
+    span, img = scene.defect_span, scene.image
+    y, x = draw.grid(scene.shape)
+    radius = span * rng.uniform(0.05, 0.11)
     rn = draw.blob(y, x, draw.pick(rng, draw.interior(scene, scene.scale * 0.35)), radius, rng, rough=0.3)
     rn = rn + (0.6 / radius) * draw.smooth_noise(rng, rn.shape, 2)
     cover = np.clip((1 - rn) * radius + 0.5, 0, 1) * scene.support
@@ -171,9 +171,9 @@ def _pill_contamination(scene: Scene, rng: np.random.Generator) -> tuple[np.ndar
 
 
 def _pill_color(scene: Scene, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    size, img = scene.size, scene.image
-    y, x = draw.grid(size)
-    radius = size * rng.uniform(0.07, 0.13)
+    span, img = scene.defect_span, scene.image
+    y, x = draw.grid(scene.shape)
+    radius = span * rng.uniform(0.07, 0.13)
     rn = draw.blob(y, x, draw.pick(rng, draw.interior(scene, scene.scale * 0.3)), radius, rng, rough=0.3)
     weight = np.clip(1.15 - rn, 0, 1) ** 0.7 * (1 + 0.1 * draw.smooth_noise(rng, rn.shape, radius / 2))
     weight = np.clip(weight, 0, 1) * scene.support
