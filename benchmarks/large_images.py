@@ -94,7 +94,7 @@ def _large_data(root: Path, size: tuple[int, int], counts: dict[str, int]) -> Pa
     if not (root / CATEGORY / "test").is_dir():
         width, height = size
         flags = [f"--{k.replace('_', '-')}={v}" for k, v in counts.items()]
-        code = flowad(["demo-data", "--out", str(root), "--size", str(width), str(height), *flags])
+        code = flowad(["demo-data", str(root), "--size", str(width), str(height), *flags])
         if code:
             sys.exit(f"flowad demo-data failed with status {code}")
     return root

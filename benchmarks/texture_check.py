@@ -95,6 +95,17 @@ def write_data(root: Path, seed: int = 0) -> None:
                 _save(root / name / "ground_truth" / defect / f"{k:03d}_mask.png", mask * 255.0, mode="L")
 
 
+def write_good_crops(root: Path, count: int, seed: int = 1) -> None:
+    """``count`` more good crops per texture from the test rows, as ``root/<texture>/NNN.png`` (another seed than
+    :func:`write_data`'s, so other crops): for measuring false detections on many good images."""
+    rng = np.random.default_rng(seed)
+    for name in TEXTURES:
+        photo = _photo(name)
+        rows = (photo.shape[0] * 2 // 3, photo.shape[0])
+        for k in range(count):
+            _save(root / name / f"{k:03d}.png", _crop(photo, rng, rows))
+
+
 def main() -> None:
     from flowad.cli_commands import DEMO_PRESETS
 

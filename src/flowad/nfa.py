@@ -84,8 +84,7 @@ def log_nfa(
 
     counts, sizes = [], []
     for z in latents:
-        half = max(int((window_size * z.shape[-2] / finest) // 2), 1)  # w_s = window / 2^s
-        total, n = _window_counts(z, tau, half)
+        total, n = window_counts(z, tau, window_half(window_size, z.shape[-2], finest))
         channels = z.shape[1]
         counts.append((total + channels - 1) // channels)  # k = ceil(total / C), in integers
         sizes.append(n)
@@ -162,7 +161,12 @@ def _check(latents: list[np.ndarray], size: tuple[int, int], window_size: int, t
         raise InputError(f"window_size is {window_size}; expected a whole number of at least 1")
 
 
-def _window_counts(z: np.ndarray, tau: np.float32, half: int) -> tuple[np.ndarray, np.ndarray]:
+def window_half(window_size: int, height: int, finest: int) -> int:
+    """The half-width of a scale's window: ``window_size`` at the finest scale, halved per halving of resolution."""
+    return max(int((window_size * height / finest) // 2), 1)  # w_s = window / 2^s
+
+
+def window_counts(z: np.ndarray, tau: np.float32, half: int) -> tuple[np.ndarray, np.ndarray]:
     """Candidates in each (2 half + 1)^2 window cut at the border, summed over channels: (B, H, W) int64,
     and the number of window pixels inside the image: (H, W) int64. Integral images keep the counts exact."""
     z = z.astype(np.float32, copy=False)

@@ -151,7 +151,12 @@ def _train_run(run_dir: Path, request: TrainRequest, resume: bool) -> Path:
     validate = validation_metrics(val_set, val_labels, settings) if 0 < val_labels.sum() < len(val_labels) else None
     with log_to(run_dir):
         logger.info(
-            "train %s on %s: %d images, %d for validation", request.model, spec.root, len(train_set), len(val_set)
+            "train %s on %s: %d images (%d items), %d for validation",
+            request.model,
+            spec.root,
+            len(splits.train),
+            len(train_set),  # the tiles of a tiled run
+            len(val_set),
         )
         resume_hint = f"the run directory keeps the last finished epoch: continue with flowad train --resume {run_dir}"
         with distributed.peers_lost_as_error(resume_hint):
