@@ -5,12 +5,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import DEMO_SIZES
+from helpers import DEMO_SIZES, TINY_TRAIN
 from safetensors.torch import load_file
 
 import flowad
 from flowad import engine
-from flowad.checkpoint import load_run
+from flowad.checkpoint import load_run, read_json
 from flowad.cli import main
 from flowad.data.datasets import ImageDataset
 from flowad.errors import FlowadError
@@ -185,3 +185,15 @@ def test_the_best_epoch_is_the_one_kept(tmp_path: Path, monkeypatch) -> None:
     best = load_file(str(tmp_path / "best_state.safetensors"))
     assert all(torch.equal(best[k], heads[1][k]) for k in best)
     assert not all(torch.equal(best[k], heads[3][k]) for k in best)
+
+
+def test_every_good_image_can_train_with_the_threshold_from_the_training_images(data: Path, tmp_path: Path) -> None:
+    held_out, every = tmp_path / "held-out", tmp_path / "every"
+    common = ["train", "--data", str(data), "--category", "fabric", *TINY_TRAIN]
+    assert main([*common, "--out", str(held_out)]) == 0
+    assert main([*common, "--out", str(every), "--val-fraction", "0"]) == 0
+    kept, reused = read_json(held_out / "config.json")["train"], read_json(every / "config.json")["train"]
+    assert kept["thresholds_from"] == "held-out validation images"
+    assert reused["thresholds_from"] == "training images"
+    assert reused["images"] == DEMO_SIZES["n_train"] == kept["images"] + kept["validation_images"]
+    assert len(reused["latents"]) == 3  # the latents' statistics, on the training images here

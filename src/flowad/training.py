@@ -137,6 +137,9 @@ def _prepare_run_dir(out: str | Path, force: bool) -> Path:
 def _train_run(run_dir: Path, request: TrainRequest, resume: bool) -> Path:
     config, spec, seed, settings = request.model_config(), request.data, request.seed, request.settings
     splits = spec.splits(seed)
+    reused = not splits.val and spec.val_fraction == 0 and spec.val_dir is None
+    if reused:  # every good image trains; the thresholds come from the training images themselves
+        splits.val = list(splits.train)
     if not splits.val:
         raise InputError("the validation split is empty; use a larger data set or --val-fraction > 0")
     check_masks(splits.test)
@@ -166,6 +169,7 @@ def _train_run(run_dir: Path, request: TrainRequest, resume: bool) -> Path:
         summary = _summary(log, len(splits.train), len(splits.val), config.lr)
         if preprocess.tiling is not None:
             summary["tiles"] = len(train_set)
+        summary["thresholds_from"] = "training images" if reused else "held-out validation images"
         good_val = training_dataset([s for s in splits.val if s.label == 0], preprocess)
         summary["latents"], summary["nfa_warnings"] = latent_readiness(net, good_val, settings)
         saved = {"data": spec, "seed": seed, "train": summary}
