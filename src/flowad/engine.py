@@ -31,10 +31,13 @@ from flowad.batches import (
     feature_cache_bytes,
 )
 from flowad.checkpoint import load_train_state, save_best_state, save_train_state
+from flowad.engines import TorchEngine
 from flowad.errors import FlowadError
 from flowad.models.base import AnomalyModel
+from flowad.nfa import log_nfa, settings_of
 from flowad.records import EngineSettings
 from flowad.runlog import logger  # what a run did, for RUN_DIR/flowad.log
+from flowad.tiling import score_tiled
 
 # the backbone's autocast dtype per precision name (records.PRECISION_NAMES)
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -346,10 +349,6 @@ def _infer(model, dataset, settings, device, keep_latents) -> dict[str, Any]:
 def _infer_tiled(model, dataset, settings, device, with_nfa) -> dict[str, Any]:
     """A tiled run's images scored tile by tile at full resolution (:mod:`flowad.tiling`); with ``with_nfa``,
     the log NFA < 0 masks over all tiles (``nfa_masks``) instead of the latents. The images must share a size."""
-    from flowad.engines import TorchEngine
-    from flowad.nfa import log_nfa, settings_of
-    from flowad.tiling import score_tiled
-
     scorer = TorchEngine(model, dataset.preprocess, device)
     nfa_settings = settings_of(model.config.to_dict())
 
