@@ -2,7 +2,7 @@
 
 - :mod:`flowad.training`: ``train``, ``resume``;
 - :mod:`flowad.evaluation`: ``test``, ``evaluate``, ``format_metrics``;
-- :mod:`flowad.benchmark`: ``benchmark`` and its category table;
+- :mod:`flowad.benchmark`: ``benchmark``; :mod:`flowad.tables`: its category table;
 - :mod:`flowad.inference`: ``Detector``, ``load``; :mod:`flowad.predict_files`: ``predict``;
 - :mod:`flowad.export` and :mod:`flowad.openvino_export`: ``export_onnx``, ``export_openvino``.
 
@@ -11,7 +11,7 @@ Data flows one way: image files -> features -> latents -> maps -> scores and mas
 
 from __future__ import annotations
 
-from flowad.benchmark import benchmark, category_table, format_table
+from flowad.benchmark import benchmark
 from flowad.checkpoint import read_json, read_record
 from flowad.data.datasets import Sample
 from flowad.data.spec import DataSpec, list_categories
@@ -21,6 +21,7 @@ from flowad.inference import Detector, load
 from flowad.openvino_export import export_openvino
 from flowad.predict_files import predict
 from flowad.records import EngineSettings, RunRecord, TrainRequest
+from flowad.tables import Spread, category_table, format_table
 from flowad.training import resume, train, validation_metrics
 
 __all__ = [
@@ -29,6 +30,7 @@ __all__ = [
     "EngineSettings",
     "RunRecord",
     "Sample",
+    "Spread",
     "benchmark",
     "category_table",
     "evaluate",

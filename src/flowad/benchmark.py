@@ -1,4 +1,9 @@
-"""The papers' table: one model trained and tested on every category of a data set, then one row each."""
+"""The papers' table: one model trained and tested on every category of a data set, then one row each.
+
+With ``seeds`` every category is trained once per seed, in ``OUT/<category>/seed-<k>``, and the table gives
+each metric's mean and sample standard deviation over the seeds (see :mod:`flowad.tables`); without, one run
+per category in ``OUT/<category>``, trained with seed 0.
+"""
 
 from __future__ import annotations
 
@@ -9,11 +14,14 @@ from typing import Any
 from flowad import distributed
 from flowad.checkpoint import atomic_write
 from flowad.data.spec import DataSpec, list_categories
+from flowad.errors import InputError
 from flowad.evaluation import test
+from flowad.ranges import RANGES
 from flowad.records import EngineSettings, TrainRequest
+from flowad.tables import category_table, format_table, seed_tables
 from flowad.training import train
 
-TABLE_KEYS = ("image_auroc", "pixel_auroc", "aupro", "iou")
+SEED_TABLE = "table_seeds.csv"  # with several seeds: a row per category and seed
 
 
 def benchmark(
@@ -25,62 +33,54 @@ def benchmark(
     force: bool = False,
     settings: EngineSettings | None = None,
     per_category: dict[str, dict[str, Any]] | None = None,
+    seeds: Sequence[int] | None = None,
     **options: Any,
 ) -> list[dict[str, Any]]:
-    """Train and test ``model`` on every category of a data set; writes OUT/table.csv and OUT/table.md.
+    """Train and test ``model`` on every category of a data set; writes OUT/table.csv and OUT/table.md
+    (and, with ``seeds``, OUT/table_seeds.csv) and returns the table's rows.
 
     ``per_category`` maps a category to options that replace ``options`` for it (per-category settings).
+    With ``seeds`` each row's metrics are :class:`~flowad.tables.Spread` values over the seeds.
     """
     out = Path(out)
+    _check_seeds(seeds)
     for own in [{}, *(per_category or {}).values()]:  # every category's options checked before any work
         TrainRequest(
             model, DataSpec(str(data), layout=layout), {**options, **own}, settings=settings or EngineSettings()
         )
     names = list(categories or list_categories(data, layout))
+    jobs = [(c, s) for c in names for s in (seeds if seeds is not None else [None])]
+    share = distributed.shard(jobs)  # under torchrun each process takes its share of the runs
     results = {}
-    share = distributed.shard(names)  # under torchrun each process takes its share of the categories
     with distributed.alone():
-        for category in share:
+        for category, seed in share:
             own = {**options, **(per_category or {}).get(category, {})}
-            run = train(
-                model, data, out / category, category=category, layout=layout, force=force, settings=settings, **own
-            )
-            results[category] = test(run, settings=settings)
-    gathered = {c: r for part in distributed.all_gather(results) for c, r in part.items()}
-    rows = category_table({c: gathered[c] for c in names})
+            run_dir = out / category if seed is None else out / category / f"seed-{seed}"
+            run = train(model, data, run_dir, category, layout, seed or 0, force=force, settings=settings, **own)
+            results[category, seed] = test(run, settings=settings)
+    gathered = {job: r for part in distributed.all_gather(results) for job, r in part.items()}
+    return _write_tables(out, names, seeds, gathered)
+
+
+def _write_tables(
+    out: Path, names: list[str], seeds: Sequence[int] | None, results: dict[tuple[str, int | None], dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """The table of ``results[category, seed]``, written to OUT by the main process; returns its rows."""
+    if seeds is None:
+        rows = category_table({c: results[c, None] for c in names})
+        runs = None
+    else:
+        rows, runs = seed_tables({c: {s: results[c, s] for s in seeds} for c in names})
     if distributed.is_main():
         atomic_write(out / "table.csv", format_table(rows, "csv"))
         atomic_write(out / "table.md", format_table(rows, "markdown"))
+        if runs is not None:
+            atomic_write(out / SEED_TABLE, format_table(runs, "csv"))
     return rows
 
 
-def category_table(results: dict[str, dict[str, Any]], keys: Sequence[str] = TABLE_KEYS) -> list[dict[str, Any]]:
-    """Rows of the papers' table: one per category, then the mean over categories (undefined cells skipped)."""
-    rows = [{"category": c, **{k: r.get(k) for k in keys}} for c, r in results.items()]
-    mean: dict[str, Any] = {"category": "mean"}
-    for k in keys:
-        values = [r[k] for r in rows if r[k] is not None]
-        mean[k] = sum(values) / len(values) if values else None
-    return [*rows, mean]
-
-
-def format_table(rows: list[dict[str, Any]], style: str = "text") -> str:
-    """The category table as aligned text, Markdown or CSV."""
-    keys = [k for k in rows[0] if k != "category"]
-
-    def cell(v: Any) -> str:
-        return "n/a" if v is None else f"{v:.4f}"
-
-    if style == "csv":
-        return (
-            "\n".join(
-                [",".join(["category", *keys])] + [",".join([r["category"], *(cell(r[k]) for k in keys)]) for r in rows]
-            )
-            + "\n"
-        )
-    if style == "markdown":
-        head = "| category | " + " | ".join(keys) + " |\n|---" + "|---" * len(keys) + "|\n"
-        return head + "".join("| " + " | ".join([r["category"], *(cell(r[k]) for k in keys)]) + " |\n" for r in rows)
-    lines = [f"{'category':<16}" + "".join(f"{k:>13}" for k in keys)]
-    lines += [f"{r['category']:<16}" + "".join(f"{cell(r[k]):>13}" for k in keys) for r in rows]
-    return "\n".join(lines)
+def _check_seeds(seeds: Sequence[int] | None) -> None:
+    if seeds is None:
+        return
+    if not seeds or len(set(seeds)) != len(seeds) or not all(RANGES["seed"].holds(s) for s in seeds):
+        raise InputError(f"--seeds {' '.join(map(str, seeds))}: expected one or more different integers >= 0")

@@ -22,6 +22,7 @@ from flowad.cli_options import (
     subparser,
     typed_option,
 )
+from flowad.data.spec import LAYOUTS
 from flowad.data.synthetic import DEMO_COUNTS, FRAME_COUNTS, MIN_IMAGE_SIZE
 from flowad.engines import ENGINES
 from flowad.errors import FlowadError, InputError
@@ -149,22 +150,23 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 
 def _add_data_args(p: argparse.ArgumentParser) -> None:
     """Where train finds its images and how it picks validation images (the fields of flowad.api.DataSpec)."""
-    p.add_argument("--data", type=Path, help="data set root (mvtec, btad) or folder of good images (folder)")
-    p.add_argument("--category", help="category folder inside the data set root (mvtec, btad)")
     p.add_argument(
-        "--layout",
-        default="mvtec",
-        choices=["mvtec", "btad", "folder"],
-        help="data set layout (default mvtec)",
+        "--data", type=Path, help="data set root, folder of good images (--layout folder) or manifest (--layout csv)"
     )
+    p.add_argument("--category", help="category of the data set (every layout but folder and csv)")
+    p.add_argument("--layout", default="mvtec", choices=LAYOUTS, help="data set layout (default mvtec; README: Data)")
     p.add_argument("--abnormal", help="folder layout: folder of anomalous test images")
     p.add_argument("--masks", help="folder layout: folder of their masks (default: <stem>_mask files beside them)")
-    p.add_argument("--val-dir", help="folder of good validation images (default: a fraction of the training images)")
+    p.add_argument(
+        "--val-dir",
+        help="folder of good validation images (default: the layout's own, else a fraction of the training images)",
+    )
     p.add_argument(
         "--val-fraction",
         type=float,
         default=0.2,
-        help="fraction of good training images held out to set thresholds (default 0.2)",
+        help="fraction of good training images held out to set thresholds, where the layout has no validation "
+        "images of its own (default 0.2)",
     )
     p.add_argument(
         "--val-abnormal",
@@ -180,10 +182,19 @@ def _add_benchmark(sub: argparse._SubParsersAction) -> None:
         allow_abbrev=False,
     )
     _add_config_arg(p, "model options, with optional per_category entries (e.g. configs/uflow.yaml)")
-    p.add_argument("--data", required=True, type=Path, help="MVTec AD (or BTAD) root folder")
+    p.add_argument("--data", required=True, type=Path, help="data set root (or, --layout csv, the manifest)")
     p.add_argument("--model", default="fastflow", help="fastflow (default), cflow or uflow")
-    p.add_argument("--layout", default="mvtec", choices=["mvtec", "btad"], help="data set layout (default mvtec)")
-    p.add_argument("--categories", nargs="+", help="only these categories (default: every category folder)")
+    layouts = [name for name in LAYOUTS if name != "folder"]
+    p.add_argument("--layout", default="mvtec", choices=layouts, help="data set layout (default mvtec; README: Data)")
+    p.add_argument("--categories", nargs="+", help="only these categories (default: every category)")
+    p.add_argument(
+        "--seeds",
+        type=int,
+        nargs="+",
+        metavar="SEED",
+        help="train every category once per seed, in OUT/CATEGORY/seed-SEED; the table gives each metric's mean "
+        "and sample standard deviation over the seeds, table_seeds.csv every run (default: seed 0, in OUT/CATEGORY)",
+    )
     p.add_argument("--out", type=Path, default=Path("runs/benchmark"), help="runs and tables (default runs/benchmark)")
     p.add_argument("--force", action="store_true", help="overwrite existing runs")
     add_model_args(p)

@@ -213,6 +213,7 @@ def _demo(args: argparse.Namespace) -> None:
 
 def _benchmark(args: argparse.Namespace) -> None:
     from flowad import api
+    from flowad.benchmark import SEED_TABLE
 
     options = given_model_options(args)
     rows = api.benchmark(
@@ -224,10 +225,12 @@ def _benchmark(args: argparse.Namespace) -> None:
         args.force,
         engine_settings(args),
         per_category=getattr(args, "per_category", None),
+        seeds=args.seeds,
         **options,
     )
     print(api.format_table(rows))
-    print(f"\nwrote {args.out / 'table.csv'} and {args.out / 'table.md'}")
+    tables = [str(args.out / name) for name in ["table.csv", "table.md", *([SEED_TABLE] if args.seeds else [])]]
+    print(f"\nwrote {', '.join(tables[:-1])} and {tables[-1]}")
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], None]] = {

@@ -1,6 +1,6 @@
 """Finding the images of a data set on disk and serving them to PyTorch.
 
-Three layouts are understood:
+Three layouts are read here (the others are in :mod:`flowad.data.layouts` and :mod:`flowad.data.manifest`):
 
 * MVTec AD (:func:`mvtec_splits`), also written by :func:`flowad.data.synthetic.make_demo_dataset`;
 * BTAD (:func:`btad_splits`);
@@ -14,39 +14,19 @@ never from the test set. :class:`ImageDataset` reads the samples and preprocesse
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from flowad.data.images import IMAGE_SUFFIXES, read_image, read_image_size, read_mask
+from flowad.data.images import IMAGE_SUFFIXES, read_image, read_image_size
+from flowad.data.samples import DatasetSplits, Sample, read_sample_mask
 from flowad.errors import InputError
 from flowad.preprocess import Preprocess
 
 _MASK_TAG = "_mask"
 _SUFFIX_LIST = ", ".join(IMAGE_SUFFIXES)
-
-
-@dataclass(frozen=True)
-class Sample:
-    """One image of a data set: its path, label (0 good, 1 anomalous) and optional mask."""
-
-    path: Path
-    label: int
-    mask_path: Path | None = None
-    defect: str = "good"
-
-
-@dataclass
-class DatasetSplits:
-    """Train (good only), validation (good, plus anomalies when given) and test samples of one data set."""
-
-    train: list[Sample]
-    val: list[Sample]
-    test: list[Sample]
-    name: str
 
 
 def list_images(folder: str | Path) -> list[Path]:
@@ -59,7 +39,7 @@ def list_images(folder: str | Path) -> list[Path]:
     never searched, so a directory symlink loop cannot hang it. Raises
     :class:`~flowad.errors.InputError` if the folder is missing, is not a folder or holds no images.
     """
-    directory = _existing_dir(folder)
+    directory = existing_dir(folder)
     images = sorted(p for p in directory.iterdir() if _is_plain_image(p))
     if not images:
         raise InputError(f"folder {directory} contains no images (expected {_SUFFIX_LIST})")
@@ -75,7 +55,7 @@ def list_images_at_any_depth(folder: str | Path, skip: Sequence[str | Path] = ()
     links to folders are not entered, so a link loop cannot hang it. Raises
     :class:`~flowad.errors.InputError` if the folder is missing, is not a folder or holds no images.
     """
-    directory = _existing_dir(folder)
+    directory = existing_dir(folder)
     skipped = {_full(path).resolve() for path in skip}
     images: list[Path] = []
     pending = [directory]
@@ -104,15 +84,11 @@ def mvtec_splits(root: str | Path, category: str) -> DatasetSplits:
     and ``000.png``) raise :class:`~flowad.errors.InputError` naming both. ``val`` is empty: see
     :func:`split_validation`.
     """
-    base = _category_dir(root, category, required="train")
-    train = [Sample(path, 0) for path in list_images(base / "train" / "good")]
-    test: list[Sample] = []
-    for defect_dir in _subfolders(base / "test"):
-        defect = defect_dir.name
-        if defect == "good":
-            test += [Sample(path, 0) for path in list_images(defect_dir)]
-            continue
-        test += _anomalous(list_images(defect_dir), defect, base / "ground_truth" / defect)
+    base = category_dir(root, category, required="train")
+    train = good_from_folder(base / "train" / "good")
+    test = defect_folders(
+        base / "test", lambda images, defect: anomalous_samples(images, defect, base / "ground_truth" / defect)
+    )
     return DatasetSplits(train=train, val=[], test=test, name=f"mvtec/{category}")
 
 
@@ -123,10 +99,10 @@ def btad_splits(root: str | Path, category: str) -> DatasetSplits:
     (label 1) with masks in ``ground_truth/ko/<stem>.png`` (BTAD stores ``.png`` masks even for
     ``.bmp`` images; any image suffix and ``<stem>_mask.<suffix>`` are accepted as well).
     """
-    base = _category_dir(root, category, required="train")
-    train = [Sample(path, 0) for path in list_images(base / "train" / "ok")]
-    test = [Sample(path, 0) for path in list_images(base / "test" / "ok")]
-    test += _anomalous(list_images(base / "test" / "ko"), "ko", base / "ground_truth" / "ko")
+    base = category_dir(root, category, required="train")
+    train = good_from_folder(base / "train" / "ok")
+    test = good_from_folder(base / "test" / "ok")
+    test += anomalous_samples(list_images(base / "test" / "ko"), "ko", base / "ground_truth" / "ko")
     return DatasetSplits(train=train, val=[], test=test, name=f"btad/{category}")
 
 
@@ -155,11 +131,11 @@ def folder_splits(
       never its own mask, so ``mask_dir`` may be ``abnormal_dir``).
     """
     _check_fraction("test_fraction", test_fraction)
-    normal = [Sample(path, 0) for path in list_images(normal_dir)]
+    normal = good_from_folder(normal_dir)
     if test_normal_dir is None:
-        test_good, train = _random_split(normal, test_fraction, seed, "normal_dir", Path(normal_dir))
+        test_good, train = random_split(normal, test_fraction, seed, "normal_dir", Path(normal_dir))
     else:
-        train, test_good = normal, [Sample(path, 0) for path in list_images(test_normal_dir)]
+        train, test_good = normal, good_from_folder(test_normal_dir)
     anomalous = [] if abnormal_dir is None else _folder_anomalies(Path(abnormal_dir), mask_dir)
     return DatasetSplits(train=train, val=[], test=test_good + anomalous, name=name or _full(normal_dir).name)
 
@@ -177,37 +153,52 @@ def split_validation(train: list[Sample], fraction: float, seed: int) -> tuple[l
             f"training sample {bad.path} has label {bad.label}; expected only good (label 0) images "
             "to split a validation set from"
         )
-    val, rest = _random_split(train, fraction, seed, "validation fraction", None)
+    val, rest = random_split(train, fraction, seed, "validation fraction", None)
     return rest, val
+
+
+def defect_folders(test_dir: Path, anomalous: Callable[[list[Path], str], list[Sample]]) -> list[Sample]:
+    """The test samples of an MVTec-style ``test_dir``: ``good/`` holds label 0, every other subfolder is a
+    defect type whose images ``anomalous(images, defect)`` makes samples of (with their masks)."""
+    test: list[Sample] = []
+    for defect_dir in subfolders(test_dir):
+        if defect_dir.name == "good":
+            test += good_from_folder(defect_dir)
+        else:
+            test += anomalous(list_images(defect_dir), defect_dir.name)
+    return test
+
+
+def good_from_folder(folder: str | Path) -> list[Sample]:
+    """Good samples (label 0) of the images in ``folder``."""
+    return [Sample(path, 0) for path in list_images(folder)]
 
 
 def validation_from_folder(folder: str | Path) -> list[Sample]:
     """Good validation samples (label 0) from a separate folder of images."""
-    return [Sample(path, 0) for path in list_images(folder)]
+    return good_from_folder(folder)
 
 
 def anomalies_from_folder(folder: str | Path, mask_dir: str | Path | None = None) -> list[Sample]:
     """Anomalous samples (label 1) of a folder, with masks found as :func:`folder_splits` finds them."""
-    return _folder_anomalies(_existing_dir(folder), mask_dir)
+    return _folder_anomalies(existing_dir(folder), mask_dir)
 
 
 def check_masks(samples: Sequence[Sample]) -> None:
     """Check that every sample's mask exists and has the size of its image (headers only)."""
     for sample in samples:
-        if sample.mask_path is None:
-            continue
-        if not sample.mask_path.is_file():
-            raise InputError(
-                f"mask {_full(sample.mask_path)} of image {_full(sample.path)} does not exist; "
-                "expected a mask file of the same size as the image"
-            )
-        mask_size = read_image_size(sample.mask_path)
-        image_size = read_image_size(sample.path)
-        if mask_size != image_size:
-            raise InputError(
-                f"mask {_full(sample.mask_path)} is {_wxh(mask_size)} but its image {_full(sample.path)} "
-                f"is {_wxh(image_size)}; expected the same size"
-            )
+        for mask in sample.mask_files:
+            if not mask.is_file():
+                raise InputError(
+                    f"mask {_full(mask)} of image {_full(sample.path)} does not exist; "
+                    "expected a mask file of the same size as the image"
+                )
+            mask_size, image_size = read_image_size(mask), read_image_size(sample.path)
+            if mask_size != image_size:
+                raise InputError(
+                    f"mask {_full(mask)} is {_wxh(mask_size)} but its image {_full(sample.path)} "
+                    f"is {_wxh(image_size)}; expected the same size"
+                )
 
 
 class ImageDataset(torch.utils.data.Dataset):
@@ -233,7 +224,7 @@ class ImageDataset(torch.utils.data.Dataset):
         image = self.preprocess.tensor(rgb)
         mask = np.zeros(self.preprocess.size, dtype=np.float32)
         if sample.mask_path is not None:
-            mask = self.preprocess.mask(read_mask(sample.mask_path, expected_size=rgb.shape[:2]))
+            mask = self.preprocess.mask(read_sample_mask(sample, rgb.shape[:2]))
         return {
             "image": image,
             "mask": torch.from_numpy(mask[None]),
@@ -242,7 +233,7 @@ class ImageDataset(torch.utils.data.Dataset):
         }
 
 
-def _anomalous(images: list[Path], defect: str, mask_folder: Path) -> list[Sample]:
+def anomalous_samples(images: list[Path], defect: str, mask_folder: Path) -> list[Sample]:
     """Anomalous test samples whose masks must exist in ``mask_folder``."""
     index = _mask_index(mask_folder)
     samples = []
@@ -265,7 +256,7 @@ def _folder_anomalies(folder: Path, mask_dir: str | Path | None) -> list[Sample]
         index = _mask_index(folder)
         masks = [_find_mask(index, path, allow_bare=False) for path in images]
     else:
-        mask_folder = _existing_dir(mask_dir)
+        mask_folder = existing_dir(mask_dir)
         index = _mask_index(mask_folder)
         masks = [_find_mask(index, path, allow_bare=True) for path in images]
         if not any(masks):
@@ -310,7 +301,7 @@ def _find_mask(index: dict[str, list[Path]], image: Path, allow_bare: bool) -> P
     return found[0] if found else None
 
 
-def _random_split(
+def random_split(
     samples: list[Sample], fraction: float, seed: int, what: str, folder: Path | None
 ) -> tuple[list[Sample], list[Sample]]:
     """Deterministically pick ``fraction`` of ``samples``; returns ``(picked, rest)`` in input order."""
@@ -331,9 +322,9 @@ def _random_split(
     )
 
 
-def _category_dir(root: str | Path, category: str, required: str) -> Path:
+def category_dir(root: str | Path, category: str, required: str) -> Path:
     """``<root>/<category>``; a missing category lists the available ones."""
-    base_root = _existing_dir(root)
+    base_root = existing_dir(root)
     base = base_root / category
     if not (base / required).is_dir():
         available = sorted(p.name for p in base_root.iterdir() if (p / required).is_dir())
@@ -345,15 +336,17 @@ def _category_dir(root: str | Path, category: str, required: str) -> Path:
     return base
 
 
-def _subfolders(folder: Path) -> list[Path]:
-    directory = _existing_dir(folder)
+def subfolders(folder: Path) -> list[Path]:
+    """The visible subfolders of ``folder``, sorted; none is an error."""
+    directory = existing_dir(folder)
     subfolders = sorted(p for p in directory.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not subfolders:
         raise InputError(f"folder {directory} has no subfolders; expected one folder per defect type")
     return subfolders
 
 
-def _existing_dir(folder: str | Path) -> Path:
+def existing_dir(folder: str | Path) -> Path:
+    """``folder`` as an absolute path; an error unless it is an existing folder."""
     directory = _full(folder)
     if not directory.exists():
         raise InputError(f"folder {directory} does not exist; expected a folder of images")

@@ -92,15 +92,17 @@ def _rgb_array(img: Image.Image) -> np.ndarray:
     return np.asarray(_to_rgb(img), dtype=np.uint8).copy()
 
 
-def read_mask(path: str | Path, expected_size: tuple[int, int] | None = None) -> np.ndarray:
+def read_mask(path: str | Path, expected_size: tuple[int, int] | None = None, any_nonzero: bool = False) -> np.ndarray:
     """Read a defect mask as a ``bool`` array of shape ``(H, W)``.
 
     The mask is converted to 8 bits (16-bit and float masks are scaled as described in
     the module docstring) and a pixel is defect if its value, or for colour masks any of
     its channels, is above 127.
     Masks that are not strictly binary (e.g. anti-aliased or JPEG-compressed) are thus
-    thresholded at half range. ``expected_size`` is the ``(H, W)`` of the image the
-    mask belongs to; a mask of another size raises :class:`~flowad.errors.InputError`.
+    thresholded at half range. With ``any_nonzero`` every nonzero value is defect instead,
+    for data sets whose masks hold small labels such as 1 (VisA, MVTec LOCO); 16-bit and
+    float masks are then compared before scaling. ``expected_size`` is the ``(H, W)`` of
+    the image the mask belongs to; a mask of another size raises :class:`~flowad.errors.InputError`.
     """
     with _open_decoded(path, "mask") as img:
         if expected_size is not None and _hw(img) != tuple(expected_size):
@@ -109,10 +111,12 @@ def read_mask(path: str | Path, expected_size: tuple[int, int] | None = None) ->
             )
         if img.mode == "1":
             return np.asarray(img, dtype=bool).copy()
+        cut = 0 if any_nonzero else 127
         if img.mode in _SIXTEEN_BIT_MODES or img.mode == "F":
-            return _gray_to_uint8(img) > 127
+            values = np.nan_to_num(np.asarray(img, dtype=np.float64)) if any_nonzero else _gray_to_uint8(img)
+            return values > cut
         # Max over channels rather than luminance, so coloured (e.g. pure red) masks work too.
-        return np.asarray(_to_rgb(img), dtype=np.uint8).max(axis=2) > 127
+        return np.asarray(_to_rgb(img), dtype=np.uint8).max(axis=2) > cut
 
 
 def read_image_size(path: str | Path) -> tuple[int, int]:

@@ -14,7 +14,8 @@ import numpy as np
 import torch
 
 from flowad.data.datasets import ImageDataset, Sample
-from flowad.data.images import read_image, read_image_size, read_mask
+from flowad.data.images import read_image, read_image_size
+from flowad.data.samples import read_sample_mask
 from flowad.errors import InputError
 from flowad.preprocess import Preprocess
 from flowad.tiling import Tiling
@@ -69,9 +70,7 @@ class WholeImages(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> dict[str, torch.Tensor | int]:
         sample = self.samples[index]
         rgb = read_image(sample.path)
-        mask = np.zeros(rgb.shape[:2], dtype=np.float32)
-        if sample.mask_path is not None:
-            mask = read_mask(sample.mask_path, expected_size=rgb.shape[:2]).astype(np.float32)
+        mask = read_sample_mask(sample, rgb.shape[:2]).astype(np.float32)
         return {
             "rgb": torch.from_numpy(rgb),
             "mask": torch.from_numpy(mask[None]),
