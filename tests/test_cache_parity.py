@@ -17,6 +17,7 @@ TINY = {
     "fastflow": {"flow_steps": 2},
     "cflow": {"coupling_blocks": 2, "fiber_batch_size": 16, "condition_vector": 16},
     "uflow": {"flow_steps": 2},
+    "msflow": {"parallel_blocks": (1, 1, 1), "condition_vector": 8},
 }
 
 
@@ -38,7 +39,7 @@ def _trained_state(name: str, samples: list, cache: str) -> dict[str, torch.Tens
     return {k: v.detach().clone() for k, v in model.trainable_state().items()}
 
 
-@pytest.mark.parametrize("name", ["fastflow", "cflow", "uflow"])
+@pytest.mark.parametrize("name", list(TINY))
 def test_cached_and_streamed_training_give_the_same_weights(name: str, train_samples: list) -> None:
     cached = _trained_state(name, train_samples, "on")
     streamed = _trained_state(name, train_samples, "off")

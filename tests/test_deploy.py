@@ -17,7 +17,7 @@ from PIL import Image
 from flowad.cli import main
 from flowad.inference import Detector
 
-MODELS = ("fastflow", "cflow", "uflow")
+MODELS = ("fastflow", "cflow", "uflow", "msflow")
 README = Path(__file__).resolve().parent.parent / "README.md"
 
 
@@ -129,9 +129,11 @@ def _disagreements(reference: list[dict], other: list[dict], pixel_threshold: fl
 @pytest.mark.parametrize("model", MODELS)
 def test_every_engine_gives_the_verdicts_and_masks_of_torch(model, threshold, runs, images) -> None:
     rgb = [np.asarray(Image.open(path).convert("RGB")) for path in images]
-    if threshold == "median":  # a threshold inside the maps' range: masks neither empty nor full
-        maps = [r["map"] for r in Detector.load(runs[model], engine="torch").predict(rgb)]
-        threshold = float(np.median(np.concatenate([m.ravel() for m in maps])))
+    if threshold == "median":  # a threshold inside the maps' and the scores' ranges: masks neither empty nor full
+        found = Detector.load(runs[model], engine="torch").predict(rgb)
+        maps = np.concatenate([r["map"].ravel() for r in found])
+        # the scores' median matters where a score is not its map's maximum (MSFlow's top-k mean of another map)
+        threshold = float(min(np.median(maps), np.median([r["score"] for r in found])))
     torch_results = Detector.load(runs[model], threshold, engine="torch").predict(rgb)
     for engine in ("onnx", "openvino"):
         detector = Detector.load(runs[model], threshold, engine=engine)

@@ -14,10 +14,15 @@ from flowad.models import build_model
 from flowad.models.fastflow import FastFlowConfig
 from flowad.preprocess import Preprocess
 
-SIZE = (96, 160)  # height, width: multiples of every model's largest stride (16, and 32 for CFLOW-AD)
+SIZE = (96, 160)  # height, width: multiples of every model's largest stride (16, and 32 for CFLOW-AD and MSFlow)
 # the smallest heads that still have every scale: tiny to build and run on random backbone weights
-TINY_HEADS = {"fastflow": {"flow_steps": 1}, "cflow": {"coupling_blocks": 1}, "uflow": {"flow_steps": 1}}
-STRIDES = {"fastflow": (4, 8, 16), "cflow": (8, 16, 32), "uflow": (4, 8, 16)}
+TINY_HEADS = {
+    "fastflow": {"flow_steps": 1},
+    "cflow": {"coupling_blocks": 1},
+    "uflow": {"flow_steps": 1},
+    "msflow": {"parallel_blocks": (1, 1, 1)},
+}
+STRIDES = {"fastflow": (4, 8, 16), "cflow": (8, 16, 32), "uflow": (4, 8, 16), "msflow": (8, 16, 32)}
 
 
 def _model(name: str, image_size: object = SIZE) -> torch.nn.Module:

@@ -23,6 +23,9 @@ BAD_VALUE = {
     "num_workers": "-1",
     "tile": "-1",  # 0 turns tiling off
     "tile_stride": "-1",
+    "lr_warmup_fraction": "1",  # shares of the run, [0, 1)
+    "lr_decay_milestones": "1",
+    "max_grad_norm": "-1",  # 0 turns clipping off
 }
 
 

@@ -50,3 +50,12 @@ def test_bad_fpr_is_a_clear_error(fpr: float) -> None:
 def test_empty_validation_is_a_clear_error() -> None:
     with pytest.raises(InputError, match="validation split is empty"):
         from_validation(np.array([]), np.array([]), None, None)
+
+
+def test_the_mask_threshold_is_the_quantile_of_the_maps_maxima() -> None:
+    # scores on another scale than the maps (MSFlow's): as many good images get a mask as are flagged
+    scores = np.linspace(0, 1, 101)
+    maps = np.zeros((101, 2, 2))
+    maps[:, 0, 0] = 10 * scores[::-1]  # maxima in another order and on another scale
+    t = from_validation(scores, np.zeros(101), maps, None, fpr=0.1)
+    assert t.image == pytest.approx(0.9) and t.pixel == pytest.approx(9.0)

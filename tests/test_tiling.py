@@ -113,7 +113,7 @@ def tiled_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )
 
 
-@pytest.mark.parametrize("model", ["fastflow", "cflow", "uflow"])
+@pytest.mark.parametrize("model", ["fastflow", "cflow", "uflow", "msflow"])
 def test_a_tiled_run_trains_tests_and_predicts_alike_on_every_engine(
     model: str, tiled_data: Path, tmp_path: Path
 ) -> None:

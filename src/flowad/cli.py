@@ -110,7 +110,7 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
         "demo", help="generate demo data, train, test and predict: the whole pipeline on built-in defaults"
     )
     p.add_argument("--out", type=Path, default=Path("runs/demo"), help="output folder (default runs/demo)")
-    p.add_argument("--model", default="fastflow", help="model to train: fastflow (default), cflow or uflow")
+    p.add_argument("--model", default="fastflow", help="model to train: fastflow (default), cflow, uflow or msflow")
     p.add_argument("--force", action="store_true", help="overwrite an existing output folder")
     add_model_args(p)  # over the demo's presets
     _add_engine_args(p)
@@ -120,7 +120,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     # no abbreviated flags where a config file can give options: a flag given must be seen whole to win over it
     p = sub.add_parser("train", help="train a model on good images and write a run directory", allow_abbrev=False)
     _add_config_arg(p, "train options (keys as the flags, e.g. image_size: 256); flags override it")
-    p.add_argument("--model", default="fastflow", help="fastflow (default), cflow or uflow")
+    p.add_argument("--model", default="fastflow", help="fastflow (default), cflow, uflow or msflow")
     _add_data_args(p)
     p.add_argument(
         "--fpr",
@@ -183,7 +183,7 @@ def _add_benchmark(sub: argparse._SubParsersAction) -> None:
     )
     _add_config_arg(p, "model options, with optional per_category entries (e.g. configs/uflow.yaml)")
     p.add_argument("--data", required=True, type=Path, help="data set root (or, --layout csv, the manifest)")
-    p.add_argument("--model", default="fastflow", help="fastflow (default), cflow or uflow")
+    p.add_argument("--model", default="fastflow", help="fastflow (default), cflow, uflow or msflow")
     layouts = [name for name in LAYOUTS if name != "folder"]
     p.add_argument("--layout", default="mvtec", choices=layouts, help="data set layout (default mvtec; README: Data)")
     p.add_argument("--categories", nargs="+", help="only these categories (default: every category)")

@@ -254,6 +254,7 @@ def _optimise_epoch(
             return losses, value
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        model.clip_gradients()
         optimizer.step()
         losses.append(value)
     return losses, None
@@ -333,7 +334,7 @@ def _infer(model, dataset, settings, device, keep_latents) -> dict[str, Any]:
         z = latents_of(batch["image"].to(device, non_blocking=True))
         batch_maps = model.anomaly_map(z)
         maps.append(batch_maps.cpu())
-        scores.append(batch_maps.flatten(1).amax(1).cpu())
+        scores.append(model.image_scores(z, batch_maps).cpu())
         if keep_latents:
             latents.append([t.cpu() for t in z])
     out: dict[str, Any] = {

@@ -50,8 +50,9 @@ class TorchEngine:
         normalised = self.preprocess.normalised(images).transpose(0, 3, 1, 2)
         z = self.model.latents(torch.from_numpy(np.ascontiguousarray(normalised)).to(self.device))
         maps = self.model.anomaly_map(z)
+        scores = self.model.image_scores(z, maps)
         kept = [t.float().cpu().numpy() for t in z] if latents else None
-        return EngineOutput(maps.float().cpu().numpy(), maps.flatten(1).amax(1).float().cpu().numpy(), kept)
+        return EngineOutput(maps.float().cpu().numpy(), scores.float().cpu().numpy(), kept)
 
 
 class OnnxEngine:

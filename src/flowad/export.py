@@ -5,10 +5,11 @@ The deployable graph (:func:`export_onnx`):
 
 - input ``image``: uint8 (N, H, W, 3) RGB, any N, H, W (one size per batch);
 - it resizes as training does (:func:`flowad.preprocess.resize_uint8`, bit for bit), normalises, runs the model;
-- outputs ``anomaly_map`` float32 (N, H, W) at the input's size, ``score`` float32 (N,) (the maximum of the
-  map at the model's size), ``normalised_score`` float64 (N,) (0.5 at the image threshold), ``anomalous`` bool
-  (N,), ``mask`` bool (N, H, W) at the stored thresholds, and ``latent_0``, ``latent_1``, ... float32
-  (N, C, h, w): the model's latents, from which :func:`flowad.nfa.log_nfa` gives the a contrario masks;
+- outputs ``anomaly_map`` float32 (N, H, W) at the input's size, ``score`` float32 (N,) (the model's image score:
+  the maximum of the map at the model's size; MSFlow's is a top-k mean), ``normalised_score`` float64 (N,) (0.5
+  at the image threshold), ``anomalous`` bool (N,), ``mask`` bool (N, H, W) at the stored thresholds, and
+  ``latent_0``, ``latent_1``, ... float32 (N, C, h, w): the model's latents, from which
+  :func:`flowad.nfa.log_nfa` gives the a contrario masks;
 - metadata (``flowad.*`` keys, strings): the version, the model, its input size and normalisation, the
   thresholds, the NFA settings, the run's whole record and a fingerprint of its weights.
 
@@ -55,7 +56,7 @@ class _ModelGraph(nn.Module):
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, ...]:
         latents = self.model.latents(image)
         maps = self.model.anomaly_map(latents)
-        scores = maps.flatten(1).amax(1)
+        scores = self.model.image_scores(latents, maps)
         return (maps, scores) if self.raw else (maps, scores, *list(latents))
 
 

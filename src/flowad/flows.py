@@ -1,4 +1,5 @@
-"""Invertible building blocks shared by every model: the affine coupling block and flow chains.
+"""Invertible building blocks shared by every model: the affine coupling block, flow chains, the coupling over
+several maps at once, and the positional encoding that conditions a flow on where a feature lies.
 
 One image (or one feature fiber) goes in, a latent of the same shape comes out, together with the
 per-sample log|det| of the Jacobian. Every block has an exact inverse, so the models can be checked
@@ -19,6 +20,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from flowad.errors import InputError
 
 SubnetFactory = Callable[[int, int], nn.Module]
 """Builds a subnet from (input channels, output channels)."""
@@ -41,15 +44,28 @@ class PointwiseConv(nn.Conv2d):
         return torch.baddbmm(self.bias.view(1, -1, 1), weight, x.reshape(b, c, h * w)).view(b, -1, h, w)
 
 
-def conv_subnet(kernel_size: int, hidden_ratio: float) -> SubnetFactory:
-    """conv(k) -> ReLU -> conv(k) with 'same' padding; hidden channels = input channels * ratio."""
+class ChannelNorm(nn.LayerNorm):
+    """A LayerNorm over the channels of each position of a (B, C, H, W) map: no statistic crosses images or
+    positions, so a map's output never depends on its batch-mates."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__(channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+
+def conv_subnet(kernel_size: int, hidden_ratio: float, channel_norm: bool = False) -> SubnetFactory:
+    """conv(k) -> ReLU -> conv(k) with 'same' padding; hidden channels = input channels * ratio.
+    ``channel_norm`` puts a :class:`ChannelNorm` before the ReLU (MSFlow's subnets)."""
 
     def conv(c_in: int, c_out: int) -> nn.Module:
         return PointwiseConv(c_in, c_out) if kernel_size == 1 else nn.Conv2d(c_in, c_out, kernel_size, padding="same")
 
     def make(in_channels: int, out_channels: int) -> nn.Module:
         hidden = max(int(in_channels * hidden_ratio), 1)
-        return nn.Sequential(conv(in_channels, hidden), nn.ReLU(), conv(hidden, out_channels))
+        norm = [ChannelNorm(hidden)] if channel_norm else []
+        return nn.Sequential(conv(in_channels, hidden), *norm, nn.ReLU(), conv(hidden, out_channels))
 
     return make
 
@@ -276,3 +292,93 @@ def conv_flow(
 def gaussian_nll(z: torch.Tensor) -> torch.Tensor:
     """0.5 * sum(z^2) per sample: the negative log-density of N(0, I) up to its constant."""
     return 0.5 * z.pow(2).flatten(1).sum(1)
+
+
+MultiSubnetFactory = Callable[[list[int], list[int]], nn.Module]
+"""Builds a subnet over several maps from (each map's input channels, each map's output channels); the module
+takes a list of maps and returns one map per input map, at its size."""
+
+
+class MultiMapCoupling(nn.Module):
+    """An affine coupling over several maps of different sizes at once, exactly invertible (MSFlow's fusion flow).
+
+    Each map's channels go through a fixed shuffle, then split into a (the first C // 2) and b. Every a is scaled
+    and shifted by coefficients that one subnet computes from all the b's, then every b by coefficients that a
+    second subnet computes from all the new a's: each map's change depends on every map. The log-scale is
+    soft-clamped to (-clamp, clamp) with an arctangent, as CS-Flow's and MSFlow's fusion couplings do.
+    """
+
+    def __init__(
+        self, channels: Sequence[int], subnet: MultiSubnetFactory, clamp: float = 1.9, seed: int | None = None
+    ) -> None:
+        super().__init__()
+        if min(channels) < 2:
+            raise ValueError(f"a coupling block needs at least 2 channels per map, got {list(channels)}")
+        self.first = [c // 2 for c in channels]
+        self.second = [c - c // 2 for c in channels]
+        self.clamp = clamp
+        self.subnet_first = subnet(self.second, [2 * c for c in self.first])  # the b's -> the a's coefficients
+        self.subnet_second = subnet(self.first, [2 * c for c in self.second])
+        rng = np.random.default_rng(seed)
+        for i, c in enumerate(channels):
+            perm = torch.from_numpy(rng.permutation(c))
+            self.register_buffer(f"perm_{i}", perm)
+            self.register_buffer(f"perm_inverse_{i}", torch.argsort(perm))
+
+    def forward(self, maps: Sequence[torch.Tensor]) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """Return (the maps' outputs, log|det J| of shape (B,))."""
+        a, b = self._split(self._shuffle(maps, inverse=False))
+        a, log_det_a = self._affine(a, self.subnet_first(b), inverse=False)
+        b, log_det_b = self._affine(b, self.subnet_second(a), inverse=False)
+        return [torch.cat(pair, dim=1) for pair in zip(a, b, strict=True)], log_det_a + log_det_b
+
+    def inverse(self, outputs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        a, b = self._split(outputs)
+        b, _ = self._affine(b, self.subnet_second(a), inverse=True)
+        a, _ = self._affine(a, self.subnet_first(b), inverse=True)
+        return self._shuffle([torch.cat(pair, dim=1) for pair in zip(a, b, strict=True)], inverse=True)
+
+    def _shuffle(self, maps: Sequence[torch.Tensor], inverse: bool) -> list[torch.Tensor]:
+        name = "perm_inverse" if inverse else "perm"
+        return [x[:, getattr(self, f"{name}_{i}")] for i, x in enumerate(maps)]
+
+    def _split(self, maps: Sequence[torch.Tensor]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        halves = [x.split([c, x.shape[1] - c], dim=1) for x, c in zip(maps, self.first, strict=True)]
+        return [h[0] for h in halves], [h[1] for h in halves]
+
+    def _affine(
+        self, parts: list[torch.Tensor], coefficients: list[torch.Tensor], inverse: bool
+    ) -> tuple[list[torch.Tensor], torch.Tensor | float]:
+        changed, log_det = [], 0.0
+        for x, st in zip(parts, coefficients, strict=True):
+            s, t = st.chunk(2, dim=1)
+            log_scale = self.clamp * (2 / math.pi) * torch.atan(s / self.clamp)
+            changed.append((x - t) * torch.exp(-log_scale) if inverse else x * torch.exp(log_scale) + t)
+            log_det = log_det + log_scale.flatten(1).sum(1)
+        return changed, log_det
+
+
+def check_positional_channels(channels: int) -> None:
+    """A 2D sin/cos encoding splits its channels four ways: sin and cos of x, sin and cos of y."""
+    if channels <= 0 or channels % 4:
+        raise InputError(
+            f"condition_vector={channels}: expected a positive multiple of 4 (a 2D positional encoding's channels)"
+        )
+
+
+def positional_encoding_2d(channels: int, height: int, width: int) -> torch.Tensor:
+    """(channels, H, W) sin/cos encoding: the first half encodes x (the column), the second half y (the row).
+
+    Within each half, channel 2k is sin(pos * f_k) and 2k + 1 is cos(pos * f_k), f_k = 10000^(-2k / (channels/2)).
+    """
+    check_positional_channels(channels)
+    half = channels // 2
+    freq = torch.exp(torch.arange(0, half, 2, dtype=torch.float32) * -(math.log(10000.0) / half))
+    x = torch.arange(width, dtype=torch.float32)[:, None] * freq  # (W, half / 2)
+    y = torch.arange(height, dtype=torch.float32)[:, None] * freq  # (H, half / 2)
+    pe = torch.zeros(channels, height, width)
+    pe[0:half:2] = x.sin().t()[:, None, :]
+    pe[1:half:2] = x.cos().t()[:, None, :]
+    pe[half::2] = y.sin().t()[:, :, None]
+    pe[half + 1 :: 2] = y.cos().t()[:, :, None]
+    return pe

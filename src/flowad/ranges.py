@@ -68,6 +68,12 @@ RANGES: dict[str, Range] = {
     "affine_clamp": POSITIVE,
     "affine_subnet_channels_ratio": POSITIVE,
     "lr_end_factor": Range(low=0, high=1, open_low=True),
+    "parallel_blocks": COUNT,
+    "top_k": Range(low=0, high=1, open_low=True),
+    "lr_warmup_fraction": FRACTION,
+    "lr_decay_milestones": FRACTION,
+    "lr_decay_factor": Range(low=0, high=1, open_low=True),
+    "max_grad_norm": NON_NEGATIVE,  # 0: no clipping
     "strides": COUNT,
     "seed": NON_NEGATIVE_INT,
     "cache_limit_gb": NON_NEGATIVE,

@@ -3,8 +3,10 @@
 Two rules, picked by what the validation split holds:
 - anomalies present: the F1-adaptive threshold (F1-max on the validation images and pixels);
 - only good images (the usual case): the (1 - fpr) quantile of the good images' scores, so that a
-  fraction ``fpr`` of good images is flagged. The mask threshold is then the same value: an image
-  below it gets an empty mask, and a flagged image's mask is where its map exceeds it.
+  fraction ``fpr`` of good images is flagged. The mask threshold is the same quantile of the good images'
+  map maxima, so that as many good images get a mask: where the score is the map's maximum (every model
+  but MSFlow, whose score is a top-k mean of another map) it is the image threshold itself. An image below
+  the image threshold gets an empty mask, and a flagged image's mask is where its map exceeds the mask's.
 Never the test split, and never the minimum score.
 """
 
@@ -41,24 +43,26 @@ class Thresholds:
 def from_validation(
     scores: np.ndarray,
     labels: np.ndarray,
-    maps: np.ndarray,
+    maps: np.ndarray | None,
     masks: np.ndarray | None,
     fpr: float = DEFAULT_FPR,
 ) -> Thresholds:
-    """Thresholds from the validation split's scores (and maps/masks when it holds anomalies)."""
+    """Thresholds from the validation split's scores, maps (None: maps whose maxima are the scores) and masks."""
     scores, labels = np.asarray(scores, dtype=np.float64), np.asarray(labels).astype(bool)
     if scores.size == 0:
         raise InputError("the validation split is empty; expected at least one good image to set thresholds")
     if not 0 <= fpr < 1:
         raise InputError(f"false-positive rate {fpr} is out of range; expected 0 <= fpr < 1")
+    maxima = scores if maps is None else np.asarray(maps).reshape(len(scores), -1).max(1).astype(np.float64)
     if labels.any() and not labels.all():
         image_t = metrics.f1_max(scores, labels)[1]
-        pixel_t = image_t
+        pixel_t = metrics.f1_max(maxima, labels)[1]
         if masks is not None and np.asarray(masks).any():
             pixel_t = metrics.f1_max(np.asarray(maps).ravel(), np.asarray(masks).ravel() > 0)[1]
         method = "f1"
     else:
-        image_t = pixel_t = fpr_threshold(scores[~labels], fpr)
+        image_t = fpr_threshold(scores[~labels], fpr)
+        pixel_t = fpr_threshold(maxima[~labels], fpr)
         method = f"fpr={fpr:g}"
     return Thresholds(
         image=float(image_t),

@@ -6,9 +6,15 @@ from flowad.errors import InputError
 from flowad.models.base import AnomalyModel, ModelConfig
 from flowad.models.cflow import CFlow, CFlowConfig
 from flowad.models.fastflow import FastFlow, FastFlowConfig
+from flowad.models.msflow import MSFlow, MSFlowConfig
 from flowad.models.uflow import UFlow, UFlowConfig
 
-MODELS: dict[str, type[AnomalyModel]] = {FastFlow.name: FastFlow, CFlow.name: CFlow, UFlow.name: UFlow}
+MODELS: dict[str, type[AnomalyModel]] = {
+    FastFlow.name: FastFlow,
+    CFlow.name: CFlow,
+    UFlow.name: UFlow,
+    MSFlow.name: MSFlow,
+}
 
 
 def model_class(name: str) -> type[AnomalyModel]:
@@ -29,6 +35,8 @@ __all__ = [
     "CFlowConfig",
     "FastFlow",
     "FastFlowConfig",
+    "MSFlow",
+    "MSFlowConfig",
     "ModelConfig",
     "UFlow",
     "UFlowConfig",

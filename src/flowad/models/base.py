@@ -135,6 +135,10 @@ class AnomalyModel(nn.Module):
         """(B, H, W) map at the input size; higher means more anomalous."""
         return mean_probability_map(latents, self.image_size)
 
+    def image_scores(self, latents: list[torch.Tensor], maps: torch.Tensor) -> torch.Tensor:
+        """(B,) image scores from a batch's latents and its ``anomaly_map``: here the maximum of the map."""
+        return maps.flatten(1).amax(1)
+
     def training_batches(self, features: list[torch.Tensor], generator: torch.Generator) -> Iterator[Any]:
         """The optimiser steps' batches made from one image batch's features: here the image batch itself.
 
@@ -150,6 +154,9 @@ class AnomalyModel(nn.Module):
 
     def training_loss(self, batch: list[torch.Tensor]) -> torch.Tensor:
         return self.loss(*self.head(batch))
+
+    def clip_gradients(self) -> None:
+        """Called between each step's backward pass and the optimiser's step (MSFlow clips the gradients' norm)."""
 
     def calibrate(self, batches: Iterator[list[torch.Tensor]]) -> None:
         """Called once after training with the training set's feature batches (no grad).
@@ -171,7 +178,7 @@ class AnomalyModel(nn.Module):
         """Normalised images -> (anomaly maps (B, H, W), image scores (B,))."""
         latents = self.latents(images)
         maps = self.anomaly_map(latents)
-        return maps, maps.flatten(1).amax(1)
+        return maps, self.image_scores(latents, maps)
 
     def latents(self, images: torch.Tensor) -> list[torch.Tensor]:
         return self.head(self.extract(images))[0]

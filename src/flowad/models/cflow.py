@@ -34,7 +34,7 @@ from torch import nn
 
 from flowad.backbones import CNNEncoder
 from flowad.errors import InputError
-from flowad.flows import AffineCoupling, FlowChain, linear_subnet
+from flowad.flows import AffineCoupling, FlowChain, check_positional_channels, linear_subnet, positional_encoding_2d
 from flowad.models.base import AnomalyModel, ModelConfig, check_image_size
 
 FiberBatch = tuple[int, torch.Tensor, torch.Tensor]
@@ -57,27 +57,7 @@ class CFlowConfig(ModelConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         self.strides = tuple(self.strides)  # JSON gives a list
-        if self.condition_vector % 4:  # its range (a positive count) is checked with every other field's
-            raise InputError(f"condition_vector={self.condition_vector}: expected a positive multiple of 4")
-
-
-def positional_encoding_2d(channels: int, height: int, width: int) -> torch.Tensor:
-    """(channels, H, W) sin/cos encoding: the first half encodes x (the column), the second half y (the row).
-
-    Within each half, channel 2k is sin(pos * f_k) and 2k + 1 is cos(pos * f_k), f_k = 10000^(-2k / (channels/2)).
-    """
-    if channels <= 0 or channels % 4:
-        raise InputError(f"a 2D positional encoding needs a positive multiple of 4 channels, got {channels}")
-    half = channels // 2
-    freq = torch.exp(torch.arange(0, half, 2, dtype=torch.float32) * -(math.log(10000.0) / half))
-    x = torch.arange(width, dtype=torch.float32)[:, None] * freq  # (W, half / 2)
-    y = torch.arange(height, dtype=torch.float32)[:, None] * freq  # (H, half / 2)
-    pe = torch.zeros(channels, height, width)
-    pe[0:half:2] = x.sin().t()[:, None, :]
-    pe[1:half:2] = x.cos().t()[:, None, :]
-    pe[half::2] = y.sin().t()[:, :, None]
-    pe[half + 1 :: 2] = y.cos().t()[:, :, None]
-    return pe
+        check_positional_channels(self.condition_vector)
 
 
 def cflow_decoder(
