@@ -25,7 +25,8 @@ from typing import Any
 import torch
 
 REPOSITORY = Path(__file__).resolve().parent.parent
-MODEL_NAMES = ("fastflow", "cflow", "uflow")
+MODEL_NAMES = ("fastflow", "cflow", "uflow")  # the default of scripts that compare with the reference library
+ALL_MODELS = (*MODEL_NAMES, "msflow")
 DEMO_CATEGORY = "fabric"
 # trains in seconds: benchmarks of prediction need a run to load and score with, not a good one
 TINY_RUN_OPTIONS: dict[str, Any] = {"epochs": 1, "batch_size": 4}
@@ -92,7 +93,7 @@ def add_append_argument(parser: argparse.ArgumentParser) -> None:
 
 
 def add_models_argument(parser: argparse.ArgumentParser, default: Sequence[str] = MODEL_NAMES) -> None:
-    parser.add_argument("--models", nargs="+", choices=MODEL_NAMES, default=list(default), help="models to measure")
+    parser.add_argument("--models", nargs="+", choices=ALL_MODELS, default=list(default), help="models to measure")
 
 
 def add_device_argument(parser: argparse.ArgumentParser, default: str) -> None:
