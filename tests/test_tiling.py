@@ -168,14 +168,18 @@ def _onnx_metadata(path: Path) -> dict[str, str]:
 
 
 MEMORY_PROBE = """
-import resource, sys, numpy as np
+import re, sys, numpy as np
 from flowad.inference import Detector
+
+def peak_kib():  # this process's own peak (getrusage's ru_maxrss would include the parent's, carried over exec)
+    return int(re.search(r"VmHWM:\\s+(\\d+) kB", open("/proc/self/status").read()).group(1))
+
 detector = Detector.load(sys.argv[1], engine="torch")
 rgb = np.random.default_rng(0).integers(0, 256, (int(sys.argv[2]), int(sys.argv[3]), 3), dtype=np.uint8)
 detector.predict(rgb[:64, :64][None])  # warm up: the engine's buffers for a batch of tiles
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+before = peak_kib()
 detector.predict([rgb])
-print(before, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+print(before, peak_kib())
 """
 
 
