@@ -92,8 +92,10 @@ def add_append_argument(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def add_models_argument(parser: argparse.ArgumentParser, default: Sequence[str] = MODEL_NAMES) -> None:
-    parser.add_argument("--models", nargs="+", choices=ALL_MODELS, default=list(default), help="models to measure")
+def add_models_argument(
+    parser: argparse.ArgumentParser, default: Sequence[str] = MODEL_NAMES, choices: Sequence[str] = ALL_MODELS
+) -> None:
+    parser.add_argument("--models", nargs="+", choices=choices, default=list(default), help="models to measure")
 
 
 def add_device_argument(parser: argparse.ArgumentParser, default: str) -> None:

@@ -45,6 +45,7 @@ import numpy as np
 from _anomalib_env import describe, ensure_anomalib
 from _deploy_section import deploy_lines, deploy_results
 from _harness import (
+    MODEL_NAMES,
     REPOSITORY,
     add_append_argument,
     add_models_argument,
@@ -93,7 +94,7 @@ DIFFERENCES = {
 
 def parse_args() -> argparse.Namespace:
     parser = script_parser(__doc__)
-    add_models_argument(parser)
+    add_models_argument(parser, choices=MODEL_NAMES)  # anomalib has no MSFlow
     add_comparison_arguments(parser)
     parser.add_argument("--data", help="MVTec-layout root holding --category (default: demo data under --work)")
     parser.add_argument("--repeats", type=positive_int, default=3, help="runs per side and model (medians)")
