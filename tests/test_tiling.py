@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import subprocess
@@ -220,3 +221,30 @@ def test_an_image_smaller_than_the_tile_is_skipped_with_its_name(
     assert "thin.png" in warned and "smaller than the tile" in warned
     lines = (out / "predictions.jsonl").read_text().splitlines()
     assert [json.loads(line)["relative_path"] for line in lines] == ["good.png"]
+
+
+def test_the_service_scores_a_tiled_run_and_refuses_an_image_smaller_than_the_tile(
+    tiled_run: Path, tiled_data: Path
+) -> None:
+    from fastapi.testclient import TestClient
+    from PIL import Image
+
+    from flowad.inference import Detector
+    from flowad.serve_app import create_app
+
+    detector = Detector.load(tiled_run, engine="torch")
+    good = (tiled_data / "fabric" / "test" / "good" / "000.png").read_bytes()
+    thin = io.BytesIO()
+    Image.new("RGB", (200, 40)).save(thin, format="PNG")
+    with TestClient(create_app(str(tiled_run), detector)) as client:
+        answer = client.post("/v1/predict?pictures=false", content=good, headers={"content-type": "image/png"})
+        assert answer.status_code == 200
+        assert answer.json()["score"] == pytest.approx(detector.predict([_rgb(good)])[0]["score"], rel=1e-5)
+        refused = client.post("/v1/predict", content=thin.getvalue(), headers={"content-type": "image/png"})
+        assert refused.status_code == 400 and "smaller than the tile" in refused.json()["error"]
+
+
+def _rgb(png: bytes) -> np.ndarray:
+    from flowad.data.images import decode_image
+
+    return decode_image(png)
