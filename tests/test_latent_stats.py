@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -47,3 +49,12 @@ def test_correlated_neighbours_warn() -> None:
     (stats,) = latent_statistics([smooth])
     assert stats.neighbour_correlation == pytest.approx(0.5, abs=0.02)
     assert any("correlate by 0.5" in w for w in readiness_warnings([stats]))
+
+
+def test_a_constant_channel_is_skipped_without_a_warning() -> None:
+    z = _noise((4, 3, 8, 8))
+    z[:, 1] = 0.5
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        (stats,) = latent_statistics([z])
+    assert np.isfinite(stats.channel_correlation)

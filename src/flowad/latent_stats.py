@@ -93,7 +93,8 @@ def _channel_correlation(z: np.ndarray, max_values: int = 200_000) -> float:
         return float("nan")
     flat = z.transpose(1, 0, 2, 3).reshape(channels, -1)
     step = max(1, flat.shape[1] // max_values)
-    matrix = np.corrcoef(flat[:, ::step])
+    with np.errstate(invalid="ignore", divide="ignore"):  # a constant channel has no correlation: NaN, skipped
+        matrix = np.corrcoef(flat[:, ::step])
     off_diagonal = np.abs(matrix[~np.eye(channels, dtype=bool)])
     return float(np.nanmean(off_diagonal))
 
