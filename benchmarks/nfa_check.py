@@ -1,10 +1,11 @@
-"""On real textures, does the NFA keep its promise and find the defects, and does a fitted null do better?
+"""On real textures, does the NFA keep its promise and find the defects, and does a variant do better?
 
     python benchmarks/nfa_check.py --out runs/nfa --models uflow fastflow cflow --threads 2 \\
         --append benchmarks/RESULTS.md
 
 Data: texture_check.py's photographs (brick, grass, gravel; planted stains, scratches and patches with exact
-masks) plus --good more good crops per texture. Per model and texture, one run at flowad's defaults (the demo's
+masks) plus --good more good crops per texture; with ``--data demo``, the demo's fabric and pill plus --good
+more good demo images (another seed's). Per model and texture, one run at flowad's defaults (the demo's
 presets), then on its latents:
 
 - diagnostics: the good validation images' latents against N(0, 1) per scale (``flowad.latent_stats``), and the
@@ -15,6 +16,14 @@ presets), then on its latents:
   Gaussian fitted on the run's good validation images (mean, and variance at full windows, scaled by n for cut
   windows), one-sided; the scales' p-values are combined by Fisher's method (a valid p-value, where the seed's
   product of p-values is not), times the same number of tests. No labels are used.
+- "windows": the seed's test at window sizes 3, 7 and 15, the smallest log NFA of the three per pixel, and
+  three times the tests (a union bound: valid whenever each test is).
+- "levels": the same over candidate levels (probability thresholds) 0.5, 0.9 and 0.99.
+- "quasi-binomial": every candidate of every channel counts (the seed counts the mean over channels), and
+  the count of C n trials is tested as a binomial whose rate and overdispersion are learned per scale from the
+  good validation images (no labels): with rate q and dispersion D = Var / (C n q (1 - q)) at full windows, the
+  count k of a window of n pixels is tested as P[Bin(C n / D, q) >= k / D] (rounded), scales multiplied as
+  the seed does, times the same number of tests.
 """
 
 from __future__ import annotations
@@ -47,14 +56,10 @@ def main() -> None:
     set_threads(args.threads)
     from flowad.cli_commands import DEMO_PRESETS
 
-    data, good = args.out / "data", args.out / "good"
-    if not (data / TEXTURES[-1] / "ground_truth").is_dir():
-        write_data(data)
-    if not (good / TEXTURES[-1]).is_dir():
-        write_good_crops(good, args.good)
+    data, good, categories = write_images(args.out, args.data, args.good)
     rows, diagnostics = [], []
     for model in args.models:
-        for texture in TEXTURES:
+        for texture in categories:
             run = args.out / model / texture
             if not (run / "config.json").is_file():
                 train_run(run, model, data, texture, dict(DEMO_PRESETS.get(model, {})))
@@ -65,17 +70,34 @@ def main() -> None:
     publish(_section(args, rows, diagnostics), args.append)
 
 
-HEADERS = (
-    "model",
-    "texture",
-    "oracle IoU",
-    "IoU seed NFA",
-    "IoU fitted",
-    "good flagged seed",
-    "good flagged fitted",
-    "noise flagged seed",
-    "noise flagged fitted",
-)
+VARIANTS = ("seed", "fitted", "windows", "levels", "quasi-binomial")
+
+
+def write_images(out: Path, name: str, good_images: int) -> tuple[Path, Path, tuple[str, ...]]:
+    """The data set, a folder of ``good_images`` more good images per category, and the categories: texture_check's
+    photographs (``name`` "textures") or the demo's (``name`` "demo"), written once under ``out``."""
+    data, good = out / "data", out / "good"
+    if name == "textures":
+        if not (data / TEXTURES[-1] / "ground_truth").is_dir():
+            write_data(data)
+        if not (good / TEXTURES[-1]).is_dir():
+            write_good_crops(good, good_images)
+        return data, good, TEXTURES
+    from flowad.data.synthetic import CATEGORIES, make_demo_dataset
+
+    if not (data / CATEGORIES[-1]).is_dir():
+        make_demo_dataset(data, seed=0)
+    good.mkdir(parents=True, exist_ok=True)
+    for category in CATEGORIES:  # another seed's demo training images: new good images
+        if not (good / category).is_dir():
+            extra = make_demo_dataset(
+                out / "extra", seed=5, categories=(category,), n_train=good_images, n_test_good=1, n_test_per_defect=1
+            )
+            (extra / category / "train" / "good").rename(good / category)
+    return data, good, CATEGORIES
+
+
+HEADERS = ("model", "texture", "oracle IoU", *(f"{v}: IoU / good / noise flagged" for v in VARIANTS))
 
 
 def _check(run: Path, data: Path, texture: str, good_dir: Path) -> tuple[list[str], list[str]]:
@@ -100,26 +122,20 @@ def _check(run: Path, data: Path, texture: str, good_dir: Path) -> tuple[list[st
     extra = [z.numpy() for z in latents_of([Sample(p, 0) for p in list_images(good_dir)])["latents"]]
     nfa = settings_of(record.model_config)
     size = record.preprocess.size
-    null = fit_null(val, nfa["window_size"], nfa["probability_threshold"])
     labels = np.array([s.label for s in splits.test])
     anomalous = (labels == 1) & test["masks"].any(axis=(1, 2))
     test_latents = [z.numpy() for z in test["latents"]]
-    seed_masks = _masks(lambda z: _seed(z, size, nfa), test_latents)
-    fitted_masks = _masks(lambda z: fitted_log_nfa(z, size, nfa, null), test_latents)
     rng = np.random.default_rng(7)
     noise = [rng.standard_normal((len(extra[0]), *z.shape[1:]), dtype=np.float32) for z in val]
-    noise_val = [rng.standard_normal(z.shape, dtype=np.float32) for z in val]  # the null fitted on noise itself
-    noise_null = fit_null(noise_val, nfa["window_size"], nfa["probability_threshold"])
+    noise_val = [rng.standard_normal(z.shape, dtype=np.float32) for z in val]  # the nulls fitted on noise itself
     masks = test["masks"]
-    row = [
-        metrics.oracle_iou(test["maps"][anomalous], masks[anomalous])[0],
-        metrics.iou(seed_masks[anomalous], masks[anomalous]),
-        metrics.iou(fitted_masks[anomalous], masks[anomalous]),
-        _flagged(_masks(lambda z: _seed(z, size, nfa), extra)),
-        _flagged(_masks(lambda z: fitted_log_nfa(z, size, nfa, null), extra)),
-        _flagged(_masks(lambda z: _seed(z, size, nfa), noise)),
-        _flagged(_masks(lambda z: fitted_log_nfa(z, size, nfa, noise_null), noise)),
-    ]
+    row = [f"{metrics.oracle_iou(test['maps'][anomalous], masks[anomalous])[0]:.3f}"]
+    null = fit_null(val, nfa["window_size"], nfa["probability_threshold"])
+    for variant in VARIANTS:
+        on_good, on_noise = variant_of(variant, val, nfa), variant_of(variant, noise_val, nfa)
+        found = _masks(on_good, test_latents, size)
+        flagged, flagged_noise = _flagged(_masks(on_good, extra, size)), _flagged(_masks(on_noise, noise, size))
+        row.append(f"{metrics.iou(found[anomalous], masks[anomalous]):.3f} / {flagged:.3f} / {flagged_noise:.3f}")
     stats = latent_statistics(val, nfa["probability_threshold"])
     lines = [
         "good validation latents per scale (mean z^2, candidate rate, neighbour / channel correlation): "
@@ -132,7 +148,7 @@ def _check(run: Path, data: Path, texture: str, good_dir: Path) -> tuple[list[st
         "fitted null per scale (mean rate, sd at full windows): "
         + "; ".join(f"{m:.3f}, {math.sqrt(v):.4f}" for m, v, _ in null),
     ]
-    return [f"{v:.3f}" for v in row[:3]] + [f"{v:.3f}" for v in row[3:]], lines
+    return row, lines
 
 
 def _seed(latents: list[np.ndarray], size: tuple[int, int], nfa: dict[str, Any]) -> np.ndarray:
@@ -141,9 +157,24 @@ def _seed(latents: list[np.ndarray], size: tuple[int, int], nfa: dict[str, Any])
     return log_nfa(latents, size, **nfa)
 
 
-def _masks(log_nfa_of: Any, latents: list[np.ndarray], batch: int = 16) -> np.ndarray:
+def variant_of(name: str, good: list[np.ndarray], nfa: dict[str, Any]) -> Any:
+    """``name``'s log NFA as a function of (latents, size); ``good``: good images' latents for the fitted nulls."""
+    if name == "seed":
+        return lambda z, size: _seed(z, size, nfa)
+    if name == "fitted":
+        null = fit_null(good, nfa["window_size"], nfa["probability_threshold"])
+        return lambda z, size: fitted_log_nfa(z, size, nfa, null)
+    if name in ("windows", "levels"):
+        key, values = ("window_size", (3, 7, 15)) if name == "windows" else ("probability_threshold", (0.5, 0.9, 0.99))
+        options = [{**nfa, key: value} for value in values]
+        return lambda z, size: np.min([_seed(z, size, o) for o in options], axis=0) + math.log10(len(options))
+    null = fit_overdispersion(good, nfa)
+    return lambda z, size: quasi_binomial_log_nfa(z, size, nfa, null)
+
+
+def _masks(log_nfa_of: Any, latents: list[np.ndarray], size: tuple[int, int], batch: int = 16) -> np.ndarray:
     n = len(latents[0])
-    return np.concatenate([log_nfa_of([z[i : i + batch] for z in latents]) < 0 for i in range(0, n, batch)])
+    return np.concatenate([log_nfa_of([z[i : i + batch] for z in latents], size) < 0 for i in range(0, n, batch)])
 
 
 def _flagged(masks: np.ndarray) -> float:
@@ -185,6 +216,47 @@ def fitted_log_nfa(latents: list[np.ndarray], size: tuple[int, int], nfa: dict[s
     return fisher + math.log10(n_tests)
 
 
+def _channel_counts(latents: list[np.ndarray], nfa: dict[str, Any]) -> list[tuple[np.ndarray, np.ndarray, int]]:
+    """Per scale: the candidates of every channel in each window (B, H, W), the trials C n (H, W), C n at full size."""
+    from flowad.nfa import window_counts, window_half
+
+    tau = np.float32(chi2.ppf(nfa["probability_threshold"], 1))
+    finest = max(z.shape[-2] for z in latents)
+    out = []
+    for z in latents:
+        total, n = window_counts(z, tau, window_half(nfa["window_size"], z.shape[-2], finest))
+        out.append((total, z.shape[1] * n, int(z.shape[1] * n.max())))
+    return out
+
+
+def fit_overdispersion(good: list[np.ndarray], nfa: dict[str, Any]) -> list[tuple[float, float]]:
+    """Per scale: the candidate rate q of good images' full windows and their dispersion Var / (C n q (1 - q))."""
+    fitted = []
+    for total, trials, full in _channel_counts(good, nfa):
+        at_full = total[:, trials == full]
+        q = float(at_full.mean()) / full
+        fitted.append((q, max(float(at_full.var()) / (full * q * (1 - q)), 1.0)))
+    return fitted
+
+
+def quasi_binomial_log_nfa(
+    latents: list[np.ndarray], size: tuple[int, int], nfa: dict[str, Any], null: list[tuple[float, float]]
+) -> np.ndarray:
+    from flowad.nfa import log10_binomial_tail
+    from flowad.resize import resize_bilinear
+
+    total_log_p = 0
+    for (total, trials, _), (q, dispersion) in zip(_channel_counts(latents, nfa), null, strict=True):
+        effective = np.maximum(np.floor(trials / dispersion), 1).astype(int)  # (H, W)
+        k = np.minimum(np.ceil(total / dispersion).astype(int), effective)  # (B, H, W)
+        log_p = np.empty(k.shape)
+        for n in np.unique(effective):
+            where = effective == n
+            log_p[:, where] = log10_binomial_tail(int(n), q)[k[:, where]]
+        total_log_p = total_log_p + resize_bilinear(log_p, tuple(size))
+    return total_log_p + math.log10(sum(z.shape[-2] * z.shape[-1] for z in latents))
+
+
 def _rates_inside_outside(latents: list[np.ndarray], masks: np.ndarray, nfa: dict[str, Any]) -> list[tuple]:
     from flowad.resize import resize_bilinear
 
@@ -202,7 +274,7 @@ def _section(args: Any, rows: list[list[str]], diagnostics: list[str]) -> str:
         " with any pixel at log NFA < 0. Module docstring: the variant.\n"
     )
     return section(
-        "The NFA on real textures",
+        "The NFA on real textures" if args.data == "textures" else "The NFA on the demo",
         machine_description(args.threads),
         about,
         ["", *markdown_table(HEADERS, rows), "", "Diagnostics:", "", *diagnostics],
@@ -215,6 +287,7 @@ def _parser() -> Any:
     add_models_argument(parser, default=("uflow",))
     add_threads_argument(parser)
     add_append_argument(parser)
+    parser.add_argument("--data", choices=("textures", "demo"), default="textures", help="which images")
     parser.add_argument("--good", type=positive_int, default=200, help="extra good images per texture")
     return parser
 

@@ -2,11 +2,13 @@
 
     python benchmarks/side_by_side.py --out runs/side --seeds 0 1 2 --threads 2 --append benchmarks/RESULTS.md
     python benchmarks/side_by_side.py --out runs/side --data textures --categories brick grass gravel
+    python benchmarks/side_by_side.py --out runs/side-60s --models cflow --options '{"epochs": 7}'
 
 Each model at flowad's defaults (the demo's presets) is trained and tested once per seed and category with
 ``flowad.api.benchmark(seeds=...)``; the table gives each metric's mean ± sample standard deviation over the
 seeds: image and pixel AUROC, AUPRO, IoU at the validation threshold and at log NFA < 0, training seconds and
-test milliseconds per image (scoring the test split with torch, the NFA included). ``--data demo`` writes the
+test milliseconds per image (scoring the test split with torch, the NFA included). ``--options`` overrides
+config fields of every model run (e.g. epochs, to compare the models at equal training time). ``--data demo`` writes the
 demo data set, ``--data textures`` texture_check.py's photographs, or give a data set root (MVTec layout).
 """
 
@@ -22,6 +24,7 @@ from _harness import (
     add_models_argument,
     add_threads_argument,
     engine_settings,
+    json_object,
     machine_description,
     markdown_table,
     publish,
@@ -51,7 +54,7 @@ def main() -> None:
             force=True,
             settings=engine_settings(),
             seeds=args.seeds,
-            **DEMO_PRESETS.get(model, {}),
+            **{**DEMO_PRESETS.get(model, {}), **args.options},
         )
         for category in args.categories:
             results = [_metrics(runs / category / f"seed-{seed}") for seed in args.seeds]
@@ -98,7 +101,9 @@ def _section(args: Any, rows: list[list[str]]) -> str:
     about = (
         f"\n\nSeeds {args.seeds}; each model at flowad's defaults (the demo's presets: FastFlow 60 epochs at batch 8, "
         "U-Flow batch 8); cells: mean ± sample standard deviation over the seeds. Data: "
-        f"{args.data} ({', '.join(args.categories)}).\n"
+        f"{args.data} ({', '.join(args.categories)})."
+        + (f" Options over the defaults: {json.dumps(args.options)}." if args.options else "")
+        + "\n"
     )
     headers = [
         "model",
@@ -122,6 +127,7 @@ def _parser() -> Any:
     parser.add_argument("--data", default="demo", help="demo, textures, or a data set root (MVTec layout)")
     parser.add_argument("--categories", nargs="+", default=["fabric", "pill"])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--options", type=json_object, default={}, help="config fields for every model, JSON")
     add_models_argument(parser, default=ALL_MODELS)
     add_threads_argument(parser)
     add_append_argument(parser)

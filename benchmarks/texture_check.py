@@ -51,31 +51,41 @@ def _crop(photo: np.ndarray, rng: np.random.Generator, rows: tuple[int, int]) ->
     return crop[:, ::-1] if rng.random() < 0.5 else crop
 
 
-def _plant(crop: np.ndarray, defect: str, rng: np.random.Generator, other: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def plant_defect(
+    crop: np.ndarray, defect: str, rng: np.random.Generator, other: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """``crop`` (CROP x CROP, grey or colour) with one planted ``defect`` (DEFECTS) and its boolean mask; a
+    "patch" is a square cut from the grey photograph ``other``."""
     yy, xx = np.mgrid[:CROP, :CROP].astype(np.float32)
     cy, cx = rng.uniform(0.25, 0.75, 2) * CROP
     if defect == "stain":
         ry, rx = rng.uniform(0.08, 0.16, 2) * CROP
         weight = np.clip(1.5 - np.sqrt(((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2), 0, 1)  # soft edge
-        return crop * (1 - weight * rng.uniform(0.15, 0.25)), weight > 0.5
+        return crop * (1 - _per_pixel(weight, crop) * rng.uniform(0.15, 0.25)), weight > 0.5
     if defect == "scratch":
         angle, length = rng.uniform(0, np.pi), rng.uniform(0.3, 0.5) * CROP
         dy, dx = np.sin(angle), np.cos(angle)
         along = (yy - cy) * dy + (xx - cx) * dx
         mask = (np.abs((yy - cy) * dx - (xx - cx) * dy) <= 1.5) & (np.abs(along) <= length / 2)
-        return np.where(mask, crop + rng.choice([-40.0, 40.0]), crop), mask
+        return np.where(_per_pixel(mask, crop), crop + rng.choice([-40.0, 40.0]), crop), mask
     side = int(rng.uniform(0.2, 0.3) * CROP)
     top, left = int(cy - side / 2), int(cx - side / 2)
     mask = np.zeros((CROP, CROP), bool)
     mask[top : top + side, left : left + side] = True
     out = crop.copy()
-    out[mask] = _crop(other, rng, (0, other.shape[0]))[:side, :side].ravel()
+    out[top : top + side, left : left + side] = _per_pixel(_crop(other, rng, (0, other.shape[0]))[:side, :side], out)
     return out, mask
 
 
-def _save(path: Path, gray: np.ndarray, mode: str = "RGB") -> None:
+def _per_pixel(values: np.ndarray, image: np.ndarray) -> np.ndarray:
+    """A (H, W) weight or mask shaped to broadcast over a grey (H, W) or colour (H, W, 3) image."""
+    return values[..., None] if image.ndim == 3 else values
+
+
+def save_image(path: Path, pixels: np.ndarray, mode: str = "RGB") -> None:
+    """``pixels`` (grey or colour, 0-255) resized to SIZE as an RGB image, or as a binary mask with ``mode`` "L"."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    image = Image.fromarray(np.clip(gray, 0, 255).astype(np.uint8)).resize((SIZE, SIZE), Image.BILINEAR)
+    image = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).resize((SIZE, SIZE), Image.BILINEAR)
     (image.convert("RGB") if mode == "RGB" else image.point(lambda v: 255 if v >= 128 else 0)).save(path)
 
 
@@ -85,14 +95,14 @@ def write_data(root: Path, seed: int = 0) -> None:
         photo, other = _photo(name), _photo(TEXTURES[(i + 1) % len(TEXTURES)])
         train_rows, test_rows = (0, photo.shape[0] * 2 // 3), (photo.shape[0] * 2 // 3, photo.shape[0])
         for k in range(COUNTS["train"]):
-            _save(root / name / "train" / "good" / f"{k:03d}.png", _crop(photo, rng, train_rows))
+            save_image(root / name / "train" / "good" / f"{k:03d}.png", _crop(photo, rng, train_rows))
         for k in range(COUNTS["good"]):
-            _save(root / name / "test" / "good" / f"{k:03d}.png", _crop(photo, rng, test_rows))
+            save_image(root / name / "test" / "good" / f"{k:03d}.png", _crop(photo, rng, test_rows))
         for defect in DEFECTS:
             for k in range(COUNTS["defect"]):
-                image, mask = _plant(_crop(photo, rng, test_rows), defect, rng, other)
-                _save(root / name / "test" / defect / f"{k:03d}.png", image)
-                _save(root / name / "ground_truth" / defect / f"{k:03d}_mask.png", mask * 255.0, mode="L")
+                image, mask = plant_defect(_crop(photo, rng, test_rows), defect, rng, other)
+                save_image(root / name / "test" / defect / f"{k:03d}.png", image)
+                save_image(root / name / "ground_truth" / defect / f"{k:03d}_mask.png", mask * 255.0, mode="L")
 
 
 def write_good_crops(root: Path, count: int, seed: int = 1) -> None:
@@ -103,7 +113,7 @@ def write_good_crops(root: Path, count: int, seed: int = 1) -> None:
         photo = _photo(name)
         rows = (photo.shape[0] * 2 // 3, photo.shape[0])
         for k in range(count):
-            _save(root / name / f"{k:03d}.png", _crop(photo, rng, rows))
+            save_image(root / name / f"{k:03d}.png", _crop(photo, rng, rows))
 
 
 def main() -> None:

@@ -1,0 +1,137 @@
+"""Which normalising constants serve CFLOW-AD's map best: the training images', the held-out good images', or
+each test batch's maxima (the reference's)?
+
+    python benchmarks/cflow_constants.py RUN [RUN ...] [--batch 16] [--append benchmarks/RESULTS.md]
+
+CFLOW-AD's map is S_max - sum_l upsample(exp(lp_l - M_l)) (``flowad.models.cflow``). The constants M_l weigh
+the layers against each other; flowad stores the training images' maxima, the reference takes each test
+batch's. For every trained CFLOW-AD run given, the test split is scored with the model's own map under four
+choices of (M_l, S_max), the flow unchanged:
+
+- "training": the run's stored constants (the training images' maxima);
+- "validation": the maxima over the run's held-out good validation images (none with --val-fraction 0);
+- "test batches": each batch of --batch test images in test order normalised by its own maxima (the reference);
+- "one test batch": the whole test split as one batch.
+
+Image score = max of the map; image and pixel AUROC and AUPRO with ``flowad.metrics``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from _harness import (
+    add_append_argument,
+    add_threads_argument,
+    machine_description,
+    markdown_table,
+    positive_int,
+    publish,
+    script_parser,
+    section,
+    set_threads,
+)
+
+CHOICES = ("training", "validation", "test batches", "one test batch")
+
+
+def likelihoods(net: Any, samples: list, preprocess: Any) -> tuple[list[Any], np.ndarray]:
+    """The flow's latents of ``samples`` in batches of 16 (``FlowLatents``, with log|det|) and their masks."""
+    from flowad.data.datasets import ImageDataset
+
+    loader = torch.utils.data.DataLoader(ImageDataset(samples, preprocess), batch_size=16)
+    latents, masks = [], []
+    with torch.inference_mode():
+        for batch in loader:
+            latents.append(net.latents(batch["image"]))
+            masks.append(batch["mask"][:, 0].numpy() > 0.5)
+    return latents, np.concatenate(masks)
+
+
+def likelihood_sums(net: Any, latents: list[Any], maxima: torch.Tensor) -> torch.Tensor:
+    """S per pixel (N, H, W) with M_l = ``maxima``: the model's map with S_max = 0 is -S."""
+    net.max_log_likelihood.copy_(maxima)
+    net.max_score.zero_()
+    return torch.cat([-net.anomaly_map(z) for z in latents])
+
+
+def layer_maxima(latents: list[Any]) -> torch.Tensor:
+    from flowad.models.cflow import log_likelihood
+
+    per_batch = [[log_likelihood(z, d).amax() for z, d in zip(lat, lat.log_det, strict=True)] for lat in latents]
+    return torch.tensor(per_batch).amax(0)
+
+
+def regroup(latents: list[Any], size: int) -> list[Any]:
+    """The same latents in batches of ``size`` images, in order."""
+    from flowad.models.cflow import FlowLatents
+
+    zs = [torch.cat(scale) for scale in zip(*latents, strict=True)]
+    dets = [torch.cat(scale) for scale in zip(*(lat.log_det for lat in latents), strict=True)]
+    n = len(zs[0])
+    return [FlowLatents([z[i : i + size] for z in zs], [d[i : i + size] for d in dets]) for i in range(0, n, size)]
+
+
+def maps_under(choice: str, net: Any, test: list[Any], val: list[Any], stored: tuple, batch: int) -> np.ndarray | None:
+    if choice in ("training", "validation"):
+        if choice == "validation" and not val:
+            return None
+        maxima = stored[0] if choice == "training" else layer_maxima(val)
+        s_max = stored[1] if choice == "training" else likelihood_sums(net, val, maxima).amax()
+        return (s_max - likelihood_sums(net, test, maxima)).numpy()
+    groups = regroup(test, batch if choice == "test batches" else 10**9)
+    maps = []
+    for group in groups:
+        s = likelihood_sums(net, [group], layer_maxima([group]))
+        maps.append(s.amax() - s)
+    return torch.cat(maps).numpy()
+
+
+def check_run(run: Path, batch: int) -> list[list[str]]:
+    from flowad import metrics
+    from flowad.checkpoint import load_run
+
+    net, record = load_run(run)
+    net.eval()
+    splits = record.data.splits(record.seed)  # the run's own split
+    stored = (net.max_log_likelihood.clone(), net.max_score.clone())
+    test, masks = likelihoods(net, splits.test, record.preprocess)
+    val = likelihoods(net, [s for s in splits.val if s.label == 0], record.preprocess)[0] if splits.val else []
+    labels = np.array([s.label for s in splits.test])
+    rows = []
+    for choice in CHOICES:
+        maps = maps_under(choice, net, test, val, stored, batch)
+        if maps is None:
+            rows.append([run.name, choice, "n/a", "n/a", "n/a"])
+            continue
+        scores = maps.reshape(len(maps), -1).max(1)
+        values = (metrics.image_auroc(scores, labels), metrics.pixel_auroc(maps, masks), metrics.aupro(maps, masks))
+        rows.append([run.name, choice, *(f"{v:.3f}" for v in values)])
+        print(" | ".join(rows[-1]), flush=True)
+    return rows
+
+
+def main() -> None:
+    parser = script_parser(__doc__)
+    parser.add_argument("runs", type=Path, nargs="+", help="trained CFLOW-AD run directories")
+    parser.add_argument("--batch", type=positive_int, default=16, help="test batch size of the reference's choice")
+    add_threads_argument(parser)
+    add_append_argument(parser)
+    args = parser.parse_args()
+    set_threads(args.threads)
+    rows = [row for run in args.runs for row in check_run(run, args.batch)]
+    headers = ("run", "constants", "image AUROC", "pixel AUROC", "AUPRO")
+    text = section(
+        "CFLOW-AD's normalising constants",
+        machine_description(args.threads),
+        "",
+        ["", *markdown_table(headers, rows)],
+    )
+    publish(text, args.append)
+
+
+if __name__ == "__main__":
+    main()
