@@ -251,6 +251,17 @@ def command_line() -> str:
     return shlex.join(["python", str(shown), *sys.argv[1:]])
 
 
+def spread_cell(values: Sequence[float | None], digits: int = 3) -> str:
+    """``mean ± sample standard deviation`` of ``values`` (``flowad.tables.spread``), just the mean for one value,
+    "n/a" for none."""
+    from flowad.tables import spread
+
+    s = spread(values)
+    if s.mean is None:
+        return "n/a"
+    return f"{s.mean:.{digits}f}" + ("" if s.std is None else f" ± {s.std:.{digits}f}")
+
+
 def markdown_table(headers: Sequence[str], rows: Iterable[Sequence[object]]) -> list[str]:
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     return lines + ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]

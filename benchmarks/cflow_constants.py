@@ -5,7 +5,7 @@ each test batch's maxima (the reference's)?
 
 CFLOW-AD's map is S_max - sum_l upsample(exp(lp_l - M_l)) (``flowad.models.cflow``). The constants M_l weigh
 the layers against each other; flowad stores the training images' maxima, the reference takes each test
-batch's. For every trained CFLOW-AD run given, the test split is scored with the model's own map under four
+batch's. For every trained CFLOW-AD run given, the test split is scored with the model's own map under five
 choices of (M_l, S_max), the flow unchanged:
 
 - "training": the run's stored constants (the training images' maxima);
@@ -41,9 +41,10 @@ CHOICES = ("training", "validation", "test batches", "shuffled test batches", "o
 SHUFFLES = 20  # random test orders averaged for "shuffled test batches"
 
 
-def likelihoods(net: Any, samples: list, preprocess: Any) -> tuple[list[Any], np.ndarray]:
-    """The flow's latents of ``samples`` in batches of 16 (``FlowLatents``, with log|det|) and their masks."""
+def likelihoods(net: Any, samples: list, preprocess: Any) -> tuple[Any, np.ndarray]:
+    """The flow's latents of all ``samples`` as one ``FlowLatents`` (with log|det|), and their masks."""
     from flowad.data.datasets import ImageDataset
+    from flowad.models.cflow import FlowLatents
 
     loader = torch.utils.data.DataLoader(ImageDataset(samples, preprocess), batch_size=16)
     latents, masks = [], []
@@ -51,52 +52,44 @@ def likelihoods(net: Any, samples: list, preprocess: Any) -> tuple[list[Any], np
         for batch in loader:
             latents.append(net.latents(batch["image"]))
             masks.append(batch["mask"][:, 0].numpy() > 0.5)
-    return latents, np.concatenate(masks)
+    zs = [torch.cat(scale) for scale in zip(*latents, strict=True)]
+    dets = [torch.cat(scale) for scale in zip(*(lat.log_det for lat in latents), strict=True)]
+    return FlowLatents(zs, dets), np.concatenate(masks)
 
 
-def likelihood_sums(net: Any, latents: list[Any], maxima: torch.Tensor) -> torch.Tensor:
+def likelihood_sums(net: Any, latents: Any, maxima: torch.Tensor) -> torch.Tensor:
     """S per pixel (N, H, W) with M_l = ``maxima``: the model's map with S_max = 0 is -S."""
     net.max_log_likelihood.copy_(maxima)
     net.max_score.zero_()
-    return torch.cat([-net.anomaly_map(z) for z in latents])
+    return -net.anomaly_map(latents)
 
 
-def layer_maxima(latents: list[Any]) -> torch.Tensor:
+def layer_maxima(latents: Any) -> torch.Tensor:
     from flowad.models.cflow import log_likelihood
 
-    per_batch = [[log_likelihood(z, d).amax() for z, d in zip(lat, lat.log_det, strict=True)] for lat in latents]
-    return torch.tensor(per_batch).amax(0)
+    return torch.stack([log_likelihood(z, d).amax() for z, d in zip(latents, latents.log_det, strict=True)])
 
 
-def regroup(latents: list[Any], size: int) -> list[Any]:
-    """The same latents in batches of ``size`` images, in order."""
+def selected(latents: Any, index: torch.Tensor | slice) -> Any:
+    """The images ``index`` of ``latents`` (a ``FlowLatents``)."""
     from flowad.models.cflow import FlowLatents
 
-    zs = [torch.cat(scale) for scale in zip(*latents, strict=True)]
-    dets = [torch.cat(scale) for scale in zip(*(lat.log_det for lat in latents), strict=True)]
-    n = len(zs[0])
-    return [FlowLatents([z[i : i + size] for z in zs], [d[i : i + size] for d in dets]) for i in range(0, n, size)]
+    return FlowLatents([z[index] for z in latents], [d[index] for d in latents.log_det])
 
 
-def maps_under(choice: str, net: Any, test: list[Any], val: list[Any], stored: tuple, batch: int) -> np.ndarray:
+def maps_under(choice: str, net: Any, test: Any, val: Any, stored: tuple, batch: int) -> np.ndarray:
     if choice in ("training", "validation"):
         maxima = stored[0] if choice == "training" else layer_maxima(val)
         s_max = stored[1] if choice == "training" else likelihood_sums(net, val, maxima).amax()
         return (s_max - likelihood_sums(net, test, maxima)).numpy()
+    n = len(test[0])
+    size = n if choice == "one test batch" else batch
     maps = []
-    for group in regroup(test, 10**9 if choice == "one test batch" else batch):
-        s = likelihood_sums(net, [group], layer_maxima([group]))
+    for start in range(0, n, size):
+        group = selected(test, slice(start, start + size))
+        s = likelihood_sums(net, group, layer_maxima(group))
         maps.append(s.amax() - s)
     return torch.cat(maps).numpy()
-
-
-def shuffled(latents: list[Any], order: np.ndarray) -> list[Any]:
-    """The test latents in ``order``, as one batch (``maps_under`` regroups them)."""
-    from flowad.models.cflow import FlowLatents
-
-    whole = regroup(latents, 10**9)[0]
-    index = torch.from_numpy(order)
-    return [FlowLatents([z[index] for z in whole], [d[index] for d in whole.log_det])]
 
 
 def check_run(run: Path, batch: int) -> list[list[str]]:
@@ -108,7 +101,8 @@ def check_run(run: Path, batch: int) -> list[list[str]]:
     splits = record.data.splits(record.seed)  # the run's own split
     stored = (net.max_log_likelihood.clone(), net.max_score.clone())
     test, masks = likelihoods(net, splits.test, record.preprocess)
-    val = likelihoods(net, [s for s in splits.val if s.label == 0], record.preprocess)[0] if splits.val else []
+    good_val = [s for s in splits.val if s.label == 0]
+    val = likelihoods(net, good_val, record.preprocess)[0] if good_val else None
     labels = np.array([s.label for s in splits.test])
 
     def quality(maps: np.ndarray, order: np.ndarray) -> tuple[float, float, float]:
@@ -122,13 +116,15 @@ def check_run(run: Path, batch: int) -> list[list[str]]:
     rows = []
     name = f"{run.parent.name}/{run.name}"
     for choice in CHOICES:
-        if choice == "validation" and not val:
+        if choice == "validation" and val is None:
             rows.append([name, choice, "n/a", "n/a", "n/a"])
             continue
         orders = [np.arange(len(labels))]
         if choice == "shuffled test batches":
             orders = [np.random.default_rng(i).permutation(len(labels)) for i in range(SHUFFLES)]
-        scored = [quality(maps_under(choice, net, shuffled(test, o), val, stored, batch), o) for o in orders]
+        scored = [
+            quality(maps_under(choice, net, selected(test, torch.from_numpy(o)), val, stored, batch), o) for o in orders
+        ]
         values = np.mean(scored, axis=0)
         rows.append([name, choice, *(f"{v:.3f}" for v in values)])
         print(" | ".join(rows[-1]), flush=True)

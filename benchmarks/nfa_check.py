@@ -186,17 +186,20 @@ def _flagged(masks: np.ndarray) -> float:
     return float(masks.any(axis=(1, 2)).mean())
 
 
-def _rates(latents: list[np.ndarray], nfa: dict[str, Any]) -> list[tuple[np.ndarray, np.ndarray, int]]:
-    """Per scale: the window candidate rate (B, H, W), the window sizes n (H, W) and the full window size."""
+def _window_counts(latents: list[np.ndarray], nfa: dict[str, Any]) -> list[tuple[np.ndarray, np.ndarray, int]]:
+    """Per scale, as the seed's test counts them: the candidates of all channels in each window (B, H, W), the
+    window sizes n (H, W) and the number of channels C."""
     from flowad.nfa import window_counts, window_half
 
     tau = np.float32(chi2.ppf(nfa["probability_threshold"], 1))
     finest = max(z.shape[-2] for z in latents)
-    out = []
-    for z in latents:
-        total, n = window_counts(z, tau, window_half(nfa["window_size"], z.shape[-2], finest))
-        out.append((total / (z.shape[1] * n), n, int(n.max())))
-    return out
+    half = [window_half(nfa["window_size"], z.shape[-2], finest) for z in latents]
+    return [(*window_counts(z, tau, h), z.shape[1]) for z, h in zip(latents, half, strict=True)]
+
+
+def _rates(latents: list[np.ndarray], nfa: dict[str, Any]) -> list[tuple[np.ndarray, np.ndarray, int]]:
+    """Per scale: the window candidate rate (B, H, W), the window sizes n (H, W) and the full window size."""
+    return [(total / (c * n), n, int(n.max())) for total, n, c in _window_counts(latents, nfa)]
 
 
 def fit_null(good: list[np.ndarray], window_size: int, threshold: float) -> list[tuple[float, float, int]]:
@@ -223,15 +226,7 @@ def fitted_log_nfa(latents: list[np.ndarray], size: tuple[int, int], nfa: dict[s
 
 def _channel_counts(latents: list[np.ndarray], nfa: dict[str, Any]) -> list[tuple[np.ndarray, np.ndarray, int]]:
     """Per scale: the candidates of every channel in each window (B, H, W), the trials C n (H, W), C n at full size."""
-    from flowad.nfa import window_counts, window_half
-
-    tau = np.float32(chi2.ppf(nfa["probability_threshold"], 1))
-    finest = max(z.shape[-2] for z in latents)
-    out = []
-    for z in latents:
-        total, n = window_counts(z, tau, window_half(nfa["window_size"], z.shape[-2], finest))
-        out.append((total, z.shape[1] * n, int(z.shape[1] * n.max())))
-    return out
+    return [(total, c * n, int(c * n.max())) for total, n, c in _window_counts(latents, nfa)]
 
 
 def fit_overdispersion(good: list[np.ndarray], nfa: dict[str, Any]) -> list[tuple[float, float]]:

@@ -30,6 +30,7 @@ from _harness import (
     script_parser,
     section,
     set_threads,
+    spread_cell,
 )
 from object_data import CATEGORY, write_object_data
 
@@ -49,8 +50,6 @@ def train_and_test(out: Path, model: str, data: Path, options: dict[str, Any], v
 def main() -> None:
     args = _parser().parse_args()
     set_threads(args.threads)
-    from flowad.tables import spread
-
     data = args.out / "data"
     if not (data / CATEGORY / "ground_truth").is_dir():
         write_object_data(data)
@@ -63,10 +62,7 @@ def main() -> None:
                 results = [
                     train_and_test(args.out / name / f"seed-{s}", model, data, options, fraction, s) for s in args.seeds
                 ]
-                cells = []
-                for key in KEYS:
-                    s = spread([r[key] for r in results])
-                    cells.append(f"{s.mean:.3f}" + ("" if s.std is None else f" ± {s.std:.3f}"))
+                cells = [spread_cell([r[key] for r in results]) for key in KEYS]
                 rows.append([model, stats, f"{fraction:g}", *cells])
                 print(" | ".join(rows[-1]), flush=True)
     about = f"\n\nSeeds {args.seeds}. Settings and data: the module docstring.\n"

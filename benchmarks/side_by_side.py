@@ -31,6 +31,7 @@ from _harness import (
     script_parser,
     section,
     set_threads,
+    spread_cell,
 )
 
 KEYS = ("image_auroc", "pixel_auroc", "aupro", "iou", "iou_nfa", "train_seconds", "test_ms_per_image")
@@ -88,13 +89,7 @@ def _metrics(run: Path) -> dict[str, Any]:
 
 
 def _cell(values: list[float | None], key: str) -> str:
-    from flowad.tables import spread
-
-    s = spread(values)
-    if s.mean is None:
-        return "n/a"
-    digits = 0 if key in ("train_seconds", "test_ms_per_image") else 3
-    return f"{s.mean:.{digits}f}" + ("" if s.std is None else f" ± {s.std:.{digits}f}")
+    return spread_cell(values, 0 if key in ("train_seconds", "test_ms_per_image") else 3)
 
 
 def _section(args: Any, rows: list[list[str]]) -> str:
