@@ -316,12 +316,15 @@ def engine_settings(device: str = "cpu", **settings: Any) -> Any:
     return EngineSettings(quiet=True, device=device, **settings)
 
 
-def train_run(out: Path, model: str, data: Path, category: str, options: dict[str, Any], device: str = "cpu") -> Path:
-    """Train ``model`` with ``options`` (its config fields) on ``data``/``category`` through ``flowad.api.train``,
-    replacing ``out``; returns the run directory."""
+def train_run(
+    out: Path, model: str, data: Any, category: str | None, options: dict[str, Any], device: str = "cpu", seed: int = 0
+) -> Path:
+    """Train ``model`` with ``options`` (its config fields) on ``data``/``category`` (or a ``DataSpec``, category
+    None) through ``flowad.api.train`` with ``seed``, replacing ``out``; returns the run directory."""
     from flowad import api
 
-    return api.train(model, data, out, category=category, force=True, settings=engine_settings(device), **options)
+    settings = engine_settings(device)
+    return api.train(model, data, out, category=category, seed=seed, force=True, settings=settings, **options)
 
 
 def run_metrics(run: Path, device: str = "cpu") -> dict[str, Any]:

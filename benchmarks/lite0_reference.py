@@ -12,6 +12,8 @@ same out-indices 1, 2, 3 (strides 4, 8, 16, as flowad's), and U-Flow's LayerNorm
 out-indices of it; the weights file (``cflow_reference_check.py weights``) is then loaded into it. Inputs are
 normalised with ImageNet's statistics (anomalib's default); the test split is scored in batches of
 ``--batch-size`` (FastFlow's and U-Flow's maps depend on their image alone, so batches change nothing).
+With ``--latent-stats`` (U-Flow) the result also holds the good test images' mean z^2 per scale (1 under N(0, 1)),
+the figure uflow_objective.py gives for flowad's.
 """
 
 from __future__ import annotations
@@ -55,9 +57,22 @@ def build_on_lite0(args: argparse.Namespace):
     return module, extractor, worker.load_backbone(extractor, args.weights)
 
 
+def good_test_mean_z2(module, images, maps_out: str) -> list[float]:
+    """U-Flow's good test images' mean z^2 per scale, finest first, from the pre-processed test images."""
+    import numpy as np
+    import torch
+
+    good = torch.from_numpy(~np.load(maps_out)["labels"])
+    net = module.model.eval()
+    with torch.inference_mode():
+        latents, _ = net.encode(net.feature_extractor(images[good]))
+    return [float(z.pow(2).mean()) for z in latents]
+
+
 def main() -> None:
     parser = script_parser(__doc__)
     add_worker_arguments(parser)
+    parser.add_argument("--latent-stats", action="store_true", help="U-Flow: the good test images' mean z^2")
     args = parser.parse_args()
     check_worker_arguments(parser, args, "run")
     if args.model not in ("fastflow", "uflow"):
@@ -66,7 +81,18 @@ def main() -> None:
 
     worker.build = build_on_lite0
     set_threads(args.threads)
-    write_worker_result(worker.run(args), args.json_out)
+    stats = {}
+    if args.latent_stats:
+        score_test = worker.score_test
+
+        def score_and_measure(module, datamodule, maps_out: str):
+            images = score_test(module, datamodule, maps_out)
+            stats["good_test_mean_z2"] = good_test_mean_z2(module, images, maps_out)
+            print("good test images' mean z^2 per scale:", [round(v, 3) for v in stats["good_test_mean_z2"]])
+            return images
+
+        worker.score_test = score_and_measure
+    write_worker_result({**worker.run(args), **stats}, args.json_out)
 
 
 if __name__ == "__main__":

@@ -28,6 +28,15 @@ presets), then on its latents:
   same number of tests (a union bound over every position of every scale), times 100: exact tests at NFA < 1
   allow one false detection per image on average (26 % of pure-noise images flagged, measured), and the target
   is at most one image in 100 flagged, so this variant asks NFA < 0.01.
+- "regions" and "regions, fitted": region candidates. Per scale, each position's energy sum_c z^2 gets an
+  upper-tail probability p: the chi-square(C) tail ("regions": the seed's N(0, 1) null) or the share of the good
+  validation images' positions of that scale with at least that energy ("regions, fitted": an empirical null, no
+  labels). At each level l in REGION_LEVELS the 4-connected components of {p < l} are the candidates; a component
+  of n positions has NFA = T (3e)^(n - 1) l^n with T = every position of every scale x the levels x 100: under
+  independent positions, P(a given connected set of n positions all below l) = l^n, and a graph of degree 4 has
+  at most (e (4 - 1))^(n - 1) connected sets of n vertices through a given vertex, so every possible region is
+  counted in the tests; the 100 asks NFA < 0.01 as the quasi-binomial variant does. The detected positions are
+  upsampled bilinearly to the image (a pixel is flagged where the upsampled indicator is above one half).
 """
 
 from __future__ import annotations
@@ -67,7 +76,7 @@ def main() -> None:
             run = args.out / model / texture
             if not (run / "config.json").is_file():
                 train_run(run, model, data, texture, dict(DEMO_PRESETS.get(model, {})))
-            row, lines = _check(run, data, texture, good / texture)
+            row, lines = _check(run, data, texture, good / texture, args.variants)
             rows.append([model, texture, *row])
             diagnostics += [f"- {model}, {texture}: {line}" for line in lines]
             print(rows[-1], *lines, sep="\n", flush=True)
@@ -75,7 +84,8 @@ def main() -> None:
 
 
 EPSILON_TESTS = 100  # the quasi-binomial variant's tests at NFA < 0.01 (module docstring)
-VARIANTS = ("seed", "fitted", "windows", "levels", "quasi-binomial")
+VARIANTS = ("seed", "fitted", "windows", "levels", "quasi-binomial", "regions", "regions, fitted")
+REGION_LEVELS = (0.1, 0.01, 0.001)
 
 
 def write_images(out: Path, name: str, good_images: int) -> tuple[Path, Path, tuple[str, ...]]:
@@ -102,10 +112,9 @@ def write_images(out: Path, name: str, good_images: int) -> tuple[Path, Path, tu
     return data, good, CATEGORIES
 
 
-HEADERS = ("model", "texture", "oracle IoU", *(f"{v}: IoU / good / noise flagged" for v in VARIANTS))
-
-
-def _check(run: Path, data: Path, texture: str, good_dir: Path) -> tuple[list[str], list[str]]:
+def _check(
+    run: Path, data: Path, texture: str, good_dir: Path, variants: tuple[str, ...]
+) -> tuple[list[str], list[str]]:
     from flowad import metrics
     from flowad.checkpoint import load_run
     from flowad.data.datasets import ImageDataset, Sample, list_images
@@ -136,7 +145,7 @@ def _check(run: Path, data: Path, texture: str, good_dir: Path) -> tuple[list[st
     masks = test["masks"]
     row = [f"{metrics.oracle_iou(test['maps'][anomalous], masks[anomalous])[0]:.3f}"]
     null = fit_null(val, nfa["window_size"], nfa["probability_threshold"])
-    for variant in VARIANTS:
+    for variant in variants:
         on_good, on_noise = variant_of(variant, val, nfa), variant_of(variant, noise_val, nfa)
         found = _masks(on_good, test_latents, size)
         flagged, flagged_noise = _flagged(_masks(on_good, extra, size)), _flagged(_masks(on_noise, noise, size))
@@ -173,6 +182,9 @@ def variant_of(name: str, good: list[np.ndarray], nfa: dict[str, Any]) -> Any:
         key, values = ("window_size", (3, 7, 15)) if name == "windows" else ("probability_threshold", (0.5, 0.9, 0.99))
         options = [{**nfa, key: value} for value in values]
         return lambda z, size: np.min([_seed(z, size, o) for o in options], axis=0) + math.log10(len(options))
+    if name.startswith("regions"):
+        tails = energy_tails(good if name.endswith("fitted") else None, [z.shape[1] for z in good])
+        return lambda z, size: region_log_nfa(z, size, tails)
     null = fit_overdispersion(good, nfa)
     return lambda z, size: quasi_binomial_log_nfa(z, size, nfa, null)
 
@@ -257,6 +269,39 @@ def quasi_binomial_log_nfa(
     return smallest + math.log10(sum(z.shape[-2] * z.shape[-1] for z in latents)) + math.log10(EPSILON_TESTS)
 
 
+def energy_tails(good: list[np.ndarray] | None, channels: list[int]) -> list[Any]:
+    """Per scale, energy (sum_c z^2) -> its upper-tail probability: chi-square(C), or empirical over ``good``."""
+    if good is None:
+        return [lambda e, c=c: chi2.sf(e, c) for c in channels]
+    tails = []
+    for z in good:
+        energies = np.sort(np.square(z).sum(1).ravel())
+        tails.append(lambda e, s=energies: (len(s) - np.searchsorted(s, e, side="left") + 1) / (len(s) + 1))
+    return tails
+
+
+def region_log_nfa(latents: list[np.ndarray], size: tuple[int, int], tails: list[Any]) -> np.ndarray:
+    """-1 where a region candidate at NFA < 0.01 covers the pixel, +1 elsewhere (module docstring)."""
+    from scipy import ndimage
+
+    from flowad.resize import resize_bilinear
+
+    positions = sum(z.shape[-2] * z.shape[-1] for z in latents)
+    log_tests = math.log10(positions * len(REGION_LEVELS) * EPSILON_TESTS)
+    flagged = np.zeros((len(latents[0]), *size), dtype=bool)
+    for z, tail in zip(latents, tails, strict=True):
+        p = tail(np.square(z).sum(1))
+        found = np.zeros(p.shape, dtype=np.float32)
+        for level, image in ((lv, i) for lv in REGION_LEVELS for i in range(len(p))):
+            labels, count = ndimage.label(p[image] < level)
+            if count:
+                n = np.bincount(labels.ravel())[1:]
+                log_nfa = log_tests + (n - 1) * math.log10(3 * math.e) + n * math.log10(level)
+                found[image] = np.maximum(found[image], np.concatenate([[0.0], log_nfa < 0])[labels])
+        flagged |= resize_bilinear(found, tuple(size)) > 0.5
+    return np.where(flagged, -1.0, 1.0)
+
+
 def _rates_inside_outside(latents: list[np.ndarray], masks: np.ndarray, nfa: dict[str, Any]) -> list[tuple]:
     from flowad.resize import resize_bilinear
 
@@ -277,8 +322,12 @@ def _section(args: Any, rows: list[list[str]], diagnostics: list[str]) -> str:
         "The NFA on real textures" if args.data == "textures" else "The NFA on the demo",
         machine_description(args.threads),
         about,
-        ["", *markdown_table(HEADERS, rows), "", "Diagnostics:", "", *diagnostics],
+        ["", *markdown_table(_headers(args.variants), rows), "", "Diagnostics:", "", *diagnostics],
     )
+
+
+def _headers(variants: tuple[str, ...]) -> tuple[str, ...]:
+    return ("model", "texture", "oracle IoU", *(f"{v}: IoU / good / noise flagged" for v in variants))
 
 
 def _parser() -> Any:
@@ -289,6 +338,7 @@ def _parser() -> Any:
     add_append_argument(parser)
     parser.add_argument("--data", choices=("textures", "demo"), default="textures", help="which images")
     parser.add_argument("--good", type=positive_int, default=200, help="extra good images per texture")
+    parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=VARIANTS, help="the tests to measure")
     return parser
 
 

@@ -102,16 +102,18 @@ def test_mismatched_feature_sizes_are_a_clear_error() -> None:
         flow([torch.randn(1, 8, 6, 6), torch.randn(1, 8, 2, 2)])
 
 
-def test_learning_rate_falls_linearly_to_the_end_factor(model: UFlow) -> None:
+def test_learning_rate_falls_linearly_over_its_own_horizon_not_the_runs(model: UFlow, monkeypatch) -> None:
+    monkeypatch.setattr(model.config, "lr_decay_epochs", 10)
     optimizer = model.optimizer()
-    scheduler = model.scheduler(optimizer, epochs=10)
+    scheduler = model.scheduler(optimizer, epochs=3)  # the run's length does not set the horizon
     lrs = []
-    for _ in range(10):
+    for _ in range(12):
         optimizer.step()
         scheduler.step()
         lrs.append(optimizer.param_groups[0]["lr"])
     assert lrs[4] == pytest.approx(1e-3 * (1 - 0.6 * 5 / 10))
-    assert lrs[-1] == pytest.approx(0.4e-3)
+    assert lrs[9] == pytest.approx(0.4e-3)
+    assert lrs[-1] == pytest.approx(0.4e-3)  # then stays
 
 
 def _small_cait(monkeypatch) -> None:

@@ -68,6 +68,7 @@ RANGES: dict[str, Range] = {
     "affine_clamp": POSITIVE,
     "affine_subnet_channels_ratio": POSITIVE,
     "lr_end_factor": Range(low=0, high=1, open_low=True),
+    "lr_decay_epochs": COUNT,
     "parallel_blocks": COUNT,
     "top_k": Range(low=0, high=1, open_low=True),
     "lr_warmup_fraction": FRACTION,

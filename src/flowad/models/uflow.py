@@ -41,7 +41,11 @@ class UFlowConfig(ModelConfig):
     affine_subnet_channels_ratio: float = 1.0
     permute_soft: bool = False
     epochs: int = 120  # ~2 minutes on 2 CPU cores for 48 images at 256 (lite0); the paper trains 200-500
-    lr_end_factor: float = 0.4  # LinearLR from 1.0 to this factor of lr over the run
+    lr_end_factor: float = 0.4  # LinearLR from 1.0 to this factor of lr ...
+    # ... reached after this many epochs whatever the run's length (the paper's longest runs): a short run keeps
+    # nearly the full rate, as the reference's 25000-step horizon does, and the rate at an epoch never depends
+    # on how many epochs follow it
+    lr_decay_epochs: int = 500
 
 
 def upsampled_channels(channels: int) -> int:
@@ -145,5 +149,5 @@ class UFlow(AnomalyModel):
 
     def scheduler(self, optimizer: torch.optim.Optimizer, epochs: int) -> torch.optim.lr_scheduler.LinearLR:
         return torch.optim.lr_scheduler.LinearLR(
-            optimizer, start_factor=1.0, end_factor=self.config.lr_end_factor, total_iters=max(epochs, 1)
+            optimizer, start_factor=1.0, end_factor=self.config.lr_end_factor, total_iters=self.config.lr_decay_epochs
         )
