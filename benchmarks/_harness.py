@@ -274,6 +274,13 @@ def section(title: str, machine: str | None, about: str, lines: Sequence[str]) -
     return "\n".join([heading, "", f"Command: `{command_line()}`{about}", *lines]).rstrip("\n") + "\n"
 
 
+def table_section(
+    title: str, threads: int, about: str, headers: Sequence[str], rows: Iterable[Sequence[object]]
+) -> str:
+    """A RESULTS.md section (``section``) on this machine at ``threads`` threads whose body is one table."""
+    return section(title, machine_description(threads), about, ["", *markdown_table(headers, rows)])
+
+
 def publish(text: str, append_to: str | None) -> None:
     """Print a section, and append it to ``append_to`` (after a blank line) when given."""
     print(text)

@@ -28,13 +28,11 @@ import torch
 from _harness import (
     add_append_argument,
     add_threads_argument,
-    machine_description,
-    markdown_table,
     positive_int,
     publish,
     script_parser,
-    section,
     set_threads,
+    table_section,
 )
 
 CHOICES = ("training", "validation", "test batches", "shuffled test batches", "one test batch")
@@ -141,13 +139,7 @@ def main() -> None:
     set_threads(args.threads)
     rows = [row for run in args.runs for row in check_run(run, args.batch)]
     headers = ("run", "constants", "image AUROC", "pixel AUROC", "AUPRO")
-    text = section(
-        "CFLOW-AD's normalising constants",
-        machine_description(args.threads),
-        "",
-        ["", *markdown_table(headers, rows)],
-    )
-    publish(text, args.append)
+    publish(table_section("CFLOW-AD's normalising constants", args.threads, "", headers, rows), args.append)
 
 
 if __name__ == "__main__":

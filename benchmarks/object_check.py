@@ -23,14 +23,12 @@ from _harness import (
     add_models_argument,
     add_threads_argument,
     engine_settings,
-    machine_description,
-    markdown_table,
     publish,
     run_metrics,
     script_parser,
-    section,
     set_threads,
     spread_cell,
+    table_section,
 )
 from object_data import CATEGORY, write_object_data
 
@@ -67,15 +65,8 @@ def main() -> None:
                 print(" | ".join(rows[-1]), flush=True)
     about = f"\n\nSeeds {args.seeds}. Settings and data: the module docstring.\n"
     headers = ("model", "input statistics", "val. fraction", "image AUROC", "pixel AUROC", "AUPRO", "image F1", "IoU")
-    publish(
-        section(
-            "A real object: input statistics and validation split",
-            machine_description(args.threads),
-            about,
-            ["", *markdown_table(headers, rows)],
-        ),
-        args.append,
-    )
+    title = "A real object: input statistics and validation split"
+    publish(table_section(title, args.threads, about, headers, rows), args.append)
 
 
 def _parser() -> Any:

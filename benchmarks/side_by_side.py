@@ -25,13 +25,11 @@ from _harness import (
     add_threads_argument,
     engine_settings,
     json_object,
-    machine_description,
-    markdown_table,
     publish,
     script_parser,
-    section,
     set_threads,
     spread_cell,
+    table_section,
 )
 
 KEYS = ("image_auroc", "pixel_auroc", "aupro", "iou", "iou_nfa", "train_seconds", "test_ms_per_image")
@@ -111,9 +109,7 @@ def _section(args: Any, rows: list[list[str]]) -> str:
         "train s",
         "test ms/image",
     ]
-    return section(
-        "All four models over seeds", machine_description(args.threads), about, ["", *markdown_table(headers, rows)]
-    )
+    return table_section("All four models over seeds", args.threads, about, headers, rows)
 
 
 def _parser() -> Any:

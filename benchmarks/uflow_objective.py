@@ -33,14 +33,12 @@ from _harness import (
     add_append_argument,
     add_threads_argument,
     engine_settings,
-    machine_description,
-    markdown_table,
     publish,
     run_metrics,
     script_parser,
-    section,
     set_threads,
     spread_cell,
+    table_section,
     train_run,
 )
 from object_data import CATEGORY as OBJECT
@@ -117,15 +115,7 @@ def main() -> None:
             rows.append([category, way, *cells, " / ".join(f"{v:.2f}" for v in np.mean(energies, axis=0))])
     headers = ("data", "way", "image AUROC", "pixel AUROC", "AUPRO", "IoU at NFA", "good flagged", "mean z^2 per scale")
     about = f"\n\nSeeds {', '.join(map(str, args.seeds))}; cells: mean ± sample standard deviation. Ways: docstring.\n"
-    publish(
-        section(
-            "U-Flow's objective and schedule",
-            machine_description(args.threads),
-            about,
-            ["", *markdown_table(headers, rows)],
-        ),
-        args.append,
-    )
+    publish(table_section("U-Flow's objective and schedule", args.threads, about, headers, rows), args.append)
 
 
 def _parser() -> Any:
