@@ -22,13 +22,13 @@ from _harness import (
     add_append_argument,
     add_models_argument,
     add_threads_argument,
-    engine_settings,
     publish,
     run_metrics,
     script_parser,
     set_threads,
     spread_cell,
     table_section,
+    train_run,
 )
 from object_data import CATEGORY, write_object_data
 
@@ -37,12 +37,10 @@ KEYS = ("image_auroc", "pixel_auroc", "aupro", "image_f1", "iou")
 
 
 def train_and_test(out: Path, model: str, data: Path, options: dict[str, Any], val_fraction: float, seed: int) -> dict:
-    from flowad import api
     from flowad.data.spec import DataSpec
 
     spec = DataSpec(root=str(data), category=CATEGORY, val_fraction=val_fraction)
-    run = api.train(model, spec, out, seed=seed, force=True, settings=engine_settings(), **options)
-    return run_metrics(run)
+    return run_metrics(train_run(out, model, spec, None, options, seed=seed))
 
 
 def main() -> None:

@@ -41,10 +41,10 @@ class UFlowConfig(ModelConfig):
     affine_subnet_channels_ratio: float = 1.0
     permute_soft: bool = False
     epochs: int = 120  # ~2 minutes on 2 CPU cores for 48 images at 256 (lite0); the paper trains 200-500
-    lr_end_factor: float = 0.4  # LinearLR from 1.0 to this factor of lr ...
-    # ... reached after this many epochs whatever the run's length (the paper's longest runs): a short run keeps
-    # nearly the full rate, as the reference's 25000-step horizon does, and the rate at an epoch never depends
-    # on how many epochs follow it
+    # LinearLR from 1.0 to lr_end_factor of lr, reached after lr_decay_epochs (the paper's longest runs) whatever
+    # the run's length: a short run keeps nearly the full rate, as the reference's 25000-step horizon does, and
+    # the rate at an epoch never depends on how many epochs follow it
+    lr_end_factor: float = 0.4
     lr_decay_epochs: int = 500
 
 
