@@ -131,6 +131,10 @@ def test_nfa_threshold_for_test_and_predict(run: Path, demo: Path, tmp_path: Pat
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["threshold"]["method"] == "nfa" and "log NFA < 0" in printed
     assert 0 <= metrics["iou_nfa"] <= 1 and metrics["iou"] == metrics["iou_nfa"]
+    with np.load(run / "test_outputs.npz") as outputs:  # the NFA's masks, as --threshold nfa predicts them
+        good = outputs["labels"] == 0
+        assert metrics["nfa_good_flagged"] == outputs["pred_masks"][good].any(axis=(1, 2)).mean()
+    assert "nfa_good_flagged" in printed
     out = tmp_path / "nfa"
     folder = demo / "fabric" / "test" / "good"
     assert main(["predict", "--run", str(run), "--input", str(folder), "--out", str(out), "--threshold", "nfa"]) == 0

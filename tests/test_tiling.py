@@ -123,6 +123,8 @@ def test_a_tiled_run_trains_tests_and_predicts_alike_on_every_engine(
     assert main([*args, *TILED_TRAIN]) == 0
     config = json.loads((run / "config.json").read_text())
     assert config["preprocess"]["tile"] == 64 and config["train"]["tiles"] == 4 * 9
+    # readiness: the NFA over each whole validation image's tiles, the statistics over its tiles
+    assert config["train"]["nfa_flagged"]["good_images"] == 1 and len(config["train"]["latents"]) >= 1
     log = json.loads((run / "train_log.json").read_text())
     assert log["cache_bytes"] % (4 * 9) == 0  # the cache holds the tiles' features
     assert main(["test", "--run", str(run), "--quiet"]) == 0

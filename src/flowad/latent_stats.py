@@ -11,7 +11,8 @@ only if the good images' latents are N(0, 1) and independent. Per latent scale t
   neighbours (0 under the null). Correlated neighbours make the window's count spread more than a binomial;
 - ``channel_correlation``: the mean absolute correlation between two channels at the same position (0).
 
-:func:`readiness_warnings` turns these into warnings when the NFA's promise cannot be trusted.
+:func:`readiness_warnings` turns these, and the number of good images that log NFA < 0 flags (the promise
+itself, measured on the run's good validation images), into warnings when the NFA cannot be trusted.
 """
 
 from __future__ import annotations
@@ -99,9 +100,15 @@ def _channel_correlation(z: np.ndarray, max_values: int = 200_000) -> float:
     return float(np.nanmean(off_diagonal))
 
 
-def readiness_warnings(stats: Sequence[ScaleStatistics]) -> list[str]:
-    """What keeps the NFA from holding its promise on this run's good images (empty when nothing does)."""
+def readiness_warnings(stats: Sequence[ScaleStatistics], flagged: int = 0, images: int = 0) -> list[str]:
+    """What keeps the NFA from holding its promise on this run's good images (empty when nothing does);
+    ``flagged`` of the ``images`` good images have a pixel at log NFA < 0."""
     warnings = []
+    if flagged:  # the promise is fewer than one false detection per image on average: any is a sign
+        warnings.append(
+            f"log NFA < 0 flags {flagged} of {images} good validation images: its masks may flag good images; "
+            "prefer a validation threshold for this run"
+        )
     for i, s in enumerate(stats):
         where = f"latent scale {i} {s.shape}"
         if s.candidate_rate > s.expected_candidate_rate + MAX_CANDIDATE_EXCESS or s.mean_z2 > MAX_MEAN_Z2:

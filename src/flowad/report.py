@@ -42,6 +42,7 @@ METRIC_ROWS = (
     ("pixel_f1", "Pixel F1"),
     ("iou", "IoU at the threshold"),
     ("iou_nfa", "IoU at log NFA = 0"),
+    ("nfa_good_flagged", "Good images flagged at log NFA < 0"),
     ("oracle_iou", "Oracle IoU (best test threshold)"),
     ("image_f1_max", "Image F1-max (best test threshold)"),
     ("train_seconds", "Train seconds"),

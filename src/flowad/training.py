@@ -28,7 +28,7 @@ from flowad.checkpoint import (
     save_run,
     write_json,
 )
-from flowad.data.datasets import check_masks
+from flowad.data.datasets import Sample, check_masks
 from flowad.data.spec import DataSpec
 from flowad.data.tiles import image_dataset, training_dataset
 from flowad.engine import divergence_message, infer, running
@@ -36,6 +36,7 @@ from flowad.engine import train as train_head
 from flowad.errors import FlowadError, InputError
 from flowad.latent_stats import latent_statistics, readiness_warnings
 from flowad.models import AnomalyModel, model_class
+from flowad.nfa import nfa_masks
 from flowad.preprocess import Preprocess
 from flowad.records import EngineSettings, TrainRequest
 from flowad.runlog import log_to, logger
@@ -103,23 +104,34 @@ def validation_metrics(
     return validate
 
 
-def latent_readiness(net: AnomalyModel, good: Dataset, settings: EngineSettings) -> tuple[list[dict], list[str]]:
-    """How far the latents of the good images of ``good`` are from N(0, 1) per scale (:mod:`flowad.latent_stats`),
-    and the warnings that follow for the NFA, each logged and printed on stderr."""
-    loader = torch.utils.data.DataLoader(good, batch_size=8)
+def latent_readiness(
+    net: AnomalyModel, good: list[Sample], preprocess: Preprocess, settings: EngineSettings
+) -> dict[str, Any]:
+    """How far the latents of the ``good`` images are from N(0, 1) per scale (:mod:`flowad.latent_stats`), how many
+    of them log NFA < 0 flags (the promise, measured), and the warnings that follow, each logged and printed."""
+    out = infer(net, image_dataset(good, preprocess), settings, keep_latents=True)
+    flags = out["nfa_masks"] if "nfa_masks" in out else nfa_masks(net, out["latents"])  # a tiled run's: over tiles
+    flagged = int(flags.any(axis=(1, 2)).sum())
+    # a tiled run's statistics are its tiles', as the flow sees them
+    latents = out["latents"] if "latents" in out else _item_latents(net, training_dataset(good, preprocess), settings)
+    stats = latent_statistics(latents, net.config.nfa_probability_threshold)
+    warnings = readiness_warnings(stats, flagged, len(good))
+    for message in warnings:
+        logger.warning(message)
+        if not settings.quiet:
+            print(f"warning: {message}", file=sys.stderr)
+    nfa_flagged = {"good_images": len(good), "flagged": flagged}
+    return {"latents": [s.to_dict() for s in stats], "nfa_flagged": nfa_flagged, "nfa_warnings": warnings}
+
+
+def _item_latents(net: AnomalyModel, items: Dataset, settings: EngineSettings) -> list[torch.Tensor]:
+    loader = torch.utils.data.DataLoader(items, batch_size=8)
     chunks = []
     with running(net, settings) as device, torch.no_grad():
         net.eval()
         for batch in loader:
             chunks.append([z.cpu() for z in net.latents(batch["image"].to(device))])
-    latents = [torch.cat(scale) for scale in zip(*chunks, strict=True)]
-    stats = latent_statistics(latents, net.config.nfa_probability_threshold)
-    warnings = readiness_warnings(stats)
-    for message in warnings:
-        logger.warning(message)
-        if not settings.quiet:
-            print(f"warning: {message}", file=sys.stderr)
-    return [s.to_dict() for s in stats], warnings
+    return [torch.cat(scale) for scale in zip(*chunks, strict=True)]
 
 
 def _prepare_run_dir(out: str | Path, force: bool) -> Path:
@@ -170,8 +182,7 @@ def _train_run(run_dir: Path, request: TrainRequest, resume: bool) -> Path:
         if preprocess.tiling is not None:
             summary["tiles"] = len(train_set)
         summary["thresholds_from"] = "training images" if reused else "held-out validation images"
-        good_val = training_dataset([s for s in splits.val if s.label == 0], preprocess)
-        summary["latents"], summary["nfa_warnings"] = latent_readiness(net, good_val, settings)
+        summary |= latent_readiness(net, [s for s in splits.val if s.label == 0], preprocess, settings)
         saved = {"data": spec, "seed": seed, "train": summary}
         _save_with_thresholds(run_dir, net, val_set, val_labels, settings, request.fpr, saved)
         write_json(run_dir / "train_log.json", log)
