@@ -14,6 +14,7 @@ from flowad.checkpoint import load_run, read_json
 from flowad.cli import main
 from flowad.data.datasets import ImageDataset
 from flowad.errors import FlowadError
+from flowad.latent_stats import latent_statistics
 from flowad.metrics import image_auroc, pixel_auroc
 from flowad.models.fastflow import FastFlow, FastFlowConfig
 from flowad.preprocess import Preprocess
@@ -151,9 +152,14 @@ def test_validation_with_anomalies_keeps_the_best_and_the_last_epoch(data: Path,
         net, config = load_run(path)
         assert config.thresholds.method == "f1"
         dataset = ImageDataset(val_samples, Preprocess.from_model(net))
-        out = engine.infer(net, dataset, engine.EngineSettings(quiet=True))
+        out = engine.infer(net, dataset, engine.EngineSettings(quiet=True), keep_latents=True)
         assert image_auroc(out["scores"], labels) == pytest.approx(expected["image_auroc"], abs=1e-6)
         assert pixel_auroc(out["maps"], out["masks"]) == pytest.approx(expected["pixel_auroc"], abs=1e-6)
+        # and its readiness for the NFA is its own weights', on the good validation images
+        good = torch.tensor(labels) == 0
+        own = [s.mean_z2 for s in latent_statistics([z[good] for z in out["latents"]])]
+        stored = [scale["mean_z2"] for scale in read_json(path / "config.json")["train"]["latents"]]
+        assert stored == pytest.approx(own, abs=2e-4)
     assert not (run / "best_state.safetensors").exists() and not (run / "train_state.json").exists()
 
     shutil.rmtree(abnormal)  # testing reads only the test split: the validation folders may be gone

@@ -28,7 +28,7 @@ from flowad.checkpoint import (
     save_run,
     write_json,
 )
-from flowad.data.datasets import Sample, check_masks
+from flowad.data.datasets import check_masks
 from flowad.data.spec import DataSpec
 from flowad.data.tiles import image_dataset, training_dataset
 from flowad.engine import divergence_message, infer, running
@@ -105,31 +105,33 @@ def validation_metrics(
 
 
 def latent_readiness(
-    net: AnomalyModel, good: list[Sample], preprocess: Preprocess, settings: EngineSettings
+    net: AnomalyModel, val_set: Dataset, scored: dict[str, Any], good: np.ndarray, device: torch.device | str = "cpu"
 ) -> dict[str, Any]:
-    """How far the latents of the ``good`` images are from N(0, 1) per scale (:mod:`flowad.latent_stats`), how many
-    of them log NFA < 0 flags (the promise, measured), and the warnings that follow, each logged and printed."""
-    out = infer(net, image_dataset(good, preprocess), settings, keep_latents=True)
-    flags = out["nfa_masks"] if "nfa_masks" in out else nfa_masks(net, out["latents"])  # a tiled run's: over tiles
+    """How far the latents of the ``good`` images of ``val_set`` are from N(0, 1) per scale
+    (:mod:`flowad.latent_stats`), how many of them log NFA < 0 flags (the promise, measured), and the warnings that
+    follow. ``scored``: ``infer(net, val_set, ..., keep_latents=True)``, so the images are scored once; ``device``:
+    where the model is, for a tiled run's tiles."""
+    if not good.any():  # validation images that are all anomalous: nothing to measure the null on
+        return {"latents": [], "nfa_flagged": {"good_images": 0, "flagged": 0}, "nfa_warnings": []}
+    if "nfa_masks" in scored:  # a tiled run: the NFA over each image's tiles, the statistics over the tiles
+        flags = scored["nfa_masks"][good]
+        tiles = training_dataset([s for s, g in zip(val_set.samples, good, strict=True) if g], val_set.preprocess)
+        latents = _item_latents(net, tiles, device)
+    else:
+        latents = [z[torch.from_numpy(good)] for z in scored["latents"]]
+        flags = nfa_masks(net, latents)
     flagged = int(flags.any(axis=(1, 2)).sum())
-    # a tiled run's statistics are its tiles', as the flow sees them
-    latents = out["latents"] if "latents" in out else _item_latents(net, training_dataset(good, preprocess), settings)
     stats = latent_statistics(latents, net.config.nfa_probability_threshold)
-    warnings = readiness_warnings(stats, flagged, len(good))
-    for message in warnings:
-        logger.warning(message)
-        if not settings.quiet:
-            print(f"warning: {message}", file=sys.stderr)
-    nfa_flagged = {"good_images": len(good), "flagged": flagged}
+    warnings = readiness_warnings(stats, flagged, int(good.sum()))
+    nfa_flagged = {"good_images": int(good.sum()), "flagged": flagged}
     return {"latents": [s.to_dict() for s in stats], "nfa_flagged": nfa_flagged, "nfa_warnings": warnings}
 
 
-def _item_latents(net: AnomalyModel, items: Dataset, settings: EngineSettings) -> list[torch.Tensor]:
-    loader = torch.utils.data.DataLoader(items, batch_size=8)
+def _item_latents(net: AnomalyModel, items: Dataset, device: torch.device | str) -> list[torch.Tensor]:
     chunks = []
-    with running(net, settings) as device, torch.no_grad():
+    with torch.no_grad():
         net.eval()
-        for batch in loader:
+        for batch in torch.utils.data.DataLoader(items, batch_size=8):
             chunks.append([z.cpu() for z in net.latents(batch["image"].to(device))])
     return [torch.cat(scale) for scale in zip(*chunks, strict=True)]
 
@@ -182,9 +184,12 @@ def _train_run(run_dir: Path, request: TrainRequest, resume: bool) -> Path:
         if preprocess.tiling is not None:
             summary["tiles"] = len(train_set)
         summary["thresholds_from"] = "training images" if reused else "held-out validation images"
-        summary |= latent_readiness(net, [s for s in splits.val if s.label == 0], preprocess, settings)
         saved = {"data": spec, "seed": seed, "train": summary}
-        _save_with_thresholds(run_dir, net, val_set, val_labels, settings, request.fpr, saved)
+        summary |= _save_with_thresholds(run_dir, net, val_set, val_labels, settings, request.fpr, saved)
+        for message in summary["nfa_warnings"]:
+            logger.warning(message)
+            if not settings.quiet:
+                print(f"warning: {message}", file=sys.stderr)
         write_json(run_dir / "train_log.json", log)
         if "best" in log:  # the best validation epoch, as a run of its own
             load_best_state(run_dir, net)
@@ -225,9 +230,13 @@ def _save_with_thresholds(
     settings: EngineSettings,
     fpr: float,
     saved: dict[str, Any],
-) -> None:
-    """Choose the thresholds of ``net`` on the validation split and save it as a run."""
-    val = infer(net, val_set, settings)
+) -> dict[str, Any]:
+    """Choose the thresholds of ``net`` on the validation split, measure its latents' readiness for the NFA on the
+    split's good images (:func:`latent_readiness`, returned), and save both as a run."""
+    val = infer(net, val_set, settings, keep_latents=True)
     masks = val["masks"] if val["masks"].any() else None
     thresholds = from_validation(val["scores"], labels, val["maps"], masks, fpr)
-    save_run(run_dir, net, thresholds, **saved)
+    with running(net, settings) as device:
+        readiness = latent_readiness(net, val_set, val, labels == 0, device)
+    save_run(run_dir, net, thresholds, **{**saved, "train": {**saved["train"], **readiness}})
+    return readiness
