@@ -36,10 +36,13 @@ SETTINGS = {"fastflow": {"epochs": 10}, "cflow": {"epochs": 3}, "uflow": {"epoch
 KEYS = ("image_auroc", "pixel_auroc", "aupro", "image_f1", "iou")
 
 
-def train_and_test(out: Path, model: str, data: Path, options: dict[str, Any], val_fraction: float, seed: int) -> dict:
+def train_and_test(
+    out: Path, model: str, data: Path, options: dict[str, Any], val_fraction: float, seed: int, category: str = CATEGORY
+) -> dict:
+    """Train ``model`` on ``data``/``category`` with ``val_fraction`` of the good images held out, and test it."""
     from flowad.data.spec import DataSpec
 
-    spec = DataSpec(root=str(data), category=CATEGORY, val_fraction=val_fraction)
+    spec = DataSpec(root=str(data), category=category, val_fraction=val_fraction)
     return run_metrics(train_run(out, model, spec, None, options, seed=seed))
 
 
