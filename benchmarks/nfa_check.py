@@ -77,7 +77,10 @@ from texture_check import TEXTURES, write_data, write_good_crops
 
 
 def main() -> None:
-    args = _parser().parse_args()
+    parser = _parser()
+    args = parser.parse_args()
+    if args.null_from == "good" and args.good < 2:
+        parser.error(f"--good {args.good} with --null-from good: expected at least 2 images, half to fit on")
     set_threads(args.threads)
     from flowad.cli_commands import DEMO_PRESETS
 
@@ -363,8 +366,8 @@ def _null_from_note(args: Any) -> str:
     if args.null_from == "validation":
         return ""
     return (
-        f"\nNulls and the map threshold's bound fitted on the first {args.good // 2} of the good images, false "
-        f"detections counted on the other {args.good - args.good // 2} (`--null-from good`).\n"
+        "\nNulls and the map threshold's bound fitted on the first half of the good images, false detections "
+        "counted on the other half (`--null-from good`).\n"
     )
 
 

@@ -2,17 +2,12 @@
 
 from __future__ import annotations
 
-import json
-import shutil
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from flowad.checkpoint import read_json, read_record
-from flowad.cli import main
 from flowad.latent_stats import latent_statistics, readiness_warnings
 
 
@@ -70,22 +65,3 @@ def test_good_images_flagged_by_the_nfa_warn() -> None:
     assert readiness_warnings([stats], flagged=0, images=10) == []
     (warning,) = readiness_warnings([stats], flagged=2, images=10)
     assert "flags 2 of 10 good validation images" in warning
-
-
-def test_a_run_counts_the_good_validation_images_its_nfa_flags_as_predict_does(
-    fastflow_run: Path, tmp_path: Path
-) -> None:
-    record = read_record(fastflow_run)
-    good = [s.path for s in record.data.splits(record.seed).val if s.label == 0]
-    folder = tmp_path / "good validation images"
-    folder.mkdir()
-    for i, path in enumerate(good):
-        shutil.copy(path, folder / f"{i:02d}{Path(path).suffix}")
-    out = tmp_path / "predicted"
-    predict = ["predict", "--run", str(fastflow_run), "--input", str(folder), "--out", str(out)]
-    assert main([*predict, "--threshold", "nfa", "--engine", "torch"]) == 0
-    lines = (out / "predictions.jsonl").read_text().splitlines()
-    by_predict = sum(json.loads(line)["log_nfa_min"] < 0 for line in lines)
-    counted = read_json(fastflow_run / "config.json")["train"]["nfa_flagged"]
-    assert counted == {"good_images": len(good), "flagged": by_predict}
-    assert len(lines) == len(good) > 0

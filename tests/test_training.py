@@ -1,5 +1,6 @@
 """Training runs that stop: divergence keeps the last good epoch, and an interrupted run resumes exactly."""
 
+import json
 import shutil
 from pathlib import Path
 
@@ -10,7 +11,7 @@ from safetensors.torch import load_file
 
 import flowad
 from flowad import engine
-from flowad.checkpoint import load_run, read_json
+from flowad.checkpoint import load_run, read_json, read_record
 from flowad.cli import main
 from flowad.data.datasets import ImageDataset
 from flowad.errors import FlowadError
@@ -203,3 +204,46 @@ def test_every_good_image_can_train_with_the_threshold_from_the_training_images(
     assert reused["thresholds_from"] == "training images"
     assert reused["images"] == DEMO_SIZES["n_train"] == kept["images"] + kept["validation_images"]
     assert len(reused["latents"]) == 3  # the latents' statistics, on the training images here
+
+
+def test_a_run_counts_the_good_validation_images_its_nfa_flags_as_predict_does(
+    fastflow_run: Path, tmp_path: Path
+) -> None:
+    record = read_record(fastflow_run)
+    good = [s.path for s in record.data.splits(record.seed).val if s.label == 0]
+    folder = tmp_path / "good validation images"
+    folder.mkdir()
+    for i, path in enumerate(good):
+        shutil.copy(path, folder / f"{i:02d}{Path(path).suffix}")
+    out = tmp_path / "predicted"
+    predict = ["predict", "--run", str(fastflow_run), "--input", str(folder), "--out", str(out)]
+    assert main([*predict, "--threshold", "nfa", "--engine", "torch"]) == 0
+    lines = (out / "predictions.jsonl").read_text().splitlines()
+    by_predict = sum(json.loads(line)["log_nfa_min"] < 0 for line in lines)
+    counted = read_json(fastflow_run / "config.json")["train"]["nfa_flagged"]
+    assert counted == {"good_images": len(good), "flagged": by_predict}
+    assert len(lines) == len(good) > 0
+
+
+def test_readiness_warnings_are_printed_once_each_and_not_when_quiet(data: Path, tmp_path: Path, capsys) -> None:
+    loud = [a for a in TINY_TRAIN if a != "--quiet"]
+    common = ["train", "--data", str(data), "--category", "fabric"]
+    assert main([*common, "--out", str(tmp_path / "loud"), *loud]) == 0
+    err = capsys.readouterr().err.replace("\r", "\n")  # the progress bars end their lines with \r
+    printed = [line for line in err.splitlines() if line.startswith("warning: ")]
+    stored = read_json(tmp_path / "loud" / "config.json")["train"]["nfa_warnings"]
+    assert stored  # a one-epoch run's latents are far from N(0, 1)
+    assert printed == [f"warning: {message}" for message in stored]
+    assert main([*common, "--out", str(tmp_path / "quiet"), *TINY_TRAIN]) == 0
+    assert "warning: " not in capsys.readouterr().err
+
+
+def test_a_validation_split_without_good_images_is_named(data: Path, tmp_path: Path, capsys) -> None:
+    abnormal, masks = tmp_path / "val_abnormal", tmp_path / "val_masks"
+    abnormal.mkdir(), masks.mkdir()
+    for defect in ("hole", "stain"):
+        shutil.copy(data / "fabric" / "test" / defect / "000.png", abnormal / f"{defect}.png")
+        shutil.copy(data / "fabric" / "ground_truth" / defect / "000_mask.png", masks / f"{defect}_mask.png")
+    args = ["train", "--data", str(data), "--category", "fabric", "--out", str(tmp_path / "run"), *TINY_TRAIN]
+    assert main([*args, "--val-fraction", "0", "--val-abnormal", str(abnormal), "--val-masks", str(masks)]) == 2
+    assert "the validation split holds 2 anomalous images and no good one" in capsys.readouterr().err

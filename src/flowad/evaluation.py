@@ -22,7 +22,7 @@ from flowad.data.spec import DataSpec
 from flowad.data.tiles import image_dataset
 from flowad.engine import infer
 from flowad.errors import InputError
-from flowad.nfa import nfa_masks
+from flowad.nfa import scored_nfa_masks
 from flowad.records import EngineSettings
 from flowad.report import TEST_OUTPUTS, render_report
 from flowad.runlog import log_to, logger
@@ -47,7 +47,7 @@ def test(
     dataset = image_dataset(splits.test, record.preprocess)  # as the model was trained
     start = time.perf_counter()
     out = infer(net, dataset, settings, keep_latents=True)
-    nfa = out["nfa_masks"] if "nfa_masks" in out else nfa_masks(net, out["latents"])  # a tiled run's: over its tiles
+    nfa = scored_nfa_masks(net, out)
     masks = out["masks"]  # read with the images: each test file is decoded once
     labels = np.array([s.label for s in splits.test])
     thresholds = from_option(record.thresholds, threshold)

@@ -100,13 +100,15 @@ def _channel_correlation(z: np.ndarray, max_values: int = 200_000) -> float:
     return float(np.nanmean(off_diagonal))
 
 
-def readiness_warnings(stats: Sequence[ScaleStatistics], flagged: int = 0, images: int = 0) -> list[str]:
+def readiness_warnings(
+    stats: Sequence[ScaleStatistics], flagged: int = 0, images: int = 0, which: str = "good validation images"
+) -> list[str]:
     """What keeps the NFA from holding its promise on this run's good images (empty when nothing does);
-    ``flagged`` of the ``images`` good images have a pixel at log NFA < 0."""
+    ``flagged`` of the ``images`` good images (named ``which``) have a pixel at log NFA < 0."""
     warnings = []
-    if flagged:  # the promise is fewer than one false detection per image on average: any is a sign
+    if flagged:  # the seed's test is conservative: on pure noise it flags none of 200 images, so any is a sign
         warnings.append(
-            f"log NFA < 0 flags {flagged} of {images} good validation images: its masks may flag good images; "
+            f"log NFA < 0 flags {flagged} of {images} {which}: its masks may flag good images; "
             "prefer a validation threshold for this run"
         )
     for i, s in enumerate(stats):

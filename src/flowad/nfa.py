@@ -130,6 +130,12 @@ def nfa_masks(model: AnomalyModel, latents: Sequence[np.ndarray | torch.Tensor],
     return np.concatenate(chunks)
 
 
+def scored_nfa_masks(model: AnomalyModel, scored: dict[str, Any]) -> np.ndarray:
+    """log NFA < 0 (N, H, W) bool for the images of ``flowad.engine.infer(..., keep_latents=True)``'s output: a tiled
+    run's, computed there over each image's tiles, or the model's test on the kept latents."""
+    return scored["nfa_masks"] if "nfa_masks" in scored else nfa_masks(model, scored["latents"])
+
+
 def _as_arrays(latents: Any) -> Any:
     """numpy arrays of the latents; torch tensors are copied to the CPU without importing torch here."""
     if not isinstance(latents, (list, tuple)):

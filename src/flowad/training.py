@@ -28,15 +28,15 @@ from flowad.checkpoint import (
     save_run,
     write_json,
 )
-from flowad.data.datasets import check_masks
+from flowad.data.datasets import ImageDataset, check_masks
 from flowad.data.spec import DataSpec
-from flowad.data.tiles import image_dataset, training_dataset
+from flowad.data.tiles import WholeImages, image_dataset, training_dataset
 from flowad.engine import divergence_message, infer, running
 from flowad.engine import train as train_head
 from flowad.errors import FlowadError, InputError
 from flowad.latent_stats import latent_statistics, readiness_warnings
 from flowad.models import AnomalyModel, model_class
-from flowad.nfa import nfa_masks
+from flowad.nfa import scored_nfa_masks
 from flowad.preprocess import Preprocess
 from flowad.records import EngineSettings, TrainRequest
 from flowad.runlog import log_to, logger
@@ -105,25 +105,27 @@ def validation_metrics(
 
 
 def latent_readiness(
-    net: AnomalyModel, val_set: Dataset, scored: dict[str, Any], good: np.ndarray, device: torch.device | str = "cpu"
+    net: AnomalyModel,
+    val_set: ImageDataset | WholeImages,
+    scored: dict[str, Any],
+    good: np.ndarray,
+    device: torch.device | str,
+    which: str = "good validation images",
 ) -> dict[str, Any]:
     """How far the latents of the ``good`` images of ``val_set`` are from N(0, 1) per scale
     (:mod:`flowad.latent_stats`), how many of them log NFA < 0 flags (the promise, measured), and the warnings that
-    follow. ``scored``: ``infer(net, val_set, ..., keep_latents=True)``, so the images are scored once; ``device``:
-    where the model is, for a tiled run's tiles."""
-    if not good.any():  # validation images that are all anomalous: nothing to measure the null on
-        return {"latents": [], "nfa_flagged": {"good_images": 0, "flagged": 0}, "nfa_warnings": []}
-    if "nfa_masks" in scored:  # a tiled run: the NFA over each image's tiles, the statistics over the tiles
-        flags = scored["nfa_masks"][good]
+    follow (naming the images as ``which``). ``scored``: ``infer(net, val_set, ..., keep_latents=True)``, so the
+    images are scored once; ``device``: where the model is, for a tiled run's tiles."""
+    flags = scored_nfa_masks(net, scored)[good]
+    if val_set.preprocess.tiling is not None:  # a tiled run's statistics are its tiles', as the flow sees them
         tiles = training_dataset([s for s, g in zip(val_set.samples, good, strict=True) if g], val_set.preprocess)
         latents = _item_latents(net, tiles, device)
     else:
-        latents = [z[torch.from_numpy(good)] for z in scored["latents"]]
-        flags = nfa_masks(net, latents)
+        latents = scored["latents"] if good.all() else [z[torch.from_numpy(good)] for z in scored["latents"]]
     flagged = int(flags.any(axis=(1, 2)).sum())
     stats = latent_statistics(latents, net.config.nfa_probability_threshold)
-    warnings = readiness_warnings(stats, flagged, int(good.sum()))
-    nfa_flagged = {"good_images": int(good.sum()), "flagged": flagged}
+    warnings = readiness_warnings(stats, flagged, len(flags), which)
+    nfa_flagged = {"good_images": len(flags), "flagged": flagged}
     return {"latents": [s.to_dict() for s in stats], "nfa_flagged": nfa_flagged, "nfa_warnings": warnings}
 
 
@@ -165,6 +167,11 @@ def _train_run(run_dir: Path, request: TrainRequest, resume: bool) -> Path:
     train_set = training_dataset(splits.train, preprocess)  # the tiles of a tiled run
     val_set = image_dataset(splits.val, preprocess)
     val_labels = np.array([s.label for s in splits.val])
+    if not (val_labels == 0).any():
+        raise InputError(
+            f"the validation split holds {len(val_labels)} anomalous images and no good one; expected good images "
+            "too, to choose the thresholds on (use --val-fraction > 0, or add good images to --val-dir)"
+        )
     validate = validation_metrics(val_set, val_labels, settings) if 0 < val_labels.sum() < len(val_labels) else None
     with log_to(run_dir):
         logger.info(
@@ -184,16 +191,14 @@ def _train_run(run_dir: Path, request: TrainRequest, resume: bool) -> Path:
         if preprocess.tiling is not None:
             summary["tiles"] = len(train_set)
         summary["thresholds_from"] = "training images" if reused else "held-out validation images"
-        saved = {"data": spec, "seed": seed, "train": summary}
-        summary |= _save_with_thresholds(run_dir, net, val_set, val_labels, settings, request.fpr, saved)
-        for message in summary["nfa_warnings"]:
-            logger.warning(message)
-            if not settings.quiet:
-                print(f"warning: {message}", file=sys.stderr)
+        saved = {"data": spec, "seed": seed, "train": dict(summary)}
+        validation = (val_set, val_labels, settings, request.fpr, "good training images" if reused else None)
+        summary |= _save_with_thresholds(run_dir, net, *validation, saved)
+        _warn(summary["nfa_warnings"], settings)
         write_json(run_dir / "train_log.json", log)
         if "best" in log:  # the best validation epoch, as a run of its own
             load_best_state(run_dir, net)
-            _save_with_thresholds(run_dir / "best", net, val_set, val_labels, settings, request.fpr, saved)
+            _warn(_save_with_thresholds(run_dir / "best", net, *validation, saved)["nfa_warnings"], settings, "best/: ")
         if "diverged" not in log:  # finished: the per-epoch state has nothing left to resume
             for name in (TRAIN_STATE_TENSORS, TRAIN_STATE_JSON, BEST_STATE):
                 (run_dir / name).unlink(missing_ok=True)
@@ -225,18 +230,28 @@ def _summary(log: dict[str, Any], n_train: int, n_val: int, lr: float) -> dict[s
 def _save_with_thresholds(
     run_dir: Path,
     net: AnomalyModel,
-    val_set: Dataset,
+    val_set: ImageDataset | WholeImages,
     labels: np.ndarray,
     settings: EngineSettings,
     fpr: float,
+    which: str | None,
     saved: dict[str, Any],
 ) -> dict[str, Any]:
     """Choose the thresholds of ``net`` on the validation split, measure its latents' readiness for the NFA on the
-    split's good images (:func:`latent_readiness`, returned), and save both as a run."""
+    split's good images (:func:`latent_readiness`, returned; ``which`` names them when they are not validation
+    images), and save both as a run."""
     val = infer(net, val_set, settings, keep_latents=True)
     masks = val["masks"] if val["masks"].any() else None
     thresholds = from_validation(val["scores"], labels, val["maps"], masks, fpr)
     with running(net, settings) as device:
-        readiness = latent_readiness(net, val_set, val, labels == 0, device)
+        readiness = latent_readiness(net, val_set, val, labels == 0, device, which or "good validation images")
     save_run(run_dir, net, thresholds, **{**saved, "train": {**saved["train"], **readiness}})
     return readiness
+
+
+def _warn(messages: list[str], settings: EngineSettings, where: str = "") -> None:
+    """Log each message, and print it on stderr unless quiet."""
+    for message in messages:
+        logger.warning("%s%s", where, message)
+        if not settings.quiet:
+            print(f"warning: {where}{message}", file=sys.stderr)
