@@ -98,6 +98,16 @@ def add_models_argument(
     parser.add_argument("--models", nargs="+", choices=choices, default=list(default), help="models to measure")
 
 
+def add_seeded_runs_arguments(parser: argparse.ArgumentParser, out: str, seeds: Sequence[int]) -> None:
+    """The options of a script that trains the seed models over seeds: --out (data and runs, default ``out``),
+    --seeds (default ``seeds``), --models, --threads and --append."""
+    parser.add_argument("--out", type=Path, default=Path(out), help="data and runs go here")
+    parser.add_argument("--seeds", type=int, nargs="+", default=list(seeds))
+    add_models_argument(parser, default=("fastflow", "cflow", "uflow"))
+    add_threads_argument(parser)
+    add_append_argument(parser)
+
+
 def add_device_argument(parser: argparse.ArgumentParser, default: str) -> None:
     parser.add_argument("--device", default=default, help="auto (CUDA when present), cpu, cuda or cuda:N")
 

@@ -19,9 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from _harness import (
-    add_append_argument,
-    add_models_argument,
-    add_threads_argument,
+    add_seeded_runs_arguments,
     publish,
     run_metrics,
     script_parser,
@@ -72,11 +70,7 @@ def main() -> None:
 
 def _parser() -> Any:
     parser = script_parser(__doc__)
-    parser.add_argument("--out", type=Path, default=Path("runs/object"), help="data and runs go here")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
-    add_models_argument(parser, default=("fastflow", "cflow", "uflow"))
-    add_threads_argument(parser)
-    add_append_argument(parser)
+    add_seeded_runs_arguments(parser, "runs/object", (0,))
     return parser
 
 

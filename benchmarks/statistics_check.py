@@ -21,9 +21,7 @@ from typing import Any
 
 import numpy as np
 from _harness import (
-    add_append_argument,
-    add_models_argument,
-    add_threads_argument,
+    add_seeded_runs_arguments,
     publish,
     script_parser,
     set_threads,
@@ -81,11 +79,7 @@ def _cell(values: np.ndarray, signed: bool = False) -> str:
 
 def _parser() -> Any:
     parser = script_parser(__doc__)
-    parser.add_argument("--out", type=Path, default=Path("runs/statistics"), help="data and runs go here")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    add_models_argument(parser, default=("fastflow", "cflow", "uflow"))
-    add_threads_argument(parser)
-    add_append_argument(parser)
+    add_seeded_runs_arguments(parser, "runs/statistics", (0, 1, 2))
     return parser
 
 
