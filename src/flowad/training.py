@@ -192,7 +192,8 @@ def _train_run(run_dir: Path, request: TrainRequest, resume: bool) -> Path:
             summary["tiles"] = len(train_set)
         summary["thresholds_from"] = "training images" if reused else "held-out validation images"
         saved = {"data": spec, "seed": seed, "train": dict(summary)}
-        validation = (val_set, val_labels, settings, request.fpr, "good training images" if reused else None)
+        which_good = "good training images" if reused else "good validation images"  # what the warnings say
+        validation = (val_set, val_labels, settings, request.fpr, which_good)
         summary |= _save_with_thresholds(run_dir, net, *validation, saved)
         _warn(summary["nfa_warnings"], settings)
         write_json(run_dir / "train_log.json", log)
@@ -234,17 +235,16 @@ def _save_with_thresholds(
     labels: np.ndarray,
     settings: EngineSettings,
     fpr: float,
-    which: str | None,
+    which: str,
     saved: dict[str, Any],
 ) -> dict[str, Any]:
     """Choose the thresholds of ``net`` on the validation split, measure its latents' readiness for the NFA on the
-    split's good images (:func:`latent_readiness`, returned; ``which`` names them when they are not validation
-    images), and save both as a run."""
+    split's good images (:func:`latent_readiness`, returned; ``which`` names them), and save both as a run."""
     val = infer(net, val_set, settings, keep_latents=True)
     masks = val["masks"] if val["masks"].any() else None
     thresholds = from_validation(val["scores"], labels, val["maps"], masks, fpr)
     with running(net, settings) as device:
-        readiness = latent_readiness(net, val_set, val, labels == 0, device, which or "good validation images")
+        readiness = latent_readiness(net, val_set, val, labels == 0, device, which)
     save_run(run_dir, net, thresholds, **{**saved, "train": {**saved["train"], **readiness}})
     return readiness
 
