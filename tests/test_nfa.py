@@ -8,7 +8,7 @@ import reference
 import torch
 
 from flowad.errors import InputError
-from flowad.nfa import log10_binomial_tail, log_nfa, nfa_mask
+from flowad.nfa import CHI2_1_MEDIAN, log10_binomial_tail, log_nfa, nfa_mask, rescaled
 
 SIZE = (448, 448)  # MS-CaiT's input size
 FINE, COARSE = (816, 28, 28), (192, 14, 14)  # U-Flow's latents at 448
@@ -142,6 +142,67 @@ def test_count_is_averaged_over_channels_and_rounded_up() -> None:
     assert float(lnfa[0, 1, 1]) == pytest.approx(log10_binomial_tail(9, 0.5)[5] + math.log10(9))
 
 
+def test_above_one_half_the_tail_is_interpolated_between_whole_counts() -> None:
+    # threshold 0.9 (q = 0.1): one channel of two has every value a candidate: mean count 4.5 of 9 at the centre
+    z = torch.zeros(1, 2, 3, 3)
+    z[0, 0] = 5.0
+    lnfa = log_nfa([z], (3, 3), window_size=3, probability_threshold=0.9)
+    tail9, tail4 = log10_binomial_tail(9, 0.1), log10_binomial_tail(4, 0.1)
+    assert float(lnfa[0, 1, 1]) == pytest.approx(0.5 * tail9[4] + 0.5 * tail9[5] + math.log10(9), rel=1e-6)
+    assert float(lnfa[0, 0, 0]) == pytest.approx(tail4[2] + math.log10(9), rel=1e-6)  # 2 of 4: a whole count
+
+
+@pytest.mark.parametrize(("side", "threshold"), [(32, 0.7), (32, 0.9), (256, 0.99)])
+def test_above_one_half_pure_noise_stays_unflagged_at_small_and_large_sizes(side: int, threshold: float) -> None:
+    # the mean count rounded up flagged 1 in 8 such images at 32 px and 0.7, and every one at 256 px and 0.99
+    g = torch.Generator().manual_seed(90)
+    cells = side // 8
+    latents = [torch.randn(16, 24, max(cells >> k, 1), max(cells >> k, 1), generator=g) for k in range(3)]
+    assert not (log_nfa(latents, (side, side), probability_threshold=threshold) < 0).any()
+
+
+def test_rescaled_divides_each_image_by_its_own_spread_never_below_one() -> None:
+    g = torch.Generator().manual_seed(60)
+    z = torch.randn(3, 64, 16, 16, generator=g).numpy()
+    z[0] *= 1.5  # widened all over
+    z[1] *= 0.7  # narrower than N(0, 1): left as it is
+    out = rescaled([z])[0]
+    spread = np.sqrt(np.median(np.square(z).reshape(3, -1), axis=1) / CHI2_1_MEDIAN)  # a direct computation
+    assert spread[0] == pytest.approx(1.5, rel=0.05) and spread[1] == pytest.approx(0.7, rel=0.05)
+    assert np.allclose(out[0], z[0] / spread[0], rtol=1e-6) and np.median(np.square(out[0])) == pytest.approx(
+        CHI2_1_MEDIAN, rel=1e-5
+    )
+    assert np.array_equal(out[1], z[1]) and out.dtype == np.float32
+    assert np.array_equal(out[2], z[2] / np.float32(max(spread[2], 1.0)))
+
+
+def test_rescaled_test_spares_widened_good_latents_and_still_finds_a_planted_region() -> None:
+    # good images unlike the training images: latents wider than N(0, 1) all over, no defect
+    widened = [z * 1.6 for z in _noise(8, seed=70)]
+    assert (log_nfa(widened, SIZE) < 0).any(axis=(1, 2)).mean() >= 0.5  # the plain test flags them
+    assert not (log_nfa(widened, SIZE, rescale=True) < 0).any()
+    planted = _plant(widened, shift=3.2)  # the same shift relative to the spread as test_planted_region_is_found
+    plain, rescaled_mask = log_nfa(planted, SIZE) < 0, log_nfa(planted, SIZE, rescale=True) < 0
+    assert not (rescaled_mask & ~plain).any()  # a subset of the plain test's pixels
+    truth = _planted_truth()
+    for m in rescaled_mask:
+        assert (m & truth).sum() / (m | truth).sum() >= 0.6
+    noise = _noise(25, seed=71)  # on N(0, 1) it stays as rare as the plain test
+    assert (log_nfa(noise, SIZE, rescale=True) < 0).mean() <= (log_nfa(noise, SIZE) < 0).mean()
+
+
+def test_several_window_sizes_take_each_pixels_smallest_test_and_count_every_test() -> None:
+    latents = _plant(_noise(2, seed=80), shift=1.5)
+    windows = (3, 7, 15)
+    several = log_nfa(latents, SIZE, window_size=windows)
+    # direct: every size's test, counted once more for each size (a union bound)
+    each = np.stack([log_nfa(latents, SIZE, window_size=w) for w in windows])
+    assert np.allclose(several, each.min(axis=0) + math.log10(len(windows)), atol=1e-9)
+    assert np.array_equal(log_nfa(latents, SIZE, window_size=[7]), log_nfa(latents, SIZE))
+    noise = _noise(25, seed=81)
+    assert (log_nfa(noise, SIZE, window_size=windows) < 0).mean() < 1e-3
+
+
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
@@ -152,6 +213,8 @@ def test_count_is_averaged_over_channels_and_rounded_up() -> None:
         ({"probability_threshold": 1.0}, "probability_threshold is 1.0"),
         ({"probability_threshold": 0.0}, "probability_threshold is 0.0"),
         ({"window_size": 0}, "window_size is 0"),
+        ({"window_size": (3, 0)}, r"window_size is \(3, 0\)"),
+        ({"window_size": []}, r"window_size is \(\)"),
     ],
 )
 def test_bad_inputs_are_clear_errors(kwargs: dict, message: str) -> None:

@@ -4,6 +4,7 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from helpers import DEMO_SIZES, TINY_TRAIN
@@ -18,6 +19,7 @@ from flowad.errors import FlowadError
 from flowad.latent_stats import latent_statistics
 from flowad.metrics import image_auroc, pixel_auroc
 from flowad.models.fastflow import FastFlow, FastFlowConfig
+from flowad.nfa import log_nfa
 from flowad.preprocess import Preprocess
 
 TINY = {"image_size": 64, "epochs": 4, "batch_size": 4, "flow_steps": 2}
@@ -247,3 +249,21 @@ def test_a_validation_split_without_good_images_is_named(data: Path, tmp_path: P
     args = ["train", "--data", str(data), "--category", "fabric", "--out", str(tmp_path / "run"), *TINY_TRAIN]
     assert main([*args, "--val-fraction", "0", "--val-abnormal", str(abnormal), "--val-masks", str(masks)]) == 2
     assert "the validation split holds 2 anomalous images and no good one" in capsys.readouterr().err
+
+
+def test_the_nfa_options_are_kept_in_the_run_and_used_wherever_its_nfa_is_computed(data: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    common = ["train", "--data", str(data), "--category", "fabric", "--out", str(run), *TINY_TRAIN]
+    assert main([*common, "--nfa-rescale", "--nfa-window-size", "3", "7"]) == 0
+    record = read_record(run)
+    assert record.model_config["nfa_rescale"] is True and record.model_config["nfa_window_size"] == [3, 7]
+    net, _ = load_run(run)
+    good = [s for s in record.data.splits(record.seed).val if s.label == 0]
+    dataset = ImageDataset(good, record.preprocess)
+    latents = engine.infer(net, dataset, engine.EngineSettings(quiet=True), keep_latents=True)["latents"]
+    size = record.preprocess.size
+    rescaled = log_nfa(latents, size, window_size=(3, 7), rescale=True)
+    assert np.array_equal(net.log_nfa(latents), rescaled)
+    assert not np.array_equal(log_nfa(latents, size), rescaled)  # a one-epoch run's latents are wider than N(0, 1)
+    flagged = int((rescaled < 0).any(axis=(1, 2)).sum())
+    assert read_json(run / "config.json")["train"]["nfa_flagged"] == {"good_images": len(good), "flagged": flagged}

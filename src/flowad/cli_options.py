@@ -41,22 +41,25 @@ OPTION_HELP = {
     "lr_decay_milestones": "MSFlow: shares of the run at which the learning rate is multiplied by --lr-decay-factor",
     "lr_decay_factor": "MSFlow: the learning rate's factor at each of --lr-decay-milestones",
     "max_grad_norm": "MSFlow: the gradients' total norm is clipped to this before each step (0: no clipping)",
-    "nfa_window_size": "--threshold nfa: window at the finest latent scale (pixels)",
+    "nfa_window_size": "--threshold nfa: window at the finest latent scale (pixels); several sizes (3 7 15) test "
+    "each and count every test",
     "nfa_probability_threshold": "--threshold nfa: a latent value is a candidate when P(chi2(1) >= z^2) < 1 - this",
     "nfa_high_precision": "--threshold nfa: binomial tails in exact integer arithmetic (slower)",
+    "nfa_rescale": "--threshold nfa: divide each image's latents by their own spread first, when wider than "
+    "N(0, 1): fewer false alarms on good images unlike the training images, fewer detections (README, Thresholds)",
     "tile": "large images: train on TILE x TILE crops at full resolution and score images tile by tile, "
     "blending the tiles' maps (each tile resized to --image-size; 0: whole images, resized)",
     "tile_stride": "pixels between tiles (0: half the tile; the last tiles end at the image's border)",
     "input_statistics": "input normalisation: 'weights' (the backbone weights' own mean/std) or 'imagenet' "
     "(ImageNet's for any backbone, as anomalib)",
 }
-# model options that take one value (a square) or two (height and width)
-HEIGHT_WIDTH_OPTIONS = {"image_size"}
+# model options that take one value or several: a square or height and width; one window size or several
+SEVERAL_VALUES_OPTIONS = {"image_size": ("H", "W"), "nfa_window_size": "PIXELS"}
 
 
-class OneOrTwoValues(argparse.Action):
-    """One value is stored as itself, so that a square gives the config it always gave; several as a list (the
-    model's config refuses more than two, naming them)."""
+class OneOrSeveralValues(argparse.Action):
+    """One value is stored as itself, so that a square (one window size) gives the config it always gave; several
+    as a list (the model's config refuses more than two image sizes, naming them)."""
 
     def __call__(
         self,
@@ -96,8 +99,9 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
         example = next(iter(defaults.values()))
         if isinstance(example, bool):
             p.add_argument(flag, dest=field, action="store_const", const=True, help=text)
-        elif field in HEIGHT_WIDTH_OPTIONS:
-            p.add_argument(flag, dest=field, type=int, nargs="+", action=OneOrTwoValues, metavar=("H", "W"), help=text)
+        elif field in SEVERAL_VALUES_OPTIONS:
+            metavar = SEVERAL_VALUES_OPTIONS[field]
+            p.add_argument(flag, dest=field, type=int, nargs="+", action=OneOrSeveralValues, metavar=metavar, help=text)
         elif isinstance(example, tuple):
             p.add_argument(flag, dest=field, type=type(example[0]), nargs="+", help=text)
         else:

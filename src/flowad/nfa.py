@@ -17,6 +17,14 @@ position we count such "candidates" in a window and ask how unlikely that many w
   mean count at least this large if the count were binomial. (The reference takes scipy's
   ``binom.logsf(mean, n, p)`` = log P[X > mean], strict, which is -inf when every entry is a candidate;
   ours is never below log P[X = n], so log NFA is always finite.)
+  Above the paper's threshold 0.5 the rounding up is itself evidence: with C n (1 - thr) candidates expected
+  in a window of C channels, the mean count is almost never 0, so k >= 1 in every window, and P[Bin(n, 1 - thr)
+  >= 1] is small for small windows (cut at the border, or at coarse scales): at threshold 0.99 every pure
+  N(0, 1) image at 256 px was flagged, at 0.7 one in eight at 32 px (measured). So above 0.5 the tail is
+  interpolated between the whole counts around the mean, log10 P = (1 - f) log10 P[X >= floor(mean)] +
+  f log10 P[X >= floor(mean) + 1] with f the fractional part: equal to the rule above at whole counts, never
+  below it, and no evidence from a mean count below 1 (tested on pure noise). At 0.5 and below, the paper's
+  rounding is kept, as validated.
 - borders: the window is cut at the image border and ``n`` counts only the pixels inside (the reference
   pads by reflection, which counts some entries twice and breaks the independence the test assumes).
 - scales combine by bilinear upsampling of each log10 P to ``size`` (float64, torch's
@@ -34,6 +42,19 @@ position we count such "candidates" in a window and ask how unlikely that many w
   A pixel is detected as anomalous iff log NFA < 0, i.e. fewer than one such event is expected per image
   by chance. (As in the reference, the per-scale probabilities simply multiply, and the mean count over
   channels is more concentrated than one binomial count, which makes the test conservative on noise.)
+
+Several window sizes (``window_size=(3, 7, 15)``, say): the test above is run at each size, and a pixel takes
+the smallest log NFA plus log10 of the number of sizes: every size's tests are counted (a union bound), so the
+promise holds whatever size detects. Small windows find small defects, large ones faint but wide defects.
+
+Rescaled (``rescale=True``, off by default): before counting, each image's latents of each scale are divided
+by their own spread s = sqrt(median(z^2) / median(chi-square(1))) over every channel and position, when s > 1.
+A flow's latents of good images that differ from its training images (another batch of material, another
+part of a photograph) are wider than N(0, 1) all over, and the test above then flags them; a median hardly
+moves for a defect that covers a small part of the image, while the whole image's widening is taken out.
+Since s is never taken below 1, a rescaled value is never larger than the latent, so the rescaled test flags
+a subset of the pixels the plain test flags: it keeps the promise wherever the plain test does, and trades
+detections for fewer false alarms (README, Thresholds).
 
 The binomial tails are exact: ``n`` is small (window pixels), so a table of log10 P[Bin(n, p) >= k] for
 every (n, k) that occurs is computed once per call, in log space with a log-sum-exp of the pmf terms
@@ -54,6 +75,8 @@ from scipy.stats import chi2
 from flowad.errors import InputError
 from flowad.resize import resize_bilinear
 
+CHI2_1_MEDIAN = float(chi2.median(1))  # 0.4549: the median of z^2 for z ~ N(0, 1)
+
 if TYPE_CHECKING:
     import torch
 
@@ -63,10 +86,11 @@ if TYPE_CHECKING:
 def log_nfa(
     latents: Sequence[np.ndarray | torch.Tensor],
     size: tuple[int, int],
-    window_size: int = 7,
+    window_size: int | Sequence[int] = 7,
     probability_threshold: float = 0.5,
     high_precision: bool = False,
     tiles: int = 1,
+    rescale: bool = False,
 ) -> np.ndarray:
     """log10 NFA per pixel, float64 (B, H, W) at ``size``; a pixel is anomalous iff its log NFA < 0.
 
@@ -75,40 +99,68 @@ def log_nfa(
 
     ``latents``: (B, C_s, H_s, W_s) maps, any order, numpy arrays (an exported model's outputs) or torch
     tensors (e.g. ``model.latents(images)``, on any device): the same values give the same result.
+    ``rescale``: each image's latents divided by their own spread first (:func:`rescaled`, module docstring).
+    ``window_size``: one size, or several: each is tested at every position and a pixel takes the smallest log
+    NFA, with the tests of every size counted (module docstring).
     """
     latents = _as_arrays(latents)
-    _check(latents, size, window_size, probability_threshold)
-    tau = np.float32(chi2.ppf(probability_threshold, 1))  # compared in float32, as the latents are
-    q = 1.0 - probability_threshold  # P(z^2 >= tau) under H0
-    finest = max(z.shape[-2] for z in latents)
-
-    counts, sizes = [], []
-    for z in latents:
-        total, n = window_counts(z, tau, window_half(window_size, z.shape[-2], finest))
-        channels = z.shape[1]
-        counts.append((total + channels - 1) // channels)  # k = ceil(total / C), in integers
-        sizes.append(n)
-
-    n_values = np.unique(np.concatenate([n.ravel() for n in sizes]))
-    table = _tail_table(n_values, q, high_precision)  # (len(n_values), n_max + 1)
-    total_log_p = 0
-    for k, n in zip(counts, sizes, strict=True):
-        log_p = table[np.searchsorted(n_values, n), k]  # row (H, W) broadcasts against k (B, H, W)
-        # bilinear, not the reference's bicubic: it cannot overshoot the tests' range (module docstring)
-        total_log_p = total_log_p + resize_bilinear(log_p, tuple(size))
+    windows = tuple(window_size) if isinstance(window_size, (tuple, list)) else (window_size,)
+    _check(latents, size, windows, probability_threshold)
     if int(tiles) != tiles or tiles < 1:
         raise InputError(f"tiles is {tiles}; expected a whole number of at least 1")
-    n_tests = tiles * sum(z.shape[-2] * z.shape[-1] for z in latents)
-    return total_log_p + math.log10(n_tests)
+    if rescale:
+        latents = rescaled(latents)
+    each = (_log_p(latents, size, w, probability_threshold, high_precision) for w in windows)
+    n_tests = tiles * len(windows) * sum(z.shape[-2] * z.shape[-1] for z in latents)
+    return functools.reduce(np.minimum, each) + math.log10(n_tests)
+
+
+def _log_p(
+    latents: list[np.ndarray], size: tuple[int, int], window_size: int, threshold: float, high_precision: bool
+) -> np.ndarray:
+    """sum over scales of the upsampled log10 P of one window size's tests (module docstring), (B, H, W)."""
+    tau = np.float32(chi2.ppf(threshold, 1))  # compared in float32, as the latents are
+    q = 1.0 - threshold  # P(z^2 >= tau) under H0
+    finest = max(z.shape[-2] for z in latents)
+
+    counts = []  # per scale: the candidates summed over channels (B, H, W), the channels, the window sizes (H, W)
+    for z in latents:
+        counts.append((*window_counts(z, tau, window_half(window_size, z.shape[-2], finest)), z.shape[1]))
+
+    n_values = np.unique(np.concatenate([n.ravel() for _, n, _ in counts]))
+    table = _tail_table(n_values, q, high_precision)  # (len(n_values), n_max + 1)
+    total_log_p = 0
+    for total, n, channels in counts:
+        row = np.searchsorted(n_values, n)  # (H, W), broadcasts against the counts (B, H, W)
+        if threshold > 0.5:  # rounding up would itself be evidence (module docstring): interpolate
+            whole, fraction = total // channels, (total % channels) / channels
+            log_p = (1 - fraction) * table[row, whole] + fraction * table[row, np.minimum(whole + 1, n)]
+        else:
+            log_p = table[row, (total + channels - 1) // channels]  # k = ceil(total / C), in integers
+        # bilinear, not the reference's bicubic: it cannot overshoot the tests' range (module docstring)
+        total_log_p = total_log_p + resize_bilinear(log_p, tuple(size))
+    return total_log_p
+
+
+def rescaled(latents: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """Each image's (B, C, H, W) latents of each scale divided by their spread sqrt(median z^2 / median chi2(1)),
+    where it is above 1 (module docstring); float32."""
+    out = []
+    for z in latents:
+        z = np.asarray(z, dtype=np.float32)
+        spread = np.sqrt(np.median(np.square(z).reshape(len(z), -1), axis=1) / CHI2_1_MEDIAN)
+        out.append(z / np.maximum(spread, 1.0).astype(np.float32).reshape(-1, 1, 1, 1))
+    return out
 
 
 def settings_of(model_config: dict[str, Any]) -> dict[str, Any]:
     """:func:`log_nfa`'s settings from a run's stored model config (its ``nfa_*`` fields; the defaults for a run
-    that stored none): ``window_size``, ``probability_threshold``, ``high_precision``."""
+    that stored none): ``window_size``, ``probability_threshold``, ``high_precision``, ``rescale``."""
     return {
         "window_size": model_config.get("nfa_window_size", 7),
         "probability_threshold": model_config.get("nfa_probability_threshold", 0.5),
         "high_precision": model_config.get("nfa_high_precision", False),
+        "rescale": model_config.get("nfa_rescale", False),
     }
 
 
@@ -149,7 +201,7 @@ def _as_array(z: Any) -> np.ndarray:
     return np.asarray(z)
 
 
-def _check(latents: list[np.ndarray], size: tuple[int, int], window_size: int, threshold: float) -> None:
+def _check(latents: list[np.ndarray], size: tuple[int, int], window_sizes: Sequence[int], threshold: float) -> None:
     if not isinstance(latents, (list, tuple)) or len(latents) == 0:
         raise InputError("latents is empty; expected a list of (B, C, H, W) latent maps")
     for i, z in enumerate(latents):
@@ -163,8 +215,9 @@ def _check(latents: list[np.ndarray], size: tuple[int, int], window_size: int, t
         raise InputError(f"size is {size}; expected (height, width) of positive integers")
     if not 0 < threshold < 1:
         raise InputError(f"probability_threshold is {threshold}; expected a probability strictly between 0 and 1")
-    if int(window_size) != window_size or window_size < 1:
-        raise InputError(f"window_size is {window_size}; expected a whole number of at least 1")
+    if not window_sizes or any(int(w) != w or w < 1 for w in window_sizes):
+        shown = window_sizes if len(window_sizes) != 1 else window_sizes[0]
+        raise InputError(f"window_size is {shown}; expected a whole number of at least 1, or several")
 
 
 def window_half(window_size: int, height: int, finest: int) -> int:

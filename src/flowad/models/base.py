@@ -39,9 +39,10 @@ class ModelConfig:
     batch_size: int = 32
     epochs: int = 20
     # the a contrario segmentation (flowad.nfa) on the model's latents; U-Flow's paper defaults
-    nfa_window_size: int = 7
+    nfa_window_size: int | list[int] = 7  # several sizes: each tested, all counted (flowad.nfa)
     nfa_probability_threshold: float = 0.5
     nfa_high_precision: bool = False
+    nfa_rescale: bool = False  # each image's latents divided by their own spread first (flowad.nfa)
     # how input images are normalised: "weights" = the statistics the backbone's weights were trained with
     # (its timm configuration), "imagenet" = ImageNet's mean/std whatever the backbone (as anomalib does)
     input_statistics: str = "weights"
@@ -186,10 +187,9 @@ class AnomalyModel(nn.Module):
     def log_nfa(self, latents: list[torch.Tensor] | list[np.ndarray]) -> np.ndarray:
         """log10 NFA per pixel, a float64 numpy array (B, H, W) at the input size: < 0 means anomalous, with no
         threshold to tune. ``latents`` may be tensors (any device) or an exported model's numpy outputs."""
-        from flowad.nfa import log_nfa
+        from flowad.nfa import log_nfa, settings_of
 
-        c = self.config
-        return log_nfa(latents, self.image_size, c.nfa_window_size, c.nfa_probability_threshold, c.nfa_high_precision)
+        return log_nfa(latents, self.image_size, **settings_of(self.config.to_dict()))
 
     def trainable_state(self) -> dict[str, torch.Tensor]:
         """Everything but the frozen encoder: what a checkpoint must keep."""
