@@ -42,6 +42,9 @@ presets), then on its latents:
   at most (e (4 - 1))^(n - 1) connected sets of n vertices through a given vertex, so every possible region is
   counted in the tests; the 100 asks NFA < 0.01 as the quasi-binomial variant does. The detected positions are
   upsampled bilinearly to the image (a pixel is flagged where the upsampled indicator is above one half).
+- "seed, rescaled" and "windows, rescaled": the seed's test and "windows" with flowad's ``--nfa-rescale``: each
+  image's latents of each scale divided first by their own spread sqrt(median z^2 / median chi-square(1)) where
+  it is above 1 (``flowad.nfa.rescaled``; no labels, no good images: each image is its own reference).
 
 Which good images fit the nulls (``--null-from``): by default the run's good validation images, as a user's run
 would; the false detections are counted on all the --good images. On texture_check's photographs the validation
@@ -71,8 +74,7 @@ from _harness import (
     set_threads,
     train_run,
 )
-from scipy.special import log_ndtr
-from scipy.stats import chi2
+from _nfa_variants import VARIANTS, fit_null, variant_of, window_rates
 from texture_check import TEXTURES, write_data, write_good_crops
 
 
@@ -96,11 +98,6 @@ def main() -> None:
             diagnostics += [f"- {model}, {texture}: {line}" for line in lines]
             print(rows[-1], *lines, sep="\n", flush=True)
     publish(_section(args, rows, diagnostics), args.append)
-
-
-EPSILON_TESTS = 100  # the quasi-binomial variant's tests at NFA < 0.01 (module docstring)
-VARIANTS = ("seed", "seed at NFA < 0.01", "fitted", "windows", "levels", "quasi-binomial", "regions", "regions, fitted")
-REGION_LEVELS = (0.1, 0.01, 0.001)
 
 
 def write_images(out: Path, name: str, good_images: int) -> tuple[Path, Path, tuple[str, ...]]:
@@ -190,32 +187,6 @@ def _check(
     return row, lines
 
 
-def _seed(latents: list[np.ndarray], size: tuple[int, int], nfa: dict[str, Any]) -> np.ndarray:
-    from flowad.nfa import log_nfa
-
-    return log_nfa(latents, size, **nfa)
-
-
-def variant_of(name: str, good: list[np.ndarray], nfa: dict[str, Any]) -> Any:
-    """``name``'s log NFA as a function of (latents, size); ``good``: good images' latents for the fitted nulls."""
-    if name == "seed":
-        return lambda z, size: _seed(z, size, nfa)
-    if name == "seed at NFA < 0.01":
-        return lambda z, size: _seed(z, size, nfa) + math.log10(EPSILON_TESTS)
-    if name == "fitted":
-        null = fit_null(good, nfa["window_size"], nfa["probability_threshold"])
-        return lambda z, size: fitted_log_nfa(z, size, nfa, null)
-    if name in ("windows", "levels"):
-        key, values = ("window_size", (3, 7, 15)) if name == "windows" else ("probability_threshold", (0.5, 0.9, 0.99))
-        options = [{**nfa, key: value} for value in values]
-        return lambda z, size: np.min([_seed(z, size, o) for o in options], axis=0) + math.log10(len(options))
-    if name.startswith("regions"):
-        tails = energy_tails(good if name.endswith("fitted") else None, [z.shape[1] for z in good])
-        return lambda z, size: region_log_nfa(z, size, tails)
-    null = fit_overdispersion(good, nfa)
-    return lambda z, size: quasi_binomial_log_nfa(z, size, nfa, null)
-
-
 def _masks(log_nfa_of: Any, latents: list[np.ndarray], size: tuple[int, int], batch: int = 16) -> np.ndarray:
     n = len(latents[0])
     return np.concatenate([log_nfa_of([z[i : i + batch] for z in latents], size) < 0 for i in range(0, n, batch)])
@@ -223,77 +194,6 @@ def _masks(log_nfa_of: Any, latents: list[np.ndarray], size: tuple[int, int], ba
 
 def _flagged(masks: np.ndarray) -> float:
     return float(masks.any(axis=(1, 2)).mean())
-
-
-def _window_counts(latents: list[np.ndarray], nfa: dict[str, Any]) -> list[tuple[np.ndarray, np.ndarray, int]]:
-    """Per scale, as the seed's test counts them: the candidates of all channels in each window (B, H, W), the
-    window sizes n (H, W) and the number of channels C."""
-    from flowad.nfa import window_counts, window_half
-
-    tau = np.float32(chi2.ppf(nfa["probability_threshold"], 1))
-    finest = max(z.shape[-2] for z in latents)
-    half = [window_half(nfa["window_size"], z.shape[-2], finest) for z in latents]
-    return [(*window_counts(z, tau, h), z.shape[1]) for z, h in zip(latents, half, strict=True)]
-
-
-def _rates(latents: list[np.ndarray], nfa: dict[str, Any]) -> list[tuple[np.ndarray, np.ndarray, int]]:
-    """Per scale: the window candidate rate (B, H, W), the window sizes n (H, W) and the full window size."""
-    return [(total / (c * n), n, int(n.max())) for total, n, c in _window_counts(latents, nfa)]
-
-
-def fit_null(good: list[np.ndarray], window_size: int, threshold: float) -> list[tuple[float, float, int]]:
-    """Per scale: the mean candidate rate of good images' windows, its variance at full windows, that size."""
-    nfa = {"window_size": window_size, "probability_threshold": threshold}
-    fitted = []
-    for rate, n, full in _rates(good, nfa):
-        at_full = rate[:, n == full]
-        fitted.append((float(at_full.mean()), float(at_full.var()), full))
-    return fitted
-
-
-def fitted_log_nfa(latents: list[np.ndarray], size: tuple[int, int], nfa: dict[str, Any], null: list) -> np.ndarray:
-    from flowad.resize import resize_bilinear
-
-    log_p_sum = 0
-    for (rate, n, _), (mean, variance, full) in zip(_rates(latents, nfa), null, strict=True):
-        z_score = (rate - mean) / np.sqrt(variance * full / n)
-        log_p_sum = log_p_sum + resize_bilinear(log_ndtr(-z_score), tuple(size))  # natural log, one-sided
-    fisher = chi2.logsf(-2 * log_p_sum, 2 * len(null)) / math.log(10)
-    n_tests = sum(z.shape[-2] * z.shape[-1] for z in latents)
-    return fisher + math.log10(n_tests)
-
-
-def _channel_counts(latents: list[np.ndarray], nfa: dict[str, Any]) -> list[tuple[np.ndarray, np.ndarray, int]]:
-    """Per scale: the candidates of every channel in each window (B, H, W), the trials C n (H, W), C n at full size."""
-    return [(total, c * n, int(c * n.max())) for total, n, c in _window_counts(latents, nfa)]
-
-
-def fit_overdispersion(good: list[np.ndarray], nfa: dict[str, Any]) -> list[tuple[float, float]]:
-    """Per scale: the candidate rate q of good images' full windows and their dispersion Var / (C n q (1 - q))."""
-    fitted = []
-    for total, trials, full in _channel_counts(good, nfa):
-        at_full = total[:, trials == full]
-        q = float(at_full.mean()) / full
-        fitted.append((q, max(float(at_full.var()) / (full * q * (1 - q)), 1.0)))
-    return fitted
-
-
-def quasi_binomial_log_nfa(
-    latents: list[np.ndarray], size: tuple[int, int], nfa: dict[str, Any], null: list[tuple[float, float]]
-) -> np.ndarray:
-    from flowad.nfa import log10_binomial_tail
-    from flowad.resize import resize_bilinear
-
-    smallest = 0
-    for (total, trials, _), (q, dispersion) in zip(_channel_counts(latents, nfa), null, strict=True):
-        effective = np.maximum(np.floor(trials / dispersion), 1).astype(int)  # (H, W)
-        k = np.minimum(np.ceil(total / dispersion).astype(int), effective)  # (B, H, W)
-        log_p = np.empty(k.shape)
-        for n in np.unique(effective):
-            where = effective == n
-            log_p[:, where] = log10_binomial_tail(int(n), q)[k[:, where]]
-        smallest = np.minimum(smallest, resize_bilinear(log_p, tuple(size)))
-    return smallest + math.log10(sum(z.shape[-2] * z.shape[-1] for z in latents)) + math.log10(EPSILON_TESTS)
 
 
 def iou_at_good_rate(maps: np.ndarray, masks: np.ndarray, good_maps: np.ndarray, rate: float = 0.01) -> float:
@@ -305,44 +205,11 @@ def iou_at_good_rate(maps: np.ndarray, masks: np.ndarray, good_maps: np.ndarray,
     return metrics.iou(maps > threshold, masks)
 
 
-def energy_tails(good: list[np.ndarray] | None, channels: list[int]) -> list[Any]:
-    """Per scale, energy (sum_c z^2) -> its upper-tail probability: chi-square(C), or empirical over ``good``."""
-    if good is None:
-        return [lambda e, c=c: chi2.sf(e, c) for c in channels]
-    tails = []
-    for z in good:
-        energies = np.sort(np.square(z).sum(1).ravel())
-        tails.append(lambda e, s=energies: (len(s) - np.searchsorted(s, e, side="left") + 1) / (len(s) + 1))
-    return tails
-
-
-def region_log_nfa(latents: list[np.ndarray], size: tuple[int, int], tails: list[Any]) -> np.ndarray:
-    """-1 where a region candidate at NFA < 0.01 covers the pixel, +1 elsewhere (module docstring)."""
-    from scipy import ndimage
-
-    from flowad.resize import resize_bilinear
-
-    positions = sum(z.shape[-2] * z.shape[-1] for z in latents)
-    log_tests = math.log10(positions * len(REGION_LEVELS) * EPSILON_TESTS)
-    flagged = np.zeros((len(latents[0]), *size), dtype=bool)
-    for z, tail in zip(latents, tails, strict=True):
-        p = tail(np.square(z).sum(1))
-        found = np.zeros(p.shape, dtype=np.float32)
-        for level, image in ((lv, i) for lv in REGION_LEVELS for i in range(len(p))):
-            labels, count = ndimage.label(p[image] < level)
-            if count:
-                n = np.bincount(labels.ravel())[1:]
-                log_nfa = log_tests + (n - 1) * math.log10(3 * math.e) + n * math.log10(level)
-                found[image] = np.maximum(found[image], np.concatenate([[0.0], log_nfa < 0])[labels])
-        flagged |= resize_bilinear(found, tuple(size)) > 0.5
-    return np.where(flagged, -1.0, 1.0)
-
-
 def _rates_inside_outside(latents: list[np.ndarray], masks: np.ndarray, nfa: dict[str, Any]) -> list[tuple]:
     from flowad.resize import resize_bilinear
 
     out = []
-    for rate, _, _ in _rates(latents, nfa):
+    for rate, _, _ in window_rates(latents, nfa):
         small = resize_bilinear(masks.astype(np.float32), rate.shape[-2:]) > 0.5
         out.append((float(rate[small].mean()) if small.any() else float("nan"), float(rate[~small].mean())))
     return out
