@@ -53,9 +53,10 @@ def variant_of(name: str, good: list[np.ndarray], nfa: dict[str, Any]) -> Any:
     if name == "fitted":
         null = fit_null(good, nfa["window_size"], nfa["probability_threshold"])
         return lambda z, size: fitted_log_nfa(z, size, nfa, null)
-    if name in ("windows", "levels"):
-        key, values = ("window_size", (3, 7, 15)) if name == "windows" else ("probability_threshold", (0.5, 0.9, 0.99))
-        options = [{**nfa, key: value} for value in values]
+    if name == "windows":  # flowad's --nfa-window-size 3 7 15
+        return lambda z, size: seed_log_nfa(z, size, {**nfa, "window_size": (3, 7, 15)})
+    if name == "levels":
+        options = [{**nfa, "probability_threshold": value} for value in (0.5, 0.9, 0.99)]
         return lambda z, size: np.min([seed_log_nfa(z, size, o) for o in options], axis=0) + math.log10(len(options))
     if name.startswith("regions"):
         tails = energy_tails(good if name.endswith("fitted") else None, [z.shape[1] for z in good])

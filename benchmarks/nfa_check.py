@@ -22,8 +22,9 @@ presets), then on its latents:
   windows), one-sided; the scales' p-values are combined by Fisher's method (a valid p-value, where the seed's
   product of p-values is not), times the same number of tests. No labels are used.
 - "windows": the seed's test at window sizes 3, 7 and 15, the smallest log NFA of the three per pixel, and
-  three times the tests (a union bound: valid whenever each test is).
-- "levels": the same over candidate levels (probability thresholds) 0.5, 0.9 and 0.99.
+  three times the tests (a union bound: valid whenever each test is): flowad's ``--nfa-window-size 3 7 15``.
+- "levels": the same over candidate levels (probability thresholds) 0.5, 0.9 and 0.99 (above 0.5 with the count's
+  tail interpolated, as ``flowad.nfa`` does).
 - "quasi-binomial": every candidate of every channel counts (the seed counts the mean over channels), and
   the count of C n trials is tested as a binomial whose rate and overdispersion are learned per scale from the
   good validation images (no labels): with rate q and dispersion D = Var / (C n q (1 - q)) at full windows, the
@@ -42,9 +43,10 @@ presets), then on its latents:
   at most (e (4 - 1))^(n - 1) connected sets of n vertices through a given vertex, so every possible region is
   counted in the tests; the 100 asks NFA < 0.01 as the quasi-binomial variant does. The detected positions are
   upsampled bilinearly to the image (a pixel is flagged where the upsampled indicator is above one half).
-- "seed, rescaled" and "windows, rescaled": the seed's test and "windows" with flowad's ``--nfa-rescale``: each
-  image's latents of each scale divided first by their own spread sqrt(median z^2 / median chi-square(1)) where
-  it is above 1 (``flowad.nfa.rescaled``; no labels, no good images: each image is its own reference).
+- "..., rescaled" (the seed's test, "windows", "levels", "fitted", "quasi-binomial", "regions, fitted"): the
+  variant on latents rescaled as flowad's ``--nfa-rescale`` does: each image's latents of each scale divided
+  first by their own spread sqrt(median z^2 / median chi-square(1)) where it is above 1 (``flowad.nfa.rescaled``;
+  no labels: each image is its own reference), the fitted nulls fitted on rescaled good latents too.
 
 Which good images fit the nulls (``--null-from``): by default the run's good validation images, as a user's run
 would; the false detections are counted on all the --good images. On texture_check's photographs the validation

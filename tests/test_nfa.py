@@ -150,6 +150,9 @@ def test_above_one_half_the_tail_is_interpolated_between_whole_counts() -> None:
     tail9, tail4 = log10_binomial_tail(9, 0.1), log10_binomial_tail(4, 0.1)
     assert float(lnfa[0, 1, 1]) == pytest.approx(0.5 * tail9[4] + 0.5 * tail9[5] + math.log10(9), rel=1e-6)
     assert float(lnfa[0, 0, 0]) == pytest.approx(tail4[2] + math.log10(9), rel=1e-6)  # 2 of 4: a whole count
+    z[0, 1] = 5.0  # every value a candidate: 9 of 9, the top of the tail
+    lnfa = log_nfa([z], (3, 3), window_size=3, probability_threshold=0.9)
+    assert float(lnfa[0, 1, 1]) == pytest.approx(tail9[9] + math.log10(9), rel=1e-6)
 
 
 @pytest.mark.parametrize(("side", "threshold"), [(32, 0.7), (32, 0.9), (256, 0.99)])

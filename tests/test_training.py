@@ -19,7 +19,7 @@ from flowad.errors import FlowadError
 from flowad.latent_stats import latent_statistics
 from flowad.metrics import image_auroc, pixel_auroc
 from flowad.models.fastflow import FastFlow, FastFlowConfig
-from flowad.nfa import log_nfa
+from flowad.nfa import log_nfa, rescaled
 from flowad.preprocess import Preprocess
 
 TINY = {"image_size": 64, "epochs": 4, "batch_size": 4, "flow_steps": 2}
@@ -262,8 +262,13 @@ def test_the_nfa_options_are_kept_in_the_run_and_used_wherever_its_nfa_is_comput
     dataset = ImageDataset(good, record.preprocess)
     latents = engine.infer(net, dataset, engine.EngineSettings(quiet=True), keep_latents=True)["latents"]
     size = record.preprocess.size
-    rescaled = log_nfa(latents, size, window_size=(3, 7), rescale=True)
-    assert np.array_equal(net.log_nfa(latents), rescaled)
-    assert not np.array_equal(log_nfa(latents, size), rescaled)  # a one-epoch run's latents are wider than N(0, 1)
-    flagged = int((rescaled < 0).any(axis=(1, 2)).sum())
-    assert read_json(run / "config.json")["train"]["nfa_flagged"] == {"good_images": len(good), "flagged": flagged}
+    expected = log_nfa(latents, size, window_size=(3, 7), rescale=True)
+    assert np.array_equal(net.log_nfa(latents), expected)
+    # a one-epoch run's latents are wider than N(0, 1): rescaling changes the test
+    assert not np.array_equal(log_nfa(latents, size, window_size=(3, 7)), expected)
+    train = read_json(run / "config.json")["train"]
+    flagged = int((expected < 0).any(axis=(1, 2)).sum())
+    assert train["nfa_flagged"] == {"good_images": len(good), "flagged": flagged}
+    # the readiness statistics are those of the latents the test counts on
+    own = [s.mean_z2 for s in latent_statistics(rescaled(latents))]
+    assert [scale["mean_z2"] for scale in train["latents"]] == pytest.approx(own, abs=2e-4)

@@ -23,8 +23,8 @@ position we count such "candidates" in a window and ask how unlikely that many w
   N(0, 1) image at 256 px was flagged, at 0.7 one in eight at 32 px (measured). So above 0.5 the tail is
   interpolated between the whole counts around the mean, log10 P = (1 - f) log10 P[X >= floor(mean)] +
   f log10 P[X >= floor(mean) + 1] with f the fractional part: equal to the rule above at whole counts, never
-  below it, and no evidence from a mean count below 1 (tested on pure noise). At 0.5 and below, the paper's
-  rounding is kept, as validated.
+  below it, and a mean count below 1 is weak evidence, in proportion to it (pure noise stays unflagged, tested).
+  At 0.5 and below, the paper's rounding is kept, as validated.
 - borders: the window is cut at the image border and ``n`` counts only the pixels inside (the reference
   pads by reflection, which counts some entries twice and breaks the independence the test assumes).
 - scales combine by bilinear upsampling of each log10 P to ``size`` (float64, torch's
@@ -54,7 +54,8 @@ part of a photograph) are wider than N(0, 1) all over, and the test above then f
 moves for a defect that covers a small part of the image, while the whole image's widening is taken out.
 Since s is never taken below 1, a rescaled value is never larger than the latent, so the rescaled test flags
 a subset of the pixels the plain test flags: it keeps the promise wherever the plain test does, and trades
-detections for fewer false alarms (README, Thresholds).
+detections for fewer false alarms (README, Thresholds). A tiled image's tiles are each their own image here
+(each tile's latents are rescaled by their own spread).
 
 The binomial tails are exact: ``n`` is small (window pixels), so a table of log10 P[Bin(n, p) >= k] for
 every (n, k) that occurs is computed once per call, in log space with a log-sum-exp of the pmf terms
@@ -104,7 +105,7 @@ def log_nfa(
     NFA, with the tests of every size counted (module docstring).
     """
     latents = _as_arrays(latents)
-    windows = tuple(window_size) if isinstance(window_size, (tuple, list)) else (window_size,)
+    windows = tuple(np.atleast_1d(window_size).tolist())  # one size or several (a list, tuple or array)
     _check(latents, size, windows, probability_threshold)
     if int(tiles) != tiles or tiles < 1:
         raise InputError(f"tiles is {tiles}; expected a whole number of at least 1")
@@ -142,12 +143,12 @@ def _log_p(
     return total_log_p
 
 
-def rescaled(latents: Sequence[np.ndarray]) -> list[np.ndarray]:
+def rescaled(latents: Sequence[np.ndarray | torch.Tensor]) -> list[np.ndarray]:
     """Each image's (B, C, H, W) latents of each scale divided by their spread sqrt(median z^2 / median chi2(1)),
-    where it is above 1 (module docstring); float32."""
+    where it is above 1 (module docstring); float32 numpy arrays, from arrays or tensors (any device)."""
     out = []
     for z in latents:
-        z = np.asarray(z, dtype=np.float32)
+        z = _as_array(z).astype(np.float32, copy=False)
         spread = np.sqrt(np.median(np.square(z).reshape(len(z), -1), axis=1) / CHI2_1_MEDIAN)
         out.append(z / np.maximum(spread, 1.0).astype(np.float32).reshape(-1, 1, 1, 1))
     return out

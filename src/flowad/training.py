@@ -36,7 +36,7 @@ from flowad.engine import train as train_head
 from flowad.errors import FlowadError, InputError
 from flowad.latent_stats import latent_statistics, readiness_warnings
 from flowad.models import AnomalyModel, model_class
-from flowad.nfa import scored_nfa_masks
+from flowad.nfa import rescaled, scored_nfa_masks
 from flowad.preprocess import Preprocess
 from flowad.records import EngineSettings, TrainRequest
 from flowad.runlog import log_to, logger
@@ -123,6 +123,8 @@ def latent_readiness(
     else:
         latents = scored["latents"] if good.all() else [z[torch.from_numpy(good)] for z in scored["latents"]]
     flagged = int(flags.any(axis=(1, 2)).sum())
+    if net.config.nfa_rescale:  # the statistics of the latents the test counts on
+        latents = rescaled(latents)
     stats = latent_statistics(latents, net.config.nfa_probability_threshold)
     warnings = readiness_warnings(stats, flagged, len(flags), which)
     nfa_flagged = {"good_images": len(flags), "flagged": flagged}
