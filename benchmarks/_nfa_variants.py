@@ -66,14 +66,10 @@ def variant_of(name: str, good: list[np.ndarray], nfa: dict[str, Any]) -> Any:
 
 
 def _window_counts(latents: list[np.ndarray], nfa: dict[str, Any]) -> list[tuple[np.ndarray, np.ndarray, int]]:
-    """Per scale, as the seed's test counts them: the candidates of all channels in each window (B, H, W), the
-    window sizes n (H, W) and the number of channels C."""
-    from flowad.nfa import window_counts, window_half
+    """Per scale, as the seed's test counts them (``flowad.nfa.scale_window_counts``): candidates, n, C."""
+    from flowad.nfa import scale_window_counts
 
-    tau = np.float32(chi2.ppf(nfa["probability_threshold"], 1))
-    finest = max(z.shape[-2] for z in latents)
-    half = [window_half(nfa["window_size"], z.shape[-2], finest) for z in latents]
-    return [(*window_counts(z, tau, h), z.shape[1]) for z, h in zip(latents, half, strict=True)]
+    return scale_window_counts(latents, nfa["window_size"], nfa["probability_threshold"])
 
 
 def window_rates(latents: list[np.ndarray], nfa: dict[str, Any]) -> list[tuple[np.ndarray, np.ndarray, int]]:

@@ -120,14 +120,8 @@ def _log_p(
     latents: list[np.ndarray], size: tuple[int, int], window_size: int, threshold: float, high_precision: bool
 ) -> np.ndarray:
     """sum over scales of the upsampled log10 P of one window size's tests (module docstring), (B, H, W)."""
-    tau = np.float32(chi2.ppf(threshold, 1))  # compared in float32, as the latents are
     q = 1.0 - threshold  # P(z^2 >= tau) under H0
-    finest = max(z.shape[-2] for z in latents)
-
-    counts = []  # per scale: the candidates summed over channels (B, H, W), the channels, the window sizes (H, W)
-    for z in latents:
-        counts.append((*window_counts(z, tau, window_half(window_size, z.shape[-2], finest)), z.shape[1]))
-
+    counts = scale_window_counts(latents, window_size, threshold)
     n_values = np.unique(np.concatenate([n.ravel() for _, n, _ in counts]))
     table = _tail_table(n_values, q, high_precision)  # (len(n_values), n_max + 1)
     total_log_p = 0
@@ -141,6 +135,16 @@ def _log_p(
         # bilinear, not the reference's bicubic: it cannot overshoot the tests' range (module docstring)
         total_log_p = total_log_p + resize_bilinear(log_p, tuple(size))
     return total_log_p
+
+
+def scale_window_counts(
+    latents: Sequence[np.ndarray], window_size: int, threshold: float
+) -> list[tuple[np.ndarray, np.ndarray, int]]:
+    """Per scale, as the test counts them: the candidates (z^2 >= tau) of all channels in each window (B, H, W),
+    the window sizes n (H, W) and the number of channels C."""
+    tau = np.float32(chi2.ppf(threshold, 1))  # compared in float32, as the latents are
+    finest = max(z.shape[-2] for z in latents)
+    return [(*window_counts(z, tau, window_half(window_size, z.shape[-2], finest)), z.shape[1]) for z in latents]
 
 
 def rescaled(latents: Sequence[np.ndarray | torch.Tensor]) -> list[np.ndarray]:

@@ -117,12 +117,12 @@ def latent_readiness(
     follow (naming the images as ``which``). ``scored``: ``infer(net, val_set, ..., keep_latents=True)``, so the
     images are scored once; ``device``: where the model is, for a tiled run's tiles."""
     flags = scored_nfa_masks(net, scored)[good]
+    flagged = int(flags.any(axis=(1, 2)).sum())
     if val_set.preprocess.tiling is not None:  # a tiled run's statistics are its tiles', as the flow sees them
         tiles = training_dataset([s for s, g in zip(val_set.samples, good, strict=True) if g], val_set.preprocess)
         latents = _item_latents(net, tiles, device)
     else:
         latents = scored["latents"] if good.all() else [z[torch.from_numpy(good)] for z in scored["latents"]]
-    flagged = int(flags.any(axis=(1, 2)).sum())
     if net.config.nfa_rescale:  # the statistics of the latents the test counts on
         latents = rescaled(latents)
     stats = latent_statistics(latents, net.config.nfa_probability_threshold)
