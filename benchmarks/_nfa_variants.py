@@ -20,12 +20,14 @@ VARIANTS = (
     "fitted",
     "windows",
     "levels",
+    "windows and levels",
     "quasi-binomial",
     "regions",
     "regions, fitted",
     "seed, rescaled",
     "windows, rescaled",
     "levels, rescaled",
+    "windows and levels, rescaled",
     "fitted, rescaled",
     "quasi-binomial, rescaled",
     "regions, fitted, rescaled",
@@ -55,9 +57,9 @@ def variant_of(name: str, good: list[np.ndarray], nfa: dict[str, Any]) -> Any:
         return lambda z, size: fitted_log_nfa(z, size, nfa, null)
     if name == "windows":  # flowad's --nfa-window-size 3 7 15
         return lambda z, size: seed_log_nfa(z, size, {**nfa, "window_size": (3, 7, 15)})
-    if name == "levels":
-        options = [{**nfa, "probability_threshold": value} for value in (0.5, 0.9, 0.99)]
-        return lambda z, size: np.min([seed_log_nfa(z, size, o) for o in options], axis=0) + math.log10(len(options))
+    if name in ("levels", "windows and levels"):  # --nfa-probability-threshold 0.5 0.9 0.99 (and the windows)
+        windows = {"window_size": (3, 7, 15)} if name.startswith("windows") else {}
+        return lambda z, size: seed_log_nfa(z, size, {**nfa, **windows, "probability_threshold": (0.5, 0.9, 0.99)})
     if name.startswith("regions"):
         tails = energy_tails(good if name.endswith("fitted") else None, [z.shape[1] for z in good])
         return lambda z, size: region_log_nfa(z, size, tails)

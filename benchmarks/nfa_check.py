@@ -24,7 +24,9 @@ presets), then on its latents:
 - "windows": the seed's test at window sizes 3, 7 and 15, the smallest log NFA of the three per pixel, and
   three times the tests (a union bound: valid whenever each test is): flowad's ``--nfa-window-size 3 7 15``.
 - "levels": the same over candidate levels (probability thresholds) 0.5, 0.9 and 0.99 (above 0.5 with the count's
-  tail interpolated, as ``flowad.nfa`` does).
+  tail interpolated, as ``flowad.nfa`` does): flowad's ``--nfa-probability-threshold 0.5 0.9 0.99``.
+- "windows and levels": both at once: window sizes 3, 7 and 15 at each of the levels 0.5, 0.9 and 0.99, nine
+  tests per position counted (``--nfa-window-size 3 7 15 --nfa-probability-threshold 0.5 0.9 0.99``).
 - "quasi-binomial": every candidate of every channel counts (the seed counts the mean over channels), and
   the count of C n trials is tested as a binomial whose rate and overdispersion are learned per scale from the
   good validation images (no labels): with rate q and dispersion D = Var / (C n q (1 - q)) at full windows, the
@@ -43,10 +45,11 @@ presets), then on its latents:
   at most (e (4 - 1))^(n - 1) connected sets of n vertices through a given vertex, so every possible region is
   counted in the tests; the 100 asks NFA < 0.01 as the quasi-binomial variant does. The detected positions are
   upsampled bilinearly to the image (a pixel is flagged where the upsampled indicator is above one half).
-- "..., rescaled" (the seed's test, "windows", "levels", "fitted", "quasi-binomial", "regions, fitted"): the
-  variant on latents rescaled as flowad's ``--nfa-rescale`` does: each image's latents of each scale divided
-  first by their own spread sqrt(median z^2 / median chi-square(1)) where it is above 1 (``flowad.nfa.rescaled``;
-  no labels: each image is its own reference), the fitted nulls fitted on rescaled good latents too.
+- "..., rescaled" (the seed's test, "windows", "levels", "windows and levels", "fitted", "quasi-binomial",
+  "regions, fitted"): the variant on latents rescaled as flowad's ``--nfa-rescale`` does: each image's latents
+  of each scale divided first by their own spread sqrt(median z^2 / median chi-square(1)) where it is above 1
+  (``flowad.nfa.rescaled``; no labels: each image is its own reference), the fitted nulls fitted on rescaled
+  good latents too.
 
 Which good images fit the nulls (``--null-from``): by default the run's good validation images, as a user's run
 would; the false detections are counted on all the --good images. On texture_check's photographs the validation
@@ -104,13 +107,15 @@ def main() -> None:
 
 def write_images(out: Path, name: str, good_images: int) -> tuple[Path, Path, tuple[str, ...]]:
     """The data set, a folder of ``good_images`` more good images per category, and the categories: texture_check's
-    photographs (``name`` "textures") or the demo's (``name`` "demo"), written once under ``out``."""
+    photographs (``name`` "textures", or "textures-anywhere": every crop anywhere in the photograph) or the demo's
+    (``name`` "demo"), written once under ``out``."""
     data, good = out / "data", out / "good"
-    if name == "textures":
+    if name.startswith("textures"):
+        split = name == "textures"
         if not (data / TEXTURES[-1] / "ground_truth").is_dir():
-            write_data(data)
+            write_data(data, split=split)
         if not (good / TEXTURES[-1]).is_dir():
-            write_good_crops(good, good_images)
+            write_good_crops(good, good_images, split=split)
         return data, good, TEXTURES
     from flowad.data.synthetic import CATEGORIES, make_demo_dataset
 
@@ -165,11 +170,14 @@ def _check(
     row = [f"{metrics.oracle_iou(test['maps'][anomalous], masks[anomalous])[0]:.3f}"]
     row.append(f"{iou_at_good_rate(test['maps'][anomalous], masks[anomalous], bound_maps):.3f}")
     null = fit_null(fit, nfa["window_size"], nfa["probability_threshold"])
+    areas = []  # detected pixels / defect pixels on the anomalous images: above 1, the masks spill over the defects
     for variant in variants:
         on_good, on_noise = variant_of(variant, fit, nfa), variant_of(variant, noise_fit, nfa)
         found = _masks(on_good, test_latents, size)
         flagged, flagged_noise = _flagged(_masks(on_good, measured, size)), _flagged(_masks(on_noise, noise, size))
         row.append(f"{metrics.iou(found[anomalous], masks[anomalous]):.3f} / {flagged:.3f} / {flagged_noise:.3f}")
+        inside = (found[anomalous] & masks[anomalous]).sum() / max(found[anomalous].sum(), 1)
+        areas.append(f"{variant} {found[anomalous].sum() / masks[anomalous].sum():.2f} ({inside:.2f} inside)")
     lines = [
         f"{name} latents per scale (mean z^2, candidate rate, neighbour / channel correlation): "
         + "; ".join(
@@ -185,6 +193,7 @@ def _check(
         + "; ".join(f"{a:.3f} / {b:.3f}" for a, b in _rates_inside_outside(test_latents, masks, nfa)),
         "fitted null per scale (mean rate, sd at full windows): "
         + "; ".join(f"{m:.3f}, {math.sqrt(v):.4f}" for m, v, _ in null),
+        "detected area / defect area (share of the detected pixels inside the defects): " + "; ".join(areas),
     ]
     return row, lines
 
@@ -224,11 +233,18 @@ def _section(args: Any, rows: list[list[str]], diagnostics: list[str]) -> str:
         " with any pixel at log NFA < 0. Module docstring: the variant.\n" + _null_from_note(args)
     )
     return section(
-        "The NFA on real textures" if args.data == "textures" else "The NFA on the demo",
+        _TITLES[args.data],
         machine_description(args.threads),
         about,
         ["", *markdown_table(_headers(args.variants), rows), "", "Diagnostics:", "", *diagnostics],
     )
+
+
+_TITLES = {
+    "textures": "The NFA on real textures",
+    "textures-anywhere": "The NFA on real textures, every crop taken anywhere in the photograph",
+    "demo": "The NFA on the demo",
+}
 
 
 def _null_from_note(args: Any) -> str:
@@ -251,7 +267,13 @@ def _parser() -> Any:
     add_models_argument(parser, default=("uflow",))
     add_threads_argument(parser)
     add_append_argument(parser)
-    parser.add_argument("--data", choices=("textures", "demo"), default="textures", help="which images")
+    parser.add_argument(
+        "--data",
+        choices=("textures", "textures-anywhere", "demo"),
+        default="textures",
+        help="which images: texture_check's (training crops from the top two thirds of each photograph, test and "
+        "--good crops from the bottom third), the same with every crop taken anywhere in the photograph, or the demo's",
+    )
     parser.add_argument("--good", type=positive_int, default=200, help="extra good images per texture")
     parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=VARIANTS, help="the tests to measure")
     parser.add_argument(

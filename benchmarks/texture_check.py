@@ -89,11 +89,20 @@ def save_image(path: Path, pixels: np.ndarray, mode: str = "RGB") -> None:
     (image.convert("RGB") if mode == "RGB" else image.point(lambda v: 255 if v >= 128 else 0)).save(path)
 
 
-def write_data(root: Path, seed: int = 0) -> None:
+def _rows(photo: np.ndarray, split: bool) -> tuple[tuple[int, int], tuple[int, int]]:
+    """The training and the test crops' rows: the top two thirds and the bottom third, or with ``split`` False
+    the whole photograph for both (crops at random anywhere, so test crops overlap training crops' areas)."""
+    if not split:
+        return (0, photo.shape[0]), (0, photo.shape[0])
+    return (0, photo.shape[0] * 2 // 3), (photo.shape[0] * 2 // 3, photo.shape[0])
+
+
+def write_data(root: Path, seed: int = 0, split: bool = True) -> None:
+    """The data set under ``root``; ``split`` False takes every crop from the whole photograph (:func:`_rows`)."""
     rng = np.random.default_rng(seed)
     for i, name in enumerate(TEXTURES):
         photo, other = _photo(name), _photo(TEXTURES[(i + 1) % len(TEXTURES)])
-        train_rows, test_rows = (0, photo.shape[0] * 2 // 3), (photo.shape[0] * 2 // 3, photo.shape[0])
+        train_rows, test_rows = _rows(photo, split)
         for k in range(COUNTS["train"]):
             save_image(root / name / "train" / "good" / f"{k:03d}.png", _crop(photo, rng, train_rows))
         for k in range(COUNTS["good"]):
@@ -105,13 +114,13 @@ def write_data(root: Path, seed: int = 0) -> None:
                 save_image(root / name / "ground_truth" / defect / f"{k:03d}_mask.png", mask * 255.0, mode="L")
 
 
-def write_good_crops(root: Path, count: int, seed: int = 1) -> None:
+def write_good_crops(root: Path, count: int, seed: int = 1, split: bool = True) -> None:
     """``count`` more good crops per texture from the test rows, as ``root/<texture>/NNN.png`` (another seed than
     :func:`write_data`'s, so other crops): for measuring false detections on many good images."""
     rng = np.random.default_rng(seed)
     for name in TEXTURES:
         photo = _photo(name)
-        rows = (photo.shape[0] * 2 // 3, photo.shape[0])
+        rows = _rows(photo, split)[1]
         for k in range(count):
             save_image(root / name / f"{k:03d}.png", _crop(photo, rng, rows))
 

@@ -206,6 +206,35 @@ def test_several_window_sizes_take_each_pixels_smallest_test_and_count_every_tes
     assert (log_nfa(noise, SIZE, window_size=windows) < 0).mean() < 1e-3
 
 
+def test_several_levels_and_windows_take_each_pixels_smallest_test_and_count_every_pair() -> None:
+    latents = _plant(_noise(2, seed=82), shift=1.5)
+    windows, levels = (3, 7), (0.5, 0.9, 0.99)
+    several = log_nfa(latents, SIZE, window_size=windows, probability_threshold=levels)
+    each = np.stack([log_nfa(latents, SIZE, window_size=w, probability_threshold=lv) for w in windows for lv in levels])
+    assert np.allclose(several, each.min(axis=0) + math.log10(len(windows) * len(levels)), atol=1e-9)
+    assert np.array_equal(log_nfa(latents, SIZE, probability_threshold=[0.5]), log_nfa(latents, SIZE))
+    noise = _noise(25, seed=83)
+    assert (log_nfa(noise, SIZE, window_size=(3, 7, 15), probability_threshold=levels) < 0).mean() < 1e-3
+
+
+def test_a_high_level_finds_a_few_strong_values_the_mean_count_misses() -> None:
+    # one value in five of the planted square is far out (|z| = 4.5), the rest N(0, 1): at level 0.5 the candidate
+    # rate there moves from 0.5 to 0.6, at 0.99 from 0.01 to 0.21
+    latents = [z.clone() for z in _noise(2, seed=84)]
+    g = torch.Generator().manual_seed(85)
+    for z, (lo, hi) in zip(latents, ((4, 8), (8, 15)), strict=True):
+        square = z[:, :, lo:hi, lo:hi]
+        far = torch.rand(square.shape, generator=g) < 0.2
+        square[far] = 4.5 * torch.sign(square[far])
+    truth = _planted_truth()
+    plain = log_nfa(latents, SIZE) < 0
+    levels = log_nfa(latents, SIZE, probability_threshold=(0.5, 0.9, 0.99)) < 0
+    for m in plain:
+        assert (m & truth).sum() / (m | truth).sum() < 0.2
+    for m in levels:
+        assert (m & truth).sum() / (m | truth).sum() >= 0.6
+
+
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
@@ -215,6 +244,8 @@ def test_several_window_sizes_take_each_pixels_smallest_test_and_count_every_tes
         ({"latents": [np.zeros((1, 2, 4, 4)), np.zeros((2, 2, 2, 2))]}, r"latents\[1\] has batch 2"),
         ({"probability_threshold": 1.0}, "probability_threshold is 1.0"),
         ({"probability_threshold": 0.0}, "probability_threshold is 0.0"),
+        ({"probability_threshold": (0.5, 1.0)}, r"probability_threshold is \(0.5, 1.0\)"),
+        ({"probability_threshold": []}, r"probability_threshold is \(\)"),
         ({"window_size": 0}, "window_size is 0"),
         ({"window_size": (3, 0)}, r"window_size is \(3, 0\)"),
         ({"window_size": []}, r"window_size is \(\)"),

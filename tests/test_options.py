@@ -118,3 +118,16 @@ def test_image_size_takes_one_value_or_height_and_width(tmp_path: Path, capsys) 
     config.write_text("image_size: [96, 160, 224]\n")  # a config file's list: the same check
     _refused([*train, "--config", str(config)], capsys, *expected)
     assert [p.name for p in tmp_path.iterdir()] == ["config.yaml"]
+
+
+def test_nfa_window_sizes_and_levels_take_one_value_or_several(tmp_path: Path, capsys) -> None:
+    train = _commands(tmp_path)["train"]
+    parser = cli.build_parser()
+    one = parser.parse_args([*train, "--nfa-window-size", "7", "--nfa-probability-threshold", "0.5"])
+    assert (one.nfa_window_size, one.nfa_probability_threshold) == (7, 0.5)  # one value: itself, as always
+    args = [*train, "--nfa-window-size", "3", "15", "--nfa-probability-threshold", "0.5", "0.99"]
+    several = parser.parse_args(args)
+    assert (several.nfa_window_size, several.nfa_probability_threshold) == ([3, 15], [0.5, 0.99])
+    _refused([*train, "--nfa-probability-threshold", "0.5", "1"], capsys, "--nfa-probability-threshold 0.5 1", "< 1")
+    _refused([*train, "--nfa-window-size", "3", "0"], capsys, "--nfa-window-size 3 0", "an integer >= 1")
+    assert not any(tmp_path.iterdir())

@@ -254,21 +254,28 @@ def test_a_validation_split_without_good_images_is_named(data: Path, tmp_path: P
 def test_the_nfa_options_are_kept_in_the_run_and_used_wherever_its_nfa_is_computed(data: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
     common = ["train", "--data", str(data), "--category", "fabric", "--out", str(run), *TINY_TRAIN]
-    assert main([*common, "--nfa-rescale", "--nfa-window-size", "3", "7"]) == 0
+    assert (
+        main([*common, "--nfa-rescale", "--nfa-window-size", "3", "7", "--nfa-probability-threshold", "0.5", "0.9"])
+        == 0
+    )
     record = read_record(run)
     assert record.model_config["nfa_rescale"] is True and record.model_config["nfa_window_size"] == [3, 7]
+    assert record.model_config["nfa_probability_threshold"] == [0.5, 0.9]
     net, _ = load_run(run)
     good = [s for s in record.data.splits(record.seed).val if s.label == 0]
     dataset = ImageDataset(good, record.preprocess)
     latents = engine.infer(net, dataset, engine.EngineSettings(quiet=True), keep_latents=True)["latents"]
     size = record.preprocess.size
-    expected = log_nfa(latents, size, window_size=(3, 7), rescale=True)
+    expected = log_nfa(latents, size, window_size=(3, 7), probability_threshold=(0.5, 0.9), rescale=True)
     assert np.array_equal(net.log_nfa(latents), expected)
     # a one-epoch run's latents are wider than N(0, 1): rescaling changes the test
-    assert not np.array_equal(log_nfa(latents, size, window_size=(3, 7)), expected)
+    assert not np.array_equal(log_nfa(latents, size, window_size=(3, 7), probability_threshold=(0.5, 0.9)), expected)
     train = read_json(run / "config.json")["train"]
     flagged = int((expected < 0).any(axis=(1, 2)).sum())
     assert train["nfa_flagged"] == {"good_images": len(good), "flagged": flagged}
     # the readiness statistics are those of the latents the test counts on
-    own = [s.mean_z2 for s in latent_statistics(rescaled(latents))]
-    assert [scale["mean_z2"] for scale in train["latents"]] == pytest.approx(own, abs=2e-4)
+    own = latent_statistics(rescaled(latents), 0.5)  # the candidate rate at the lowest of several levels
+    assert [scale["mean_z2"] for scale in train["latents"]] == pytest.approx([s.mean_z2 for s in own], abs=2e-4)
+    assert [scale["candidate_rate"] for scale in train["latents"]] == pytest.approx(
+        [s.candidate_rate for s in own], abs=2e-4
+    )

@@ -43,7 +43,8 @@ OPTION_HELP = {
     "max_grad_norm": "MSFlow: the gradients' total norm is clipped to this before each step (0: no clipping)",
     "nfa_window_size": "--threshold nfa: window at the finest latent scale (pixels); several sizes (3 7 15) test "
     "each and count every test",
-    "nfa_probability_threshold": "--threshold nfa: a latent value is a candidate when P(chi2(1) >= z^2) < 1 - this",
+    "nfa_probability_threshold": "--threshold nfa: a latent value is a candidate when P(chi2(1) >= z^2) < 1 - this; "
+    "several levels (0.5 0.9 0.99) test each and count every test",
     "nfa_high_precision": "--threshold nfa: binomial tails in exact integer arithmetic (slower)",
     "nfa_rescale": "--threshold nfa: divide each image's latents by their own spread first, when wider than "
     "N(0, 1): fewer false alarms on good images unlike the training images, fewer detections (README, Thresholds)",
@@ -53,8 +54,13 @@ OPTION_HELP = {
     "input_statistics": "input normalisation: 'weights' (the backbone weights' own mean/std) or 'imagenet' "
     "(ImageNet's for any backbone, as anomalib)",
 }
-# model options that take one value or several: a square or height and width; one window size or several
-SEVERAL_VALUES_OPTIONS = {"image_size": ("H", "W"), "nfa_window_size": "PIXELS"}
+# model options that take one value or several (metavar, type): a square or height and width; one window size or
+# several; one candidate level or several
+SEVERAL_VALUES_OPTIONS = {
+    "image_size": (("H", "W"), int),
+    "nfa_window_size": ("PIXELS", int),
+    "nfa_probability_threshold": ("P", float),
+}
 
 
 class OneOrSeveralValues(argparse.Action):
@@ -65,7 +71,7 @@ class OneOrSeveralValues(argparse.Action):
         self,
         parser: argparse.ArgumentParser,
         namespace: argparse.Namespace,
-        values: list[int],
+        values: list[int] | list[float],
         option_string: str | None = None,
     ) -> None:
         setattr(namespace, self.dest, values[0] if len(values) == 1 else list(values))
@@ -100,8 +106,10 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
         if isinstance(example, bool):
             p.add_argument(flag, dest=field, action="store_const", const=True, help=text)
         elif field in SEVERAL_VALUES_OPTIONS:
-            metavar = SEVERAL_VALUES_OPTIONS[field]
-            p.add_argument(flag, dest=field, type=int, nargs="+", action=OneOrSeveralValues, metavar=metavar, help=text)
+            metavar, kind = SEVERAL_VALUES_OPTIONS[field]
+            p.add_argument(
+                flag, dest=field, type=kind, nargs="+", action=OneOrSeveralValues, metavar=metavar, help=text
+            )
         elif isinstance(example, tuple):
             p.add_argument(flag, dest=field, type=type(example[0]), nargs="+", help=text)
         else:

@@ -46,6 +46,11 @@ position we count such "candidates" in a window and ask how unlikely that many w
 Several window sizes (``window_size=(3, 7, 15)``, say): the test above is run at each size, and a pixel takes
 the smallest log NFA plus log10 of the number of sizes: every size's tests are counted (a union bound), so the
 promise holds whatever size detects. Small windows find small defects, large ones faint but wide defects.
+Several candidate levels (``probability_threshold=(0.5, 0.9, 0.99)``) the same way: a high level counts only
+the values far out in the tail, which finds a few strong values that the mean count at 0.5 misses. With several
+of both, every (size, level) pair is a test, and all are counted. A stronger test also marks more of the
+surroundings of a strong defect: a window centred outside it is significant with fewer of its values inside
+(README, Thresholds, measured).
 
 Rescaled (``rescale=True``, off by default): before counting, each image's latents of each scale are divided
 by their own spread s = sqrt(median(z^2) / median(chi-square(1))) over every channel and position, when s > 1.
@@ -88,7 +93,7 @@ def log_nfa(
     latents: Sequence[np.ndarray | torch.Tensor],
     size: tuple[int, int],
     window_size: int | Sequence[int] = 7,
-    probability_threshold: float = 0.5,
+    probability_threshold: float | Sequence[float] = 0.5,
     high_precision: bool = False,
     tiles: int = 1,
     rescale: bool = False,
@@ -101,18 +106,20 @@ def log_nfa(
     ``latents``: (B, C_s, H_s, W_s) maps, any order, numpy arrays (an exported model's outputs) or torch
     tensors (e.g. ``model.latents(images)``, on any device): the same values give the same result.
     ``rescale``: each image's latents divided by their own spread first (:func:`rescaled`, module docstring).
-    ``window_size``: one size, or several: each is tested at every position and a pixel takes the smallest log
-    NFA, with the tests of every size counted (module docstring).
+    ``window_size`` and ``probability_threshold`` (the candidate level): one value each, or several: every pair is
+    tested at every position and a pixel takes the smallest log NFA, with every pair's tests counted (module
+    docstring).
     """
     latents = _as_arrays(latents)
-    windows = tuple(np.atleast_1d(window_size).tolist())  # one size or several (a list, tuple or array)
-    _check(latents, size, windows, probability_threshold)
+    windows = tuple(np.atleast_1d(window_size).tolist())  # one value or several (a list, tuple or array)
+    levels = tuple(np.atleast_1d(probability_threshold).tolist())
+    _check(latents, size, windows, levels)
     if int(tiles) != tiles or tiles < 1:
         raise InputError(f"tiles is {tiles}; expected a whole number of at least 1")
     if rescale:
         latents = rescaled(latents)
-    each = (_log_p(latents, size, w, probability_threshold, high_precision) for w in windows)
-    n_tests = tiles * len(windows) * sum(z.shape[-2] * z.shape[-1] for z in latents)
+    each = (_log_p(latents, size, w, level, high_precision) for w in windows for level in levels)
+    n_tests = tiles * len(windows) * len(levels) * sum(z.shape[-2] * z.shape[-1] for z in latents)
     return functools.reduce(np.minimum, each) + math.log10(n_tests)
 
 
@@ -206,7 +213,9 @@ def _as_array(z: Any) -> np.ndarray:
     return np.asarray(z)
 
 
-def _check(latents: list[np.ndarray], size: tuple[int, int], window_sizes: Sequence[int], threshold: float) -> None:
+def _check(
+    latents: list[np.ndarray], size: tuple[int, int], window_sizes: Sequence[int], levels: Sequence[float]
+) -> None:
     if not isinstance(latents, (list, tuple)) or len(latents) == 0:
         raise InputError("latents is empty; expected a list of (B, C, H, W) latent maps")
     for i, z in enumerate(latents):
@@ -218,8 +227,11 @@ def _check(latents: list[np.ndarray], size: tuple[int, int], window_sizes: Seque
             raise InputError(f"latents[{i}] is empty {z.shape}")
     if not isinstance(size, (tuple, list)) or len(size) != 2 or min(size) < 1:
         raise InputError(f"size is {size}; expected (height, width) of positive integers")
-    if not 0 < threshold < 1:
-        raise InputError(f"probability_threshold is {threshold}; expected a probability strictly between 0 and 1")
+    if not levels or not all(0 < level < 1 for level in levels):
+        shown = levels if len(levels) != 1 else levels[0]
+        raise InputError(
+            f"probability_threshold is {shown}; expected a probability strictly between 0 and 1, or several"
+        )
     if not window_sizes or any(int(w) != w or w < 1 for w in window_sizes):
         shown = window_sizes if len(window_sizes) != 1 else window_sizes[0]
         raise InputError(f"window_size is {shown}; expected a whole number of at least 1, or several")

@@ -125,7 +125,8 @@ def latent_readiness(
         latents = scored["latents"] if good.all() else [z[torch.from_numpy(good)] for z in scored["latents"]]
     if net.config.nfa_rescale:  # the statistics of the latents the test counts on
         latents = rescaled(latents)
-    stats = latent_statistics(latents, net.config.nfa_probability_threshold)
+    level = min(np.atleast_1d(net.config.nfa_probability_threshold))  # several levels: the candidate rate at the lowest
+    stats = latent_statistics(latents, float(level))
     warnings = readiness_warnings(stats, flagged, len(flags), which)
     nfa_flagged = {"good_images": len(flags), "flagged": flagged}
     return {"latents": [s.to_dict() for s in stats], "nfa_flagged": nfa_flagged, "nfa_warnings": warnings}

@@ -40,7 +40,7 @@ class ModelConfig:
     epochs: int = 20
     # the a contrario segmentation (flowad.nfa) on the model's latents; U-Flow's paper defaults
     nfa_window_size: int | list[int] = 7  # several sizes: each tested, all counted (flowad.nfa)
-    nfa_probability_threshold: float = 0.5
+    nfa_probability_threshold: float | list[float] = 0.5  # several levels: each tested, all counted (flowad.nfa)
     nfa_high_precision: bool = False
     nfa_rescale: bool = False  # each image's latents divided by their own spread first (flowad.nfa)
     # how input images are normalised: "weights" = the statistics the backbone's weights were trained with
