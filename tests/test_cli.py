@@ -1,5 +1,6 @@
 """End to end through the command line: demo data -> train -> test -> predict, and its errors."""
 
+import html
 import json
 import shutil
 from pathlib import Path
@@ -142,6 +143,65 @@ def test_nfa_threshold_for_test_and_predict(run: Path, demo: Path, tmp_path: Pat
         record = json.loads(line)
         mask = _pixels(record["mask"]) > 0
         assert record["anomalous"] == bool(mask.any()) == (record["log_nfa_min"] < 0)
+
+
+def test_the_nfa_is_tested_otherwise_than_trained_without_retraining(run: Path, demo: Path, capsys) -> None:
+    from flowad.api import Detector, read_record
+    from flowad.checkpoint import load_run
+    from flowad.data.datasets import ImageDataset
+    from flowad.engine import EngineSettings, infer
+    from flowad.nfa import log_nfa
+    from flowad.resize import resize_bilinear
+    from flowad.serve import model_info
+
+    config = (run / "config.json").read_bytes()
+    chosen = {"window_size": [3, 7], "probability_threshold": [0.5, 0.99], "high_precision": False, "rescale": True}
+    flags = ["--nfa-window-size", "3", "7", "--nfa-probability-threshold", "0.5", "0.99", "--nfa-rescale"]
+    assert main(["test", "--run", str(run), "--threshold", "nfa", "--quiet", *flags]) == 0
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["nfa"] == chosen and (run / "config.json").read_bytes() == config  # the run's record unchanged
+    said = "log NFA < 0 (nfa: windows 3 7, levels 0.5 0.99, rescaled)"
+    assert said in capsys.readouterr().out and html.escape(said) in (run / "report.html").read_text()
+    # the masks of the chosen test, computed directly from the test images' latents
+    net, record = load_run(run)
+    test = record.data.splits(record.seed).test
+    latents = infer(net, ImageDataset(test, record.preprocess), EngineSettings(quiet=True), keep_latents=True)
+    size = record.preprocess.size
+    expected = log_nfa(latents["latents"], size, window_size=(3, 7), probability_threshold=(0.5, 0.99), rescale=True)
+    with np.load(run / "test_outputs.npz") as outputs:
+        assert np.array_equal(outputs["pred_masks"], expected < 0)
+    assert main(["test", "--run", str(run), "--threshold", "nfa", "--quiet"]) == 0  # the run's own again
+    assert (
+        json.loads((run / "metrics.json").read_text())["nfa"]["window_size"]
+        == read_record(run).model_config["nfa_window_size"]
+    )
+    # predict and the Detector: the same options, every engine's latents through the same test
+    detector = Detector.load(run, "nfa", "onnx", nfa_options={"nfa_probability_threshold": [0.5, 0.99]})
+    image = _pixels(str(demo / "fabric" / "test" / "hole" / "000.png"))
+    scored = detector.score_resized(detector.preprocess.resized(image)[None])
+    small = log_nfa(scored.latents, size, probability_threshold=(0.5, 0.99))
+    found = detector.predict([image])[0]["mask"]
+    assert np.array_equal(found, resize_bilinear(small[0].astype(np.float32), image.shape[:2]) < 0)
+    # the service says which test it runs
+    assert model_info(str(run), detector)["nfa"]["probability_threshold"] == [0.5, 0.99]
+    assert model_info(str(run), Detector.load(run, "f1", "onnx"))["nfa"] is None
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["test", "--nfa-probability-threshold", "0.5", "1.5"], "--nfa-probability-threshold 0.5 1.5: expected"),
+        (["test", "--nfa-window-size", "0"], "--nfa-window-size 0: expected an integer >= 1"),
+        (["predict", "--nfa-rescale", "--input", "DEMO", "--out", "OUT"], "--nfa-rescale: NFA options apply with"),
+        (["serve", "--nfa-window-size", "3", "15", "--port", "0"], "--nfa-window-size: NFA options apply with"),
+    ],
+)
+def test_bad_nfa_options_at_test_time_exit_2(args, message, demo, run, tmp_path, capsys) -> None:
+    subst = {"DEMO": str(demo), "OUT": str(tmp_path / "o")}
+    before = (run / "metrics.json").read_bytes()
+    assert main([args[0], "--run", str(run), *(subst.get(a, a) for a in args[1:])]) == 2
+    assert message in capsys.readouterr().err
+    assert (run / "metrics.json").read_bytes() == before and not (tmp_path / "o").exists()
 
 
 @pytest.mark.slow

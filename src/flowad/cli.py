@@ -15,6 +15,8 @@ from pathlib import Path
 from flowad import distributed
 from flowad.cli_commands import COMMANDS
 from flowad.cli_options import (
+    OPTION_HELP,
+    OneOrSeveralValues,
     add_model_args,
     category_model_options,
     flags_given,
@@ -58,6 +60,28 @@ def _add_threshold_arg(p: argparse.ArgumentParser) -> None:
         default="f1",
         help="f1 (default: the threshold chosen on validation data), nfa (log NFA < 0, no calibration) or a number",
     )
+
+
+def _add_nfa_args(p: argparse.ArgumentParser) -> None:
+    """The NFA's options again, to test it otherwise than the run was trained to, without retraining."""
+    run = "(default: the run's own, set at training)"
+    p.add_argument(
+        "--nfa-window-size",
+        type=int,
+        nargs="+",
+        action=OneOrSeveralValues,
+        metavar="PIXELS",
+        help=f"{OPTION_HELP['nfa_window_size']} {run}",
+    )
+    p.add_argument(
+        "--nfa-probability-threshold",
+        type=float,
+        nargs="+",
+        action=OneOrSeveralValues,
+        metavar="P",
+        help=f"{OPTION_HELP['nfa_probability_threshold']} {run}",
+    )
+    p.add_argument("--nfa-rescale", action=argparse.BooleanOptionalAction, help=f"{OPTION_HELP['nfa_rescale']} {run}")
 
 
 def _add_config_arg(p: argparse.ArgumentParser, holding: str) -> None:
@@ -207,6 +231,7 @@ def _add_test(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", type=Path, help="another data set root (default: the one the run was trained on)")
     p.add_argument("--category", help="another category")
     _add_threshold_arg(p)
+    _add_nfa_args(p)
     _add_engine_args(p)
 
 
@@ -232,6 +257,7 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
         "mirrored (--input test gives OUT/scratch/000_mask.png for test/scratch/000.png), and predictions.jsonl",
     )
     _add_threshold_arg(p)
+    _add_nfa_args(p)
     p.add_argument("--quiet", action="store_true", help="no summary line")
     p.add_argument(
         "--engine",
@@ -279,6 +305,7 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     p.add_argument("--engine", default="auto", choices=list(ENGINES), help="as for predict (default auto)")
     _add_threshold_arg(p)
+    _add_nfa_args(p)
     p.add_argument("--workers", type=int, default=1, help="server processes, each with its own engine (default 1)")
     p.add_argument(
         "--api-key", help="require 'Authorization: Bearer KEY' on every endpoint but /healthz (or FLOWAD_API_KEY)"

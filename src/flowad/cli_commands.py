@@ -9,7 +9,7 @@ from pathlib import Path
 from flowad import distributed
 from flowad.cli_options import given_model_options
 from flowad.errors import InputError
-from flowad.ranges import check_value
+from flowad.ranges import check_value, option_flag
 from flowad.records import EngineSettings
 
 # The demo data set has 48 training images per category: at the papers' batch of 32 that is two optimiser
@@ -28,6 +28,18 @@ def engine_settings(args: argparse.Namespace, **extra) -> EngineSettings:
         compile=args.compile,
         **extra,
     )
+
+
+def nfa_options(args: argparse.Namespace, needs_nfa: bool = False) -> dict[str, object]:
+    """The NFA options given to test, predict or serve (instead of the run's own); ``needs_nfa``: they only
+    change anything with ``--threshold nfa``, so without it they are refused."""
+    from flowad.nfa import NFA_OPTIONS
+
+    given = {name: getattr(args, name) for name in NFA_OPTIONS if getattr(args, name, None) is not None}
+    if given and needs_nfa and args.threshold != "nfa":
+        flags = ", ".join(option_flag(name) for name in given)
+        raise InputError(f"{flags}: NFA options apply with --threshold nfa (given: --threshold {args.threshold})")
+    return given
 
 
 def _demo_data(args: argparse.Namespace) -> None:
@@ -83,7 +95,9 @@ def _train(args: argparse.Namespace) -> None:
 def _test(args: argparse.Namespace) -> None:
     from flowad import api
 
-    result = api.test(args.run, args.data, args.category, args.threshold, engine_settings(args))
+    result = api.test(
+        args.run, args.data, args.category, args.threshold, engine_settings(args), nfa_options=nfa_options(args)
+    )
     print(api.format_metrics(result))
     print(f"report: {args.run / 'report.html'}")
     print(
@@ -104,6 +118,7 @@ def _predict(args: argparse.Namespace) -> None:
         engine=args.engine,
         batch_size=args.batch_size,
         exported=args.exported,
+        nfa_options=nfa_options(args, needs_nfa=True),
     )
 
 
@@ -141,7 +156,8 @@ def _serve(args: argparse.Namespace) -> None:
     api_key = args.api_key or os.environ.get("FLOWAD_API_KEY") or None
     if api_key is None and args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"warning: serving on {args.host} without an API key: anyone who reaches it can use it", file=sys.stderr)
-    detector = Detector.load(args.run, args.threshold, args.engine)  # a bad run fails here, with exit 2
+    nfa = nfa_options(args, needs_nfa=True)
+    detector = Detector.load(args.run, args.threshold, args.engine, nfa_options=nfa)  # a bad run: exit 2 here
     body_limit = int(args.body_limit_mb * 1024 * 1024)
     print(
         f"serving {args.run} with the {detector.engine.name} engine on http://{args.host}:{args.port}", file=sys.stderr
@@ -150,7 +166,7 @@ def _serve(args: argparse.Namespace) -> None:
         app = create_app(str(args.run), detector, api_key, body_limit, args.batch_size, args.max_wait_ms)
         uvicorn.run(app, host=args.host, port=args.port, log_level="warning", timeout_graceful_shutdown=30)
         return
-    settings = {"run": str(args.run), "threshold": args.threshold, "engine": args.engine}
+    settings = {"run": str(args.run), "threshold": args.threshold, "engine": args.engine, "nfa": nfa}
     settings.update(body_limit=body_limit, batch_size=args.batch_size, max_wait_ms=args.max_wait_ms)
     os.environ["FLOWAD_SERVE"] = json.dumps(settings)
     if api_key:

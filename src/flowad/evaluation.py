@@ -22,9 +22,9 @@ from flowad.data.spec import DataSpec
 from flowad.data.tiles import image_dataset
 from flowad.engine import infer
 from flowad.errors import InputError
-from flowad.nfa import scored_nfa_masks
+from flowad.nfa import scored_nfa_masks, settings_of, with_options
 from flowad.records import EngineSettings
-from flowad.report import TEST_OUTPUTS, render_report
+from flowad.report import TEST_OUTPUTS, nfa_threshold_text, render_report
 from flowad.runlog import log_to, logger
 from flowad.thresholds import from_option
 
@@ -36,10 +36,15 @@ def test(
     threshold: str | float = "f1",
     settings: EngineSettings | None = None,
     write: bool = True,
+    nfa_options: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Evaluate a run on its data set's test split (or another one); writes RUN/metrics.json."""
+    """Evaluate a run on its data set's test split (or another one); writes RUN/metrics.json. ``nfa_options``
+    (``nfa_window_size``, ``nfa_probability_threshold``, ``nfa_rescale``) test the NFA otherwise than the run's
+    record says, without retraining; the settings used are in the result's ``nfa``."""
     run = Path(run)
     net, record = load_run(run)
+    if nfa_options:
+        net.config = dataclasses.replace(net.config, **with_options({}, nfa_options))
     settings = settings or EngineSettings(seed=record.seed)
     spec = _test_spec(record.data, data, category)
     splits = spec.splits(record.seed)
@@ -61,6 +66,7 @@ def test(
     result["iou_nfa"] = metrics.iou(nfa[anomalous], masks[anomalous]) if anomalous.any() else None
     good = labels == 0  # the NFA's promise: fewer than one false detection per good image on average
     result["nfa_good_flagged"] = float(nfa[good].any(axis=(1, 2)).mean()) if good.any() else None
+    result["nfa"] = settings_of(net.config.to_dict())
     result["threshold"] = {"image": thresholds.image, "pixel": thresholds.pixel, "method": method}
     result["test_seconds"] = time.perf_counter() - start
     result["train_seconds"] = record.train.get("seconds")
@@ -176,7 +182,7 @@ def format_metrics(result: dict[str, Any]) -> str:
     t = result.get("threshold", {})
     if t:
         lines.append(
-            f"{'threshold':<18}log NFA < 0 (nfa)"
+            f"{'threshold':<18}{nfa_threshold_text(result)}"
             if t["method"] == "nfa"
             else f"{'threshold':<18}{t['image']:.4g} ({t['method']})"
         )

@@ -7,6 +7,7 @@ are computed here, by the same code for every engine.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ import numpy as np
 from flowad.checkpoint import read_record
 from flowad.engines import EngineOutput, open_engine
 from flowad.errors import InputError
-from flowad.nfa import log_nfa, settings_of
+from flowad.nfa import log_nfa, settings_of, with_options
 from flowad.records import RunRecord
 from flowad.resize import resize_bilinear
 from flowad.thresholds import from_option
@@ -49,10 +50,14 @@ class Detector:
         engine: str = "auto",
         threads: int | None = None,
         exported: str | Path | None = None,
+        nfa_options: dict[str, Any] | None = None,
     ) -> Detector:
         """Open ``run`` on ``engine``; ``threads`` caps an exported engine's threads (torch: torch's own setting);
-        ``exported`` scores with that exported file of the run (e.g. an FP16 or INT8 OpenVINO .xml)."""
+        ``exported`` scores with that exported file of the run (e.g. an FP16 or INT8 OpenVINO .xml);
+        ``nfa_options`` (:data:`flowad.nfa.NFA_OPTIONS`) test the NFA otherwise than the run's record says."""
         record = read_record(Path(run))
+        if nfa_options:
+            record = dataclasses.replace(record, model_config=with_options(record.model_config, nfa_options))
         from_option(record.thresholds, threshold)  # a bad threshold fails before any export
         return cls(open_engine(Path(run), engine, threads, exported), record, threshold)
 

@@ -79,6 +79,7 @@ from scipy.special import gammaln
 from scipy.stats import chi2
 
 from flowad.errors import InputError
+from flowad.ranges import check_value, option_flag
 from flowad.resize import resize_bilinear
 
 CHI2_1_MEDIAN = float(chi2.median(1))  # 0.4549: the median of z^2 for z ~ N(0, 1)
@@ -174,6 +175,34 @@ def settings_of(model_config: dict[str, Any]) -> dict[str, Any]:
         "high_precision": model_config.get("nfa_high_precision", False),
         "rescale": model_config.get("nfa_rescale", False),
     }
+
+
+NFA_OPTIONS = ("nfa_window_size", "nfa_probability_threshold", "nfa_rescale")  # chosen again at test time
+
+
+def with_options(model_config: dict[str, Any], options: dict[str, Any] | None) -> dict[str, Any]:
+    """``model_config`` with NFA options (:data:`NFA_OPTIONS`, e.g. given to ``flowad test`` or ``predict``) in place
+    of the run's own: the test changes without retraining, the run's record stays as it was. Each is checked."""
+    options = dict(options or {})
+    for name, value in options.items():
+        if name not in NFA_OPTIONS:
+            raise InputError(f"{name} is not an NFA option; expected one of {', '.join(NFA_OPTIONS)}")
+        if name == "nfa_rescale" and not isinstance(value, bool):
+            raise InputError(f"{option_flag(name)} {value}: expected true or false")
+        check_value(name, value)
+    return {**model_config, **options}
+
+
+def describe(settings: dict[str, Any]) -> str:
+    """:func:`settings_of`'s settings in words, e.g. "windows 3 7, level 0.5, rescaled" (for reports)."""
+
+    def values(name: str, key: str) -> str:
+        given = np.atleast_1d(settings[key]).tolist()
+        return f"{name}{'s' if len(given) > 1 else ''} {' '.join(f'{v:g}' for v in given)}"
+
+    words = [values("window", "window_size"), values("level", "probability_threshold")]
+    words += ["rescaled"] * bool(settings.get("rescale")) + ["exact tails"] * bool(settings.get("high_precision"))
+    return ", ".join(words)
 
 
 def nfa_mask(

@@ -41,6 +41,7 @@ def predict(
     engine: str = "auto",
     batch_size: int = DEFAULT_BATCH,
     exported: str | Path | None = None,
+    nfa_options: dict[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
     """Score image files; write a heat-map overlay, a mask PNG and a JSON line per image to ``out``.
 
@@ -56,16 +57,16 @@ def predict(
     Under torchrun each process scores its share of the files, and the main process writes the JSON lines
     of all of them, in the order of the inputs, as one process would.
 
-    ``engine`` and ``exported`` as :class:`~flowad.inference.Detector` (``auto`` by default; the one used is
-    said on stderr unless ``quiet``). A reader thread decodes and resizes the next images and a writer thread
-    draws and writes the finished ones while a batch of ``batch_size`` images is scored: the files are the same
-    as one at a time.
+    ``engine``, ``exported`` and ``nfa_options`` as :class:`~flowad.inference.Detector` (``auto`` by default; the
+    one used is said on stderr unless ``quiet``). A reader thread decodes and resizes the next images and a writer
+    thread draws and writes the finished ones while a batch of ``batch_size`` images is scored: the files are the
+    same as one at a time.
     """
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise InputError(f"output folder {out} exists and is not a folder")
     files = _expand_inputs(inputs, out)  # bad inputs fail before the engine is opened (and maybe exported)
-    detector = Detector.load(run, threshold, engine, exported=exported)
+    detector = Detector.load(run, threshold, engine, exported=exported, nfa_options=nfa_options)
     detector.batch_size = batch_size
     if not quiet and distributed.is_main():
         print(f"scoring with the {detector.engine.name} engine ({detector.engine.source})", file=sys.stderr)

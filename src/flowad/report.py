@@ -22,6 +22,7 @@ from flowad import metrics
 from flowad.checkpoint import atomic_write, read_json, read_record
 from flowad.data.images import read_image
 from flowad.errors import InputError
+from flowad.nfa import describe
 from flowad.records import RunRecord
 from flowad.thresholds import Thresholds
 from flowad.visualize import colorize, overlay
@@ -178,12 +179,17 @@ def _png_uri(image: np.ndarray | bytes) -> str:
     return "data:image/png;base64," + base64.b64encode(image).decode("ascii")
 
 
+def nfa_threshold_text(result: dict[str, Any]) -> str:
+    """The NFA threshold in words, with the settings the test ran with (absent from results before they were kept)."""
+    return f"log NFA < 0 (nfa: {describe(result['nfa'])})" if "nfa" in result else "log NFA < 0 (nfa)"
+
+
 def _threshold_text(result: dict[str, Any]) -> str:
     t = result.get("threshold") or {}
     if not t:
         return "n/a"
     if t["method"] == "nfa":
-        return "log NFA < 0 (nfa)"
+        return nfa_threshold_text(result)
     pixel = "" if t["pixel"] == t["image"] else f", pixel {t['pixel']:.4g}"
     return f"image {t['image']:.4g}{pixel} ({t['method']})"
 

@@ -20,6 +20,7 @@ import numpy as np
 
 from flowad.checkpoint import flowad_version, read_json
 from flowad.inference import Detector
+from flowad.nfa import settings_of
 from flowad.visualize import png_bytes
 
 DEFAULT_BODY_LIMIT = 32 * 1024 * 1024  # bytes of one request
@@ -103,6 +104,7 @@ def model_info(run: str, detector: Detector) -> dict[str, Any]:
         "metrics": metrics,
         "thresholds": {"image": detector.thresholds.image, "pixel": detector.thresholds.pixel},
         "threshold_method": "nfa" if detector.use_nfa else detector.thresholds.method,
+        "nfa": settings_of(record.model_config) if detector.use_nfa else None,  # the test's, as chosen to serve
         "engine": detector.engine.name,
         "flowad_version": flowad_version(),
         "trained_with": record.flowad_version,
