@@ -145,7 +145,9 @@ def test_nfa_threshold_for_test_and_predict(run: Path, demo: Path, tmp_path: Pat
         assert record["anomalous"] == bool(mask.any()) == (record["log_nfa_min"] < 0)
 
 
-def test_the_nfa_is_tested_otherwise_than_trained_without_retraining(run: Path, demo: Path, capsys) -> None:
+def test_the_nfa_is_tested_otherwise_than_trained_without_retraining(
+    fastflow_run: Path, demo: Path, tmp_path: Path, capsys
+) -> None:
     from flowad.api import Detector, read_record
     from flowad.checkpoint import load_run
     from flowad.data.datasets import ImageDataset
@@ -154,14 +156,16 @@ def test_the_nfa_is_tested_otherwise_than_trained_without_retraining(run: Path, 
     from flowad.resize import resize_bilinear
     from flowad.serve import model_info
 
+    run = Path(shutil.copytree(fastflow_run, tmp_path / "run"))  # this test rewrites its metrics and report
     config = (run / "config.json").read_bytes()
     chosen = {"window_size": [3, 7], "probability_threshold": [0.5, 0.99], "high_precision": False, "rescale": True}
     flags = ["--nfa-window-size", "3", "7", "--nfa-probability-threshold", "0.5", "0.99", "--nfa-rescale"]
     assert main(["test", "--run", str(run), "--threshold", "nfa", "--quiet", *flags]) == 0
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["nfa"] == chosen and (run / "config.json").read_bytes() == config  # the run's record unchanged
-    said = "log NFA < 0 (nfa: windows 3 7, levels 0.5 0.99, rescaled)"
-    assert said in capsys.readouterr().out and html.escape(said) in (run / "report.html").read_text()
+    said = "windows 3 7, levels 0.5 0.99, rescaled"
+    assert f"nfa test          {said}" in capsys.readouterr().out
+    assert f"<dt>NFA test</dt><dd>{html.escape(said)}</dd>" in (run / "report.html").read_text()
     # the masks of the chosen test, computed directly from the test images' latents
     net, record = load_run(run)
     test = record.data.splits(record.seed).test
@@ -193,7 +197,7 @@ def test_the_nfa_is_tested_otherwise_than_trained_without_retraining(run: Path, 
         (["test", "--nfa-probability-threshold", "0.5", "1.5"], "--nfa-probability-threshold 0.5 1.5: expected"),
         (["test", "--nfa-window-size", "0"], "--nfa-window-size 0: expected an integer >= 1"),
         (["predict", "--nfa-rescale", "--input", "DEMO", "--out", "OUT"], "--nfa-rescale: NFA options apply with"),
-        (["serve", "--nfa-window-size", "3", "15", "--port", "0"], "--nfa-window-size: NFA options apply with"),
+        (["serve", "--nfa-window-size", "3", "15", "--port", "0"], "--nfa-window-size 3 15: NFA options apply with"),
     ],
 )
 def test_bad_nfa_options_at_test_time_exit_2(args, message, demo, run, tmp_path, capsys) -> None:

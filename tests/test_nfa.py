@@ -249,6 +249,8 @@ def test_a_high_level_finds_a_few_strong_values_the_mean_count_misses() -> None:
         ({"window_size": 0}, "window_size is 0"),
         ({"window_size": (3, 0)}, r"window_size is \(3, 0\)"),
         ({"window_size": []}, r"window_size is \(\)"),
+        ({"probability_threshold": "0.5"}, "probability_threshold is 0.5; expected a probability"),
+        ({"window_size": (3, "7")}, r"window_size is \(3, '7'\)"),
     ],
 )
 def test_bad_inputs_are_clear_errors(kwargs: dict, message: str) -> None:

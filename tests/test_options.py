@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from flowad import cli
+from flowad.cli_options import subparser, typed_option
 from flowad.models import MODELS
 from flowad.ranges import RANGES, option_flag
 
@@ -131,3 +132,5 @@ def test_nfa_window_sizes_and_levels_take_one_value_or_several(tmp_path: Path, c
     _refused([*train, "--nfa-probability-threshold", "0.5", "1"], capsys, "--nfa-probability-threshold 0.5 1", "< 1")
     _refused([*train, "--nfa-window-size", "3", "0"], capsys, "--nfa-window-size 3 0", "an integer >= 1")
     assert not any(tmp_path.iterdir())
+    # a config file's list as the flag gives it: YAML reads 1e-2 as a string
+    assert typed_option(subparser(parser, "train"), "nfa_probability_threshold", [0.5, "1e-2"]) == [0.5, 0.01]

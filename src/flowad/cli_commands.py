@@ -37,9 +37,16 @@ def nfa_options(args: argparse.Namespace, needs_nfa: bool = False) -> dict[str, 
 
     given = {name: getattr(args, name) for name in NFA_OPTIONS if getattr(args, name, None) is not None}
     if given and needs_nfa and args.threshold != "nfa":
-        flags = ", ".join(option_flag(name) for name in given)
+        flags = ", ".join(_as_typed(name, value) for name, value in given.items())
         raise InputError(f"{flags}: NFA options apply with --threshold nfa (given: --threshold {args.threshold})")
     return given
+
+
+def _as_typed(name: str, value: object) -> str:
+    """An option as the command line spells it: --nfa-rescale, --no-nfa-rescale, --nfa-window-size 3 15."""
+    if isinstance(value, bool):
+        return option_flag(name) if value else option_flag(name).replace("--", "--no-", 1)
+    return " ".join([option_flag(name), *map(str, value if isinstance(value, list) else [value])])
 
 
 def _demo_data(args: argparse.Namespace) -> None:

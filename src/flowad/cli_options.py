@@ -155,11 +155,14 @@ def flags_given(parser: argparse.ArgumentParser, argv: list[str]) -> set[str]:
 
 
 def typed_option(parser: argparse.ArgumentParser, dest: str, value: object) -> object:
-    """A config file's value as its flag would give it: a string through the flag's type (e.g. a Path)."""
+    """A config file's value as its flag would give it: a string, or each string of a list, through the flag's type
+    (a Path; YAML reads 1e-2 as a string)."""
     action = next((a for a in parser._actions if a.dest == dest), None)
-    if isinstance(value, str) and action is not None and callable(action.type):
-        return action.type(value)
-    return value
+    if action is None or not callable(action.type):
+        return value
+    if isinstance(value, list):
+        return [action.type(v) if isinstance(v, str) else v for v in value]
+    return action.type(value) if isinstance(value, str) else value
 
 
 def read_config_file(

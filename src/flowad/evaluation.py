@@ -22,9 +22,9 @@ from flowad.data.spec import DataSpec
 from flowad.data.tiles import image_dataset
 from flowad.engine import infer
 from flowad.errors import InputError
-from flowad.nfa import scored_nfa_masks, settings_of, with_options
+from flowad.nfa import describe, scored_nfa_masks, settings_of, with_options
 from flowad.records import EngineSettings
-from flowad.report import TEST_OUTPUTS, nfa_threshold_text, render_report
+from flowad.report import TEST_OUTPUTS, render_report
 from flowad.runlog import log_to, logger
 from flowad.thresholds import from_option
 
@@ -182,8 +182,10 @@ def format_metrics(result: dict[str, Any]) -> str:
     t = result.get("threshold", {})
     if t:
         lines.append(
-            f"{'threshold':<18}{nfa_threshold_text(result)}"
+            f"{'threshold':<18}log NFA < 0 (nfa)"
             if t["method"] == "nfa"
             else f"{'threshold':<18}{t['image']:.4g} ({t['method']})"
         )
+    if "nfa" in result:  # the settings of the NFA test behind iou_nfa (and the masks, with --threshold nfa)
+        lines.append(f"{'nfa test':<18}{describe(result['nfa'])}")
     return "\n".join(lines)

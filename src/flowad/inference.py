@@ -129,6 +129,8 @@ def _checked(rgb: Any) -> np.ndarray:
     return rgb
 
 
-def load(run: str | Path, threshold: str | float = "f1", engine: str = "auto") -> Detector:
-    """Load a run directory for in-memory scoring."""
-    return Detector.load(run, threshold, engine)
+def load(
+    run: str | Path, threshold: str | float = "f1", engine: str = "auto", nfa_options: dict[str, Any] | None = None
+) -> Detector:
+    """Load a run directory for in-memory scoring (:meth:`Detector.load`)."""
+    return Detector.load(run, threshold, engine, nfa_options=nfa_options)

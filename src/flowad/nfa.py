@@ -112,8 +112,7 @@ def log_nfa(
     docstring).
     """
     latents = _as_arrays(latents)
-    windows = tuple(np.atleast_1d(window_size).tolist())  # one value or several (a list, tuple or array)
-    levels = tuple(np.atleast_1d(probability_threshold).tolist())
+    windows, levels = _values(window_size), _values(probability_threshold)
     _check(latents, size, windows, levels)
     if int(tiles) != tiles or tiles < 1:
         raise InputError(f"tiles is {tiles}; expected a whole number of at least 1")
@@ -177,7 +176,8 @@ def settings_of(model_config: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-NFA_OPTIONS = ("nfa_window_size", "nfa_probability_threshold", "nfa_rescale")  # chosen again at test time
+# the options of the test that test, predict and serve may choose again (exact tails are a precision, not a test)
+NFA_OPTIONS = ("nfa_window_size", "nfa_probability_threshold", "nfa_rescale")
 
 
 def with_options(model_config: dict[str, Any], options: dict[str, Any] | None) -> dict[str, Any]:
@@ -186,7 +186,7 @@ def with_options(model_config: dict[str, Any], options: dict[str, Any] | None) -
     options = dict(options or {})
     for name, value in options.items():
         if name not in NFA_OPTIONS:
-            raise InputError(f"{name} is not an NFA option; expected one of {', '.join(NFA_OPTIONS)}")
+            raise InputError(f"{name} cannot be chosen again after training; expected one of {', '.join(NFA_OPTIONS)}")
         if name == "nfa_rescale" and not isinstance(value, bool):
             raise InputError(f"{option_flag(name)} {value}: expected true or false")
         check_value(name, value)
@@ -256,14 +256,26 @@ def _check(
             raise InputError(f"latents[{i}] is empty {z.shape}")
     if not isinstance(size, (tuple, list)) or len(size) != 2 or min(size) < 1:
         raise InputError(f"size is {size}; expected (height, width) of positive integers")
-    if not levels or not all(0 < level < 1 for level in levels):
-        shown = levels if len(levels) != 1 else levels[0]
-        raise InputError(
-            f"probability_threshold is {shown}; expected a probability strictly between 0 and 1, or several"
-        )
-    if not window_sizes or any(int(w) != w or w < 1 for w in window_sizes):
-        shown = window_sizes if len(window_sizes) != 1 else window_sizes[0]
-        raise InputError(f"window_size is {shown}; expected a whole number of at least 1, or several")
+    if not _numbers(levels) or not all(0 < level < 1 for level in levels):
+        raise InputError(f"probability_threshold is {_shown(levels)}; expected a probability in (0, 1), or several")
+    if not _numbers(window_sizes) or any(int(w) != w or w < 1 for w in window_sizes):
+        raise InputError(f"window_size is {_shown(window_sizes)}; expected a whole number of at least 1, or several")
+
+
+def _values(given: Any) -> tuple[Any, ...]:
+    """One value or several (a list, tuple or array) as a tuple of Python values, as given (not converted)."""
+    items = given.tolist() if isinstance(given, np.ndarray) else given
+    items = tuple(items) if isinstance(items, list | tuple) else (items,)
+    return tuple(v.item() if isinstance(v, np.generic) else v for v in items)
+
+
+def _numbers(values: Sequence[Any]) -> bool:
+    return len(values) > 0 and all(isinstance(v, int | float) and not isinstance(v, bool) for v in values)
+
+
+def _shown(values: Sequence[Any]) -> Any:
+    """Values as the caller gave them: one alone, several as a tuple."""
+    return values if len(values) != 1 else values[0]
 
 
 def window_half(window_size: int, height: int, finest: int) -> int:

@@ -179,17 +179,12 @@ def _png_uri(image: np.ndarray | bytes) -> str:
     return "data:image/png;base64," + base64.b64encode(image).decode("ascii")
 
 
-def nfa_threshold_text(result: dict[str, Any]) -> str:
-    """The NFA threshold in words, with the settings the test ran with (absent from results before they were kept)."""
-    return f"log NFA < 0 (nfa: {describe(result['nfa'])})" if "nfa" in result else "log NFA < 0 (nfa)"
-
-
 def _threshold_text(result: dict[str, Any]) -> str:
     t = result.get("threshold") or {}
     if not t:
         return "n/a"
     if t["method"] == "nfa":
-        return nfa_threshold_text(result)
+        return "log NFA < 0 (nfa)"
     pixel = "" if t["pixel"] == t["image"] else f", pixel {t['pixel']:.4g}"
     return f"image {t['image']:.4g}{pixel} ({t['method']})"
 
@@ -207,6 +202,8 @@ def _head(run: Path, record: RunRecord, result: dict[str, Any]) -> str:
         ("Test images", result.get("test_images", "?")),
         ("Threshold", _threshold_text(result)),
     ]
+    if "nfa" in result:  # the settings of the NFA test behind iou_nfa (and the masks, with --threshold nfa)
+        rows.append(("NFA test", describe(result["nfa"])))
     items = "".join(f"<dt>{_esc(k)}</dt><dd>{_esc(v)}</dd>" for k, v in rows)
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'

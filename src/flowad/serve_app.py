@@ -211,7 +211,9 @@ async def _discard(request: Request, cap: int = 1 << 30) -> None:
 def app_from_environment() -> FastAPI:
     """The app of a uvicorn worker process: settings from ``FLOWAD_SERVE`` (JSON), set by ``flowad serve``."""
     settings = json.loads(os.environ["FLOWAD_SERVE"])
-    detector = Detector.load(settings["run"], settings["threshold"], settings["engine"], nfa_options=settings["nfa"])
+    detector = Detector.load(
+        settings["run"], settings["threshold"], settings["engine"], nfa_options=settings.get("nfa")
+    )
     return create_app(
         settings["run"],
         detector,
