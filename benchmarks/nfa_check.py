@@ -6,7 +6,8 @@
 Data: texture_check.py's photographs (brick, grass, gravel; planted stains, scratches and patches with exact
 masks) plus --good more good crops per texture; with ``--data demo``, the demo's fabric and pill plus --good
 more good demo images (another seed's). Per model and texture, one run at flowad's defaults (the demo's
-presets), then on its latents:
+presets; ``--settings check``: the held-out check's, batch 16 and FastFlow 10 epochs, CFLOW-AD 3, U-Flow 30),
+then on its latents:
 
 - diagnostics: the good validation images' latents against N(0, 1) per scale (``flowad.latent_stats``), the same
   for the --good images, and the window candidate rate (the count statistic) inside and outside the defects;
@@ -80,6 +81,7 @@ from _harness import (
     train_run,
 )
 from _nfa_variants import VARIANTS, fit_null, variant_of, window_rates
+from object_check import SETTINGS
 from texture_check import TEXTURES, write_data, write_good_crops
 
 
@@ -97,7 +99,10 @@ def main() -> None:
         for texture in categories:
             run = args.out / model / texture
             if not (run / "config.json").is_file():
-                train_run(run, model, data, texture, dict(DEMO_PRESETS.get(model, {})))
+                options = (
+                    {"batch_size": 16, **SETTINGS[model]} if args.settings == "check" else DEMO_PRESETS.get(model, {})
+                )
+                train_run(run, model, data, texture, dict(options))
             row, lines = _check(run, data, texture, good / texture, args.variants, args.null_from)
             rows.append([model, texture, *row])
             diagnostics += [f"- {model}, {texture}: {line}" for line in lines]
@@ -231,18 +236,22 @@ def _rates_inside_outside(latents: list[np.ndarray], masks: np.ndarray, nfa: dic
 
 def _section(args: Any, rows: list[list[str]], diagnostics: list[str]) -> str:
     about = (
-        "\n\nEach run at flowad's defaults (the demo's presets); IoU over the anomalous test images; flagged: the "
+        f"\n\nEach run {_SETTINGS_TEXT[args.settings]}; IoU over the anomalous test images; flagged: the "
         f"share of {args.good} good images per texture (and of as many pure N(0, 1) latents of the model's shapes)"
         " with any pixel at log NFA < 0. Module docstring: the variant.\n" + _null_from_note(args)
     )
     return section(
-        _TITLES[args.data],
+        _TITLES[args.data] + (", at the held-out check's settings" if args.settings == "check" else ""),
         machine_description(args.threads),
         about,
         ["", *markdown_table(_headers(args.variants), rows), "", "Diagnostics:", "", *diagnostics],
     )
 
 
+_SETTINGS_TEXT = {
+    "defaults": "at flowad's defaults (the demo's presets)",
+    "check": "at the held-out check's settings (batch 16; FastFlow 10 epochs, CFLOW-AD 3, U-Flow 30)",
+}
 _TITLES = {
     "textures": "The NFA on real textures",
     "textures-anywhere": "The NFA on real textures, every crop taken anywhere in the photograph",
@@ -278,6 +287,12 @@ def _parser() -> Any:
         "--good crops from the bottom third), the same with every crop taken anywhere in the photograph, or the demo's",
     )
     parser.add_argument("--good", type=positive_int, default=200, help="extra good images per texture")
+    parser.add_argument(
+        "--settings",
+        choices=tuple(_SETTINGS_TEXT),
+        default="defaults",
+        help="train at flowad's defaults (the demo's presets) or at the held-out check's settings (object_check.py)",
+    )
     parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=VARIANTS, help="the tests to measure")
     parser.add_argument(
         "--null-from",
