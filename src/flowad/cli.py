@@ -16,9 +16,8 @@ from flowad import distributed
 from flowad.cli_commands import COMMANDS
 from flowad.cli_options import (
     OPTION_HELP,
-    SEVERAL_VALUES_OPTIONS,
-    OneOrSeveralValues,
     add_model_args,
+    add_several_values_arg,
     category_model_options,
     flags_given,
     read_config_file,
@@ -30,7 +29,6 @@ from flowad.data.synthetic import DEMO_COUNTS, FRAME_COUNTS, MIN_IMAGE_SIZE
 from flowad.engines import ENGINES
 from flowad.errors import FlowadError, InputError
 from flowad.inference import DEFAULT_BATCH
-from flowad.ranges import option_flag
 
 
 def _add_engine_args(p: argparse.ArgumentParser) -> None:
@@ -68,9 +66,7 @@ def _add_nfa_args(p: argparse.ArgumentParser) -> None:
     """The NFA's options again, to test it otherwise than the run was trained to, without retraining."""
     run = "(default: the run's own, set at training)"
     for field in ("nfa_window_size", "nfa_probability_threshold"):
-        metavar, kind = SEVERAL_VALUES_OPTIONS[field]
-        flag, text = option_flag(field), f"{OPTION_HELP[field]} {run}"
-        p.add_argument(flag, type=kind, nargs="+", action=OneOrSeveralValues, metavar=metavar, help=text)
+        add_several_values_arg(p, field, f"{OPTION_HELP[field]} {run}")
     p.add_argument("--nfa-rescale", action=argparse.BooleanOptionalAction, help=f"{OPTION_HELP['nfa_rescale']} {run}")
 
 

@@ -8,6 +8,7 @@ import dataclasses
 from pathlib import Path
 
 from flowad.errors import InputError
+from flowad.ranges import option_flag
 
 # What each model-config field means on the command line; every field of every model's config gets a
 # flag (--image-size for image_size), with the models' own defaults listed in its help.
@@ -77,6 +78,14 @@ class OneOrSeveralValues(argparse.Action):
         setattr(namespace, self.dest, values[0] if len(values) == 1 else list(values))
 
 
+def add_several_values_arg(p: argparse.ArgumentParser, field: str, text: str) -> None:
+    """The flag of a :data:`SEVERAL_VALUES_OPTIONS` field: one value stored as itself, several as a list."""
+    metavar, kind = SEVERAL_VALUES_OPTIONS[field]
+    p.add_argument(
+        option_flag(field), dest=field, type=kind, nargs="+", action=OneOrSeveralValues, metavar=metavar, help=text
+    )
+
+
 def model_fields() -> dict[str, dict[str, object]]:
     """Every model-config field -> {model name: its default}."""
     from flowad.models import MODELS
@@ -101,15 +110,12 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
             next(iter(defaults.values())) if len(values) == 1 else ", ".join(f"{m} {v}" for m, v in defaults.items())
         )
         text = f"{OPTION_HELP.get(field, field)} (default: {shown})"
-        flag = "--" + field.replace("_", "-")
+        flag = option_flag(field)
         example = next(iter(defaults.values()))
         if isinstance(example, bool):
             p.add_argument(flag, dest=field, action="store_const", const=True, help=text)
         elif field in SEVERAL_VALUES_OPTIONS:
-            metavar, kind = SEVERAL_VALUES_OPTIONS[field]
-            p.add_argument(
-                flag, dest=field, type=kind, nargs="+", action=OneOrSeveralValues, metavar=metavar, help=text
-            )
+            add_several_values_arg(p, field, text)
         elif isinstance(example, tuple):
             p.add_argument(flag, dest=field, type=type(example[0]), nargs="+", help=text)
         else:

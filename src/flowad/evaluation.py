@@ -22,7 +22,7 @@ from flowad.data.spec import DataSpec
 from flowad.data.tiles import image_dataset
 from flowad.engine import infer
 from flowad.errors import InputError
-from flowad.nfa import describe, scored_nfa_masks, settings_of, with_options
+from flowad.nfa import checked_options, describe, scored_nfa_masks, settings_of
 from flowad.records import EngineSettings
 from flowad.report import TEST_OUTPUTS, render_report
 from flowad.runlog import log_to, logger
@@ -44,7 +44,7 @@ def test(
     run = Path(run)
     net, record = load_run(run)
     if nfa_options:
-        net.config = dataclasses.replace(net.config, **with_options({}, nfa_options))
+        net.config = dataclasses.replace(net.config, **checked_options(nfa_options))
     settings = settings or EngineSettings(seed=record.seed)
     spec = _test_spec(record.data, data, category)
     splits = spec.splits(record.seed)

@@ -17,7 +17,7 @@ import numpy as np
 from flowad.checkpoint import read_record
 from flowad.engines import EngineOutput, open_engine
 from flowad.errors import InputError
-from flowad.nfa import log_nfa, settings_of, with_options
+from flowad.nfa import checked_options, log_nfa, settings_of
 from flowad.records import RunRecord
 from flowad.resize import resize_bilinear
 from flowad.thresholds import from_option
@@ -57,7 +57,7 @@ class Detector:
         ``nfa_options`` (:data:`flowad.nfa.NFA_OPTIONS`) test the NFA otherwise than the run's record says."""
         record = read_record(Path(run))
         if nfa_options:
-            record = dataclasses.replace(record, model_config=with_options(record.model_config, nfa_options))
+            record = dataclasses.replace(record, model_config={**record.model_config, **checked_options(nfa_options)})
         from_option(record.thresholds, threshold)  # a bad threshold fails before any export
         return cls(open_engine(Path(run), engine, threads, exported), record, threshold)
 

@@ -71,7 +71,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -118,17 +118,32 @@ def log_nfa(
         raise InputError(f"tiles is {tiles}; expected a whole number of at least 1")
     if rescale:
         latents = rescaled(latents)
-    each = (_log_p(latents, size, w, level, high_precision) for w in windows for level in levels)
+    each = _each_test(latents, size, windows, levels, high_precision)
     n_tests = tiles * len(windows) * len(levels) * sum(z.shape[-2] * z.shape[-1] for z in latents)
     return functools.reduce(np.minimum, each) + math.log10(n_tests)
 
 
+def _each_test(
+    latents: list[np.ndarray],
+    size: tuple[int, int],
+    windows: Sequence[int],
+    levels: Sequence[float],
+    high_precision: bool,
+) -> Iterator[np.ndarray]:
+    """Each (window size, level) pair's summed log10 P, one at a time; a level's candidates are counted once for
+    all window sizes."""
+    for level in levels:
+        candidates = candidate_counts(latents, level)
+        for window_size in windows:
+            yield _log_p(scale_windows(candidates, window_size), size, level, high_precision)
+
+
 def _log_p(
-    latents: list[np.ndarray], size: tuple[int, int], window_size: int, threshold: float, high_precision: bool
+    counts: list[tuple[np.ndarray, np.ndarray, int]], size: tuple[int, int], threshold: float, high_precision: bool
 ) -> np.ndarray:
-    """sum over scales of the upsampled log10 P of one window size's tests (module docstring), (B, H, W)."""
+    """sum over scales of the upsampled log10 P of one window size's and level's tests (module docstring),
+    (B, H, W); ``counts``: :func:`scale_window_counts`'s."""
     q = 1.0 - threshold  # P(z^2 >= tau) under H0
-    counts = scale_window_counts(latents, window_size, threshold)
     n_values = np.unique(np.concatenate([n.ravel() for _, n, _ in counts]))
     table = _tail_table(n_values, q, high_precision)  # (len(n_values), n_max + 1)
     total_log_p = 0
@@ -149,9 +164,30 @@ def scale_window_counts(
 ) -> list[tuple[np.ndarray, np.ndarray, int]]:
     """Per scale, as the test counts them: the candidates (z^2 >= tau) of all channels in each window (B, H, W),
     the window sizes n (H, W) and the number of channels C."""
+    return scale_windows(candidate_counts(latents, threshold), window_size)
+
+
+def candidate_counts(latents: Sequence[np.ndarray], threshold: float) -> list[tuple[np.ndarray, int]]:
+    """Per scale: the candidates (z^2 >= tau) at each position summed over channels (B, H, W) int64, and the
+    number of channels C."""
     tau = np.float32(chi2.ppf(threshold, 1))  # compared in float32, as the latents are
-    finest = max(z.shape[-2] for z in latents)
-    return [(*window_counts(z, tau, window_half(window_size, z.shape[-2], finest)), z.shape[1]) for z in latents]
+    counts = []
+    for z in latents:
+        z = z.astype(np.float32, copy=False)
+        counts.append((np.count_nonzero(z * z >= tau, axis=1).astype(np.int64), z.shape[1]))
+    return counts
+
+
+def scale_windows(
+    candidates: list[tuple[np.ndarray, int]], window_size: int
+) -> list[tuple[np.ndarray, np.ndarray, int]]:
+    """:func:`candidate_counts`'s counts summed over each scale's window (:func:`window_half`): per scale, the
+    candidates in each window (B, H, W), the window sizes n (H, W) and C."""
+    finest = max(per_position.shape[-2] for per_position, _ in candidates)
+    return [
+        (*window_sums(per_position, window_half(window_size, per_position.shape[-2], finest)), channels)
+        for per_position, channels in candidates
+    ]
 
 
 def rescaled(latents: Sequence[np.ndarray | torch.Tensor]) -> list[np.ndarray]:
@@ -180,24 +216,23 @@ def settings_of(model_config: dict[str, Any]) -> dict[str, Any]:
 NFA_OPTIONS = ("nfa_window_size", "nfa_probability_threshold", "nfa_rescale")
 
 
-def with_options(model_config: dict[str, Any], options: dict[str, Any] | None) -> dict[str, Any]:
-    """``model_config`` with NFA options (:data:`NFA_OPTIONS`, e.g. given to ``flowad test`` or ``predict``) in place
-    of the run's own: the test changes without retraining, the run's record stays as it was. Each is checked."""
-    options = dict(options or {})
+def checked_options(options: dict[str, Any]) -> dict[str, Any]:
+    """NFA options (:data:`NFA_OPTIONS`, e.g. given to ``flowad test`` or ``predict``) to put in place of a run's
+    own model config fields: the test changes without retraining, the run's record stays as it was."""
     for name, value in options.items():
         if name not in NFA_OPTIONS:
             raise InputError(f"{name} cannot be chosen again after training; expected one of {', '.join(NFA_OPTIONS)}")
         if name == "nfa_rescale" and not isinstance(value, bool):
             raise InputError(f"{option_flag(name)} {value}: expected true or false")
         check_value(name, value)
-    return {**model_config, **options}
+    return dict(options)
 
 
 def describe(settings: dict[str, Any]) -> str:
     """:func:`settings_of`'s settings in words, e.g. "windows 3 7, level 0.5, rescaled" (for reports)."""
 
     def values(name: str, key: str) -> str:
-        given = np.atleast_1d(settings[key]).tolist()
+        given = _values(settings[key])
         return f"{name}{'s' if len(given) > 1 else ''} {' '.join(f'{v:g}' for v in given)}"
 
     words = [values("window", "window_size"), values("level", "probability_threshold")]
@@ -283,11 +318,9 @@ def window_half(window_size: int, height: int, finest: int) -> int:
     return max(int((window_size * height / finest) // 2), 1)  # w_s = window / 2^s
 
 
-def window_counts(z: np.ndarray, tau: np.float32, half: int) -> tuple[np.ndarray, np.ndarray]:
-    """Candidates in each (2 half + 1)^2 window cut at the border, summed over channels: (B, H, W) int64,
+def window_sums(per_pixel: np.ndarray, half: int) -> tuple[np.ndarray, np.ndarray]:
+    """Counts per position (B, H, W) summed over each (2 half + 1)^2 window cut at the border: (B, H, W) int64,
     and the number of window pixels inside the image: (H, W) int64. Integral images keep the counts exact."""
-    z = z.astype(np.float32, copy=False)
-    per_pixel = np.count_nonzero(z * z >= tau, axis=1).astype(np.int64)  # (B, H, W)
     integral = np.pad(per_pixel.cumsum(1).cumsum(2), ((0, 0), (1, 0), (1, 0)))
     h, w = per_pixel.shape[-2:]
     rows, cols = np.arange(h), np.arange(w)
