@@ -21,6 +21,7 @@ VARIANTS = (
     "windows",
     "levels",
     "windows and levels",
+    "levels, scales apart",
     "quasi-binomial",
     "regions",
     "regions, fitted",
@@ -60,11 +61,25 @@ def variant_of(name: str, good: list[np.ndarray], nfa: dict[str, Any]) -> Any:
     if name in ("levels", "windows and levels"):  # --nfa-probability-threshold 0.5 0.9 0.99 (and the windows)
         windows = {"window_size": (3, 7, 15)} if name.startswith("windows") else {}
         return lambda z, size: seed_log_nfa(z, size, {**nfa, **windows, "probability_threshold": (0.5, 0.9, 0.99)})
+    if name == "levels, scales apart":
+        return lambda z, size: scales_apart_log_nfa(z, size, nfa, (0.5, 0.9, 0.99))
     if name.startswith("regions"):
         tails = energy_tails(good if name.endswith("fitted") else None, [z.shape[1] for z in good])
         return lambda z, size: region_log_nfa(z, size, tails)
     null = fit_overdispersion(good, nfa)
     return lambda z, size: quasi_binomial_log_nfa(z, size, nfa, null)
+
+
+def scales_apart_log_nfa(
+    latents: list[np.ndarray], size: tuple[int, int], nfa: dict[str, Any], levels: tuple[float, ...]
+) -> np.ndarray:
+    """Every (level, scale) pair its own test: the smallest upsampled log10 P over them, plus log10 of every test
+    (each level at every position of every scale), where the seed's test sums the scales' log10 P."""
+    from flowad.nfa import scale_log_p
+
+    each = [p for level in levels for p in scale_log_p(latents, size, nfa["window_size"], level)]
+    positions = sum(z.shape[-2] * z.shape[-1] for z in latents)
+    return np.min(each, axis=0) + math.log10(len(levels) * positions)
 
 
 def _window_counts(latents: list[np.ndarray], nfa: dict[str, Any]) -> list[tuple[np.ndarray, np.ndarray, int]]:

@@ -28,6 +28,12 @@ then on its latents:
   tail interpolated, as ``flowad.nfa`` does): flowad's ``--nfa-probability-threshold 0.5 0.9 0.99``.
 - "windows and levels": both at once: window sizes 3, 7 and 15 at each of the levels 0.5, 0.9 and 0.99, nine
   tests per position counted (``--nfa-window-size 3 7 15 --nfa-probability-threshold 0.5 0.9 0.99``).
+- "levels, scales apart": the levels' tests with every scale a test of its own: a pixel takes the smallest
+  upsampled log10 P over the levels and scales, plus log10 of every level's positions over all scales (a union
+  bound), where the seed's test adds the scales' log10 P (``flowad.nfa.scale_log_p`` gives them apart). The
+  coarsest scale's window covers the most of the image (never under 3 x 3 positions; U-Flow's at 256 px: 48 px
+  against the finest scale's 28), and in the sum strong evidence there adds to the finer scales' weak evidence
+  around a defect; apart, each scale must carry a pixel alone.
 - "quasi-binomial": every candidate of every channel counts (the seed counts the mean over channels), and
   the count of C n trials is tested as a binomial whose rate and overdispersion are learned per scale from the
   good validation images (no labels): with rate q and dispersion D = Var / (C n q (1 - q)) at full windows, the

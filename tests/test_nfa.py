@@ -8,7 +8,7 @@ import reference
 import torch
 
 from flowad.errors import InputError
-from flowad.nfa import CHI2_1_MEDIAN, log10_binomial_tail, log_nfa, nfa_mask, rescaled
+from flowad.nfa import CHI2_1_MEDIAN, log10_binomial_tail, log_nfa, nfa_mask, rescaled, scale_log_p
 
 SIZE = (448, 448)  # MS-CaiT's input size
 FINE, COARSE = (816, 28, 28), (192, 14, 14)  # U-Flow's latents at 448
@@ -215,6 +215,23 @@ def test_several_levels_and_windows_take_each_pixels_smallest_test_and_count_eve
     assert np.array_equal(log_nfa(latents, SIZE, probability_threshold=[0.5]), log_nfa(latents, SIZE))
     noise = _noise(25, seed=83)
     assert (log_nfa(noise, SIZE, window_size=(3, 7, 15), probability_threshold=levels) < 0).mean() < 1e-3
+
+
+@pytest.mark.parametrize("level", [0.5, 0.99])
+def test_each_scales_log_p_apart_sums_to_the_test(level: float) -> None:
+    latents = _plant(_noise(2, seed=84), shift=1.5)
+    apart = scale_log_p(latents, SIZE, window_size=7, probability_threshold=level)
+    assert [p.shape for p in apart] == [(2, *SIZE)] * 2 and all(p.dtype == np.float64 for p in apart)
+    positions = 14 * 14 + 28 * 28
+    whole = log_nfa(latents, SIZE, window_size=7, probability_threshold=level)
+    assert np.allclose(apart[0] + apart[1] + math.log10(positions), whole, atol=1e-9)
+    # one scale alone: its log10 P is the whole test less log10 of its positions; in the latents' order
+    fine_alone = scale_log_p(latents[1:], SIZE, probability_threshold=level)[0]
+    assert np.allclose(fine_alone, log_nfa(latents[1:], SIZE, probability_threshold=level) - math.log10(28 * 28))
+    reversed_order = scale_log_p(latents[::-1], SIZE, probability_threshold=level)
+    assert np.array_equal(reversed_order[0], apart[1]) and np.array_equal(reversed_order[1], apart[0])
+    with pytest.raises(InputError, match="probability_threshold is 1.5"):
+        scale_log_p(latents, SIZE, probability_threshold=1.5)
 
 
 def test_a_high_level_finds_a_few_strong_values_the_mean_count_misses() -> None:

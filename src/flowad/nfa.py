@@ -135,18 +135,34 @@ def _each_test(
     for level in levels:
         candidates = candidate_counts(latents, level)
         for window_size in windows:
-            yield _log_p(scale_windows(candidates, window_size), size, level, high_precision)
+            # summed over scales: the scales' probabilities multiply (module docstring)
+            yield sum(_scale_log_ps(scale_windows(candidates, window_size), size, level, high_precision))
 
 
-def _log_p(
+def scale_log_p(
+    latents: Sequence[np.ndarray | torch.Tensor],
+    size: tuple[int, int],
+    window_size: int = 7,
+    probability_threshold: float = 0.5,
+    high_precision: bool = False,
+) -> list[np.ndarray]:
+    """Each scale's log10 P upsampled to ``size`` (B, H, W) float64, in the latents' order, for one window size and
+    level: :func:`log_nfa` sums them (and adds log10 of the number of tests); apart, they show which scale
+    detects and how far each one's windows reach (benchmarks/nfa_check.py)."""
+    latents = _as_arrays(latents)
+    _check(latents, size, (window_size,), (probability_threshold,))
+    counts = scale_window_counts(latents, window_size, probability_threshold)
+    return list(_scale_log_ps(counts, size, probability_threshold, high_precision))
+
+
+def _scale_log_ps(
     counts: list[tuple[np.ndarray, np.ndarray, int]], size: tuple[int, int], threshold: float, high_precision: bool
-) -> np.ndarray:
-    """sum over scales of the upsampled log10 P of one window size's and level's tests (module docstring),
-    (B, H, W); ``counts``: :func:`scale_window_counts`'s."""
+) -> Iterator[np.ndarray]:
+    """Each scale's upsampled log10 P (B, H, W) of one window size's and level's tests (module docstring);
+    ``counts``: :func:`scale_window_counts`'s."""
     q = 1.0 - threshold  # P(z^2 >= tau) under H0
     n_values = np.unique(np.concatenate([n.ravel() for _, n, _ in counts]))
     table = _tail_table(n_values, q, high_precision)  # (len(n_values), n_max + 1)
-    total_log_p = 0
     for total, n, channels in counts:
         row = np.searchsorted(n_values, n)  # (H, W), broadcasts against the counts (B, H, W)
         if threshold > 0.5:  # rounding up would itself be evidence (module docstring): interpolate
@@ -155,8 +171,7 @@ def _log_p(
         else:
             log_p = table[row, (total + channels - 1) // channels]  # k = ceil(total / C), in integers
         # bilinear, not the reference's bicubic: it cannot overshoot the tests' range (module docstring)
-        total_log_p = total_log_p + resize_bilinear(log_p, tuple(size))
-    return total_log_p
+        yield resize_bilinear(log_p, tuple(size))
 
 
 def scale_window_counts(
