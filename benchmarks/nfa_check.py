@@ -34,6 +34,13 @@ then on its latents:
   coarsest scale's window covers the most of the image (never under 3 x 3 positions; U-Flow's at 256 px: 48 px
   against the finest scale's 28), and in the sum strong evidence there adds to the finer scales' weak evidence
   around a defect; apart, each scale must carry a pixel alone.
+- "levels, anchored": flowad's ``--nfa-probability-threshold 0.5 0.9 0.99 --nfa-anchor``: the paper's test
+  delineates where it detects, the higher levels add detections elsewhere: within reach of the paper's test's own
+  detections (``flowad.nfa.window_reach``: the coarsest scale's window half-width plus one cell, at its stride; 32 px
+  for U-Flow at 256 px) a pixel takes the paper's test alone, elsewhere the smallest of the levels' tests; the
+  paper's test keeps 0.98 of the false-alarm budget and the higher levels share the rest (a weighted union bound;
+  ``flowad.nfa``'s docstring). "levels, anchored evenly": the same with the budget shared evenly, as "levels"
+  shares it (log10 3 added to every level's test), so that it flags a subset of "levels"' pixels.
 - "quasi-binomial": every candidate of every channel counts (the seed counts the mean over channels), and
   the count of C n trials is tested as a binomial whose rate and overdispersion are learned per scale from the
   good validation images (no labels): with rate q and dispersion D = Var / (C n q (1 - q)) at full windows, the

@@ -159,11 +159,13 @@ def test_the_nfa_is_tested_otherwise_than_trained_without_retraining(
     run = Path(shutil.copytree(fastflow_run, tmp_path / "run"))  # this test rewrites its metrics and report
     config = (run / "config.json").read_bytes()
     chosen = {"window_size": [3, 7], "probability_threshold": [0.5, 0.99], "high_precision": False, "rescale": True}
+    chosen["anchor"] = True
     flags = ["--nfa-window-size", "3", "7", "--nfa-probability-threshold", "0.5", "0.99", "--nfa-rescale"]
+    flags.append("--nfa-anchor")
     assert main(["test", "--run", str(run), "--threshold", "nfa", "--quiet", *flags]) == 0
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["nfa"] == chosen and (run / "config.json").read_bytes() == config  # the run's record unchanged
-    said = "windows 3 7, levels 0.5 0.99, rescaled"
+    said = "windows 3 7, levels 0.5 0.99, rescaled, anchored"
     assert f"nfa test          {said}" in capsys.readouterr().out
     assert f"<dt>NFA test</dt><dd>{html.escape(said)}</dd>" in (run / "report.html").read_text()
     # the masks of the chosen test, computed directly from the test images' latents
@@ -171,7 +173,8 @@ def test_the_nfa_is_tested_otherwise_than_trained_without_retraining(
     test = record.data.splits(record.seed).test
     latents = infer(net, ImageDataset(test, record.preprocess), EngineSettings(quiet=True), keep_latents=True)
     size = record.preprocess.size
-    expected = log_nfa(latents["latents"], size, window_size=(3, 7), probability_threshold=(0.5, 0.99), rescale=True)
+    chosen_test = {"window_size": (3, 7), "probability_threshold": (0.5, 0.99), "rescale": True, "anchor": True}
+    expected = log_nfa(latents["latents"], size, **chosen_test)
     with np.load(run / "test_outputs.npz") as outputs:
         assert np.array_equal(outputs["pred_masks"], expected < 0)
     assert main(["test", "--run", str(run), "--threshold", "nfa", "--quiet"]) == 0  # the run's own again
@@ -197,6 +200,7 @@ def test_the_nfa_is_tested_otherwise_than_trained_without_retraining(
         (["test", "--nfa-probability-threshold", "0.5", "1.5"], "--nfa-probability-threshold 0.5 1.5: expected"),
         (["test", "--nfa-window-size", "0"], "--nfa-window-size 0: expected an integer >= 1"),
         (["predict", "--nfa-rescale", "--input", "DEMO", "--out", "OUT"], "--nfa-rescale: NFA options apply with"),
+        (["predict", "--no-nfa-anchor", "--input", "DEMO", "--out", "OUT"], "--no-nfa-anchor: NFA options apply with"),
         (["serve", "--nfa-window-size", "3", "15", "--port", "0"], "--nfa-window-size 3 15: NFA options apply with"),
     ],
 )

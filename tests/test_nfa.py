@@ -6,9 +6,11 @@ import numpy as np
 import pytest
 import reference
 import torch
+from scipy.ndimage import maximum_filter
 
+from flowad.binomial import log10_binomial_tail
 from flowad.errors import InputError
-from flowad.nfa import CHI2_1_MEDIAN, log10_binomial_tail, log_nfa, nfa_mask, rescaled, scale_log_p
+from flowad.nfa import ANCHOR_SHARE, CHI2_1_MEDIAN, log_nfa, nfa_mask, rescaled, scale_log_p, window_reach
 
 SIZE = (448, 448)  # MS-CaiT's input size
 FINE, COARSE = (816, 28, 28), (192, 14, 14)  # U-Flow's latents at 448
@@ -250,6 +252,49 @@ def test_a_high_level_finds_a_few_strong_values_the_mean_count_misses() -> None:
         assert (m & truth).sum() / (m | truth).sum() < 0.2
     for m in levels:
         assert (m & truth).sum() / (m | truth).sum() >= 0.6
+
+
+def _iou(mask: np.ndarray, truth: np.ndarray) -> float:
+    return float((mask & truth).sum() / (mask | truth).sum())
+
+
+def test_anchored_first_test_alone_within_reach_of_its_detections_the_others_elsewhere() -> None:
+    latents = _plant(_noise(2, seed=86), shift=1.5)
+    levels = (0.5, 0.9, 0.99)
+    anchored = log_nfa(latents, SIZE, probability_threshold=levels, anchor=True)
+    # direct: the first level's test at 0.98 of the budget, the other two sharing 0.02, the reach by hand:
+    # the coarse scale (14 of 448 px: stride 32) has window 7 * 14 / 28 = 3.5 -> half-width 1, plus one cell
+    assert window_reach(latents, SIZE, 7) == (64, 64)
+    first = log_nfa(latents, SIZE, probability_threshold=0.5) + math.log10(1 / ANCHOR_SHARE)
+    others = log_nfa(latents, SIZE, probability_threshold=levels[1:]) + math.log10(1 / (1 - ANCHOR_SHARE))
+    near = maximum_filter(first < 0, size=(1, 129, 129))
+    assert near.any() and not near.all()
+    assert np.allclose(anchored, np.where(near, first, np.minimum(first, others)), atol=1e-9)
+    # one test: anchoring changes nothing
+    assert np.array_equal(log_nfa(latents, SIZE, anchor=True), log_nfa(latents, SIZE))
+
+
+def test_anchored_levels_keep_the_papers_masks_around_strong_defects_and_find_faint_ones() -> None:
+    truth = _planted_truth()
+    levels = (0.5, 0.9, 0.99)
+    strong = _plant(_noise(2, seed=87), shift=2.0)
+    paper = log_nfa(strong, SIZE) < 0
+    spilled = log_nfa(strong, SIZE, probability_threshold=levels) < 0
+    anchored = log_nfa(strong, SIZE, probability_threshold=levels, anchor=True) < 0
+    for p, s, a in zip(paper, spilled, anchored, strict=True):
+        assert a.sum() < s.sum() and _iou(a, truth) > _iou(s, truth)
+        assert np.array_equal(a & ~p, np.zeros_like(a))  # around a strong defect only the paper's test speaks
+    # one value in five far out: the paper's test finds little, the anchored levels most of the square
+    faint = [z.clone() for z in _noise(2, seed=84)]
+    g = torch.Generator().manual_seed(85)
+    for z, (lo, hi) in zip(faint, ((4, 8), (8, 15)), strict=True):
+        square = z[:, :, lo:hi, lo:hi]
+        far = torch.rand(square.shape, generator=g) < 0.2
+        square[far] = 4.5 * torch.sign(square[far])
+    for m in log_nfa(faint, SIZE, probability_threshold=levels, anchor=True) < 0:
+        assert _iou(m, truth) >= 0.6
+    noise = _noise(25, seed=88)
+    assert (log_nfa(noise, SIZE, probability_threshold=levels, anchor=True) < 0).mean() < 1e-3
 
 
 @pytest.mark.parametrize(

@@ -254,22 +254,22 @@ def test_a_validation_split_without_good_images_is_named(data: Path, tmp_path: P
 def test_the_nfa_options_are_kept_in_the_run_and_used_wherever_its_nfa_is_computed(data: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
     common = ["train", "--data", str(data), "--category", "fabric", "--out", str(run), *TINY_TRAIN]
-    assert (
-        main([*common, "--nfa-rescale", "--nfa-window-size", "3", "7", "--nfa-probability-threshold", "0.5", "0.9"])
-        == 0
-    )
+    nfa_flags = ["--nfa-rescale", "--nfa-anchor", "--nfa-window-size", "3", "7"]
+    assert main([*common, *nfa_flags, "--nfa-probability-threshold", "0.5", "0.9"]) == 0
     record = read_record(run)
     assert record.model_config["nfa_rescale"] is True and record.model_config["nfa_window_size"] == [3, 7]
+    assert record.model_config["nfa_anchor"] is True
     assert record.model_config["nfa_probability_threshold"] == [0.5, 0.9]
     net, _ = load_run(run)
     good = [s for s in record.data.splits(record.seed).val if s.label == 0]
     dataset = ImageDataset(good, record.preprocess)
     latents = engine.infer(net, dataset, engine.EngineSettings(quiet=True), keep_latents=True)["latents"]
     size = record.preprocess.size
-    expected = log_nfa(latents, size, window_size=(3, 7), probability_threshold=(0.5, 0.9), rescale=True)
+    expected = log_nfa(latents, size, window_size=(3, 7), probability_threshold=(0.5, 0.9), rescale=True, anchor=True)
     assert np.array_equal(net.log_nfa(latents), expected)
     # a one-epoch run's latents are wider than N(0, 1): rescaling changes the test
-    assert not np.array_equal(log_nfa(latents, size, window_size=(3, 7), probability_threshold=(0.5, 0.9)), expected)
+    plain = log_nfa(latents, size, window_size=(3, 7), probability_threshold=(0.5, 0.9), anchor=True)
+    assert not np.array_equal(plain, expected)
     train = read_json(run / "config.json")["train"]
     flagged = int((expected < 0).any(axis=(1, 2)).sum())
     assert train["nfa_flagged"] == {"good_images": len(good), "flagged": flagged}

@@ -29,6 +29,7 @@ from flowad.data.synthetic import DEMO_COUNTS, FRAME_COUNTS, MIN_IMAGE_SIZE
 from flowad.engines import ENGINES
 from flowad.errors import FlowadError, InputError
 from flowad.inference import DEFAULT_BATCH
+from flowad.ranges import option_flag
 
 
 def _add_engine_args(p: argparse.ArgumentParser) -> None:
@@ -67,7 +68,8 @@ def _add_nfa_args(p: argparse.ArgumentParser) -> None:
     run = "(default: the run's own, set at training)"
     for field in ("nfa_window_size", "nfa_probability_threshold"):
         add_several_values_arg(p, field, f"{OPTION_HELP[field]} {run}")
-    p.add_argument("--nfa-rescale", action=argparse.BooleanOptionalAction, help=f"{OPTION_HELP['nfa_rescale']} {run}")
+    for field in ("nfa_rescale", "nfa_anchor"):
+        p.add_argument(option_flag(field), action=argparse.BooleanOptionalAction, help=f"{OPTION_HELP[field]} {run}")
 
 
 def _add_config_arg(p: argparse.ArgumentParser, holding: str) -> None:

@@ -49,6 +49,9 @@ OPTION_HELP = {
     "nfa_high_precision": "--threshold nfa: binomial tails in exact integer arithmetic (slower)",
     "nfa_rescale": "--threshold nfa: divide each image's latents by their own spread first, when wider than "
     "N(0, 1): fewer false alarms on good images unlike the training images, fewer detections (README, Thresholds)",
+    "nfa_anchor": "--threshold nfa with several windows or levels: the first window and level (the paper's test) "
+    "delineate where they detect and keep 0.98 of the false-alarm budget; the others add detections elsewhere "
+    "(README, Thresholds)",
     "tile": "large images: train on TILE x TILE crops at full resolution and score images tile by tile, "
     "blending the tiles' maps (each tile resized to --image-size; 0: whole images, resized)",
     "tile_stride": "pixels between tiles (0: half the tile; the last tiles end at the image's border)",

@@ -43,6 +43,7 @@ class ModelConfig:
     nfa_probability_threshold: float | list[float] = 0.5  # several levels: each tested, all counted (flowad.nfa)
     nfa_high_precision: bool = False
     nfa_rescale: bool = False  # each image's latents divided by their own spread first (flowad.nfa)
+    nfa_anchor: bool = False  # several tests: the first delineates where it detects, the others add (flowad.nfa)
     # how input images are normalised: "weights" = the statistics the backbone's weights were trained with
     # (its timm configuration), "imagenet" = ImageNet's mean/std whatever the backbone (as anomalib does)
     input_statistics: str = "weights"
