@@ -29,6 +29,17 @@ def _plant(latents: list[torch.Tensor], shift: float) -> list[torch.Tensor]:
     return [coarse, fine]
 
 
+def _far_out_square() -> list[torch.Tensor]:
+    # the planted square of _plant with one value in five far out (|z| = 4.5), the rest N(0, 1)
+    latents = [z.clone() for z in _noise(2, seed=84)]
+    g = torch.Generator().manual_seed(85)
+    for z, (lo, hi) in zip(latents, ((4, 8), (8, 15)), strict=True):
+        square = z[:, :, lo:hi, lo:hi]
+        far = torch.rand(square.shape, generator=g) < 0.2
+        square[far] = 4.5 * torch.sign(square[far])
+    return latents
+
+
 def _planted_truth() -> np.ndarray:
     truth = np.zeros(SIZE, dtype=bool)
     truth[128:240, 128:240] = True
@@ -239,12 +250,7 @@ def test_each_scales_log_p_apart_sums_to_the_test(level: float) -> None:
 def test_a_high_level_finds_a_few_strong_values_the_mean_count_misses() -> None:
     # one value in five of the planted square is far out (|z| = 4.5), the rest N(0, 1): at level 0.5 the candidate
     # rate there moves from 0.5 to 0.6, at 0.99 from 0.01 to 0.21
-    latents = [z.clone() for z in _noise(2, seed=84)]
-    g = torch.Generator().manual_seed(85)
-    for z, (lo, hi) in zip(latents, ((4, 8), (8, 15)), strict=True):
-        square = z[:, :, lo:hi, lo:hi]
-        far = torch.rand(square.shape, generator=g) < 0.2
-        square[far] = 4.5 * torch.sign(square[far])
+    latents = _far_out_square()
     truth = _planted_truth()
     plain = log_nfa(latents, SIZE) < 0
     levels = log_nfa(latents, SIZE, probability_threshold=(0.5, 0.9, 0.99)) < 0
@@ -285,13 +291,7 @@ def test_anchored_levels_keep_the_papers_masks_around_strong_defects_and_find_fa
         assert a.sum() < s.sum() and _iou(a, truth) > _iou(s, truth)
         assert np.array_equal(a & ~p, np.zeros_like(a))  # around a strong defect only the paper's test speaks
     # one value in five far out: the paper's test finds little, the anchored levels most of the square
-    faint = [z.clone() for z in _noise(2, seed=84)]
-    g = torch.Generator().manual_seed(85)
-    for z, (lo, hi) in zip(faint, ((4, 8), (8, 15)), strict=True):
-        square = z[:, :, lo:hi, lo:hi]
-        far = torch.rand(square.shape, generator=g) < 0.2
-        square[far] = 4.5 * torch.sign(square[far])
-    for m in log_nfa(faint, SIZE, probability_threshold=levels, anchor=True) < 0:
+    for m in log_nfa(_far_out_square(), SIZE, probability_threshold=levels, anchor=True) < 0:
         assert _iou(m, truth) >= 0.6
     noise = _noise(25, seed=88)
     assert (log_nfa(noise, SIZE, probability_threshold=levels, anchor=True) < 0).mean() < 1e-3
