@@ -10,7 +10,6 @@ import math
 from typing import Any
 
 import numpy as np
-from scipy.ndimage import maximum_filter
 from scipy.special import log_ndtr
 from scipy.stats import chi2
 
@@ -66,8 +65,9 @@ def variant_of(name: str, good: list[np.ndarray], nfa: dict[str, Any]) -> Any:
         return lambda z, size: seed_log_nfa(z, size, {**nfa, **windows, "probability_threshold": (0.5, 0.9, 0.99)})
     if name == "levels, anchored":  # flowad's --nfa-probability-threshold 0.5 0.9 0.99 --nfa-anchor
         return lambda z, size: seed_log_nfa(z, size, {**nfa, "probability_threshold": (0.5, 0.9, 0.99), "anchor": True})
-    if name == "levels, anchored evenly":
-        return lambda z, size: evenly_anchored_log_nfa(z, size, nfa, (0.5, 0.9, 0.99))
+    if name == "levels, anchored evenly":  # the budget shared as "levels" shares it: a third to each level
+        levels = {"probability_threshold": (0.5, 0.9, 0.99), "anchor": True, "anchor_share": 1 / 3}
+        return lambda z, size: seed_log_nfa(z, size, {**nfa, **levels})
     if name == "levels, scales apart":
         return lambda z, size: scales_apart_log_nfa(z, size, nfa, (0.5, 0.9, 0.99))
     if name.startswith("regions"):
@@ -87,19 +87,6 @@ def scales_apart_log_nfa(
     each = [p for level in levels for p in scale_log_p(latents, size, nfa["window_size"], level)]
     positions = sum(z.shape[-2] * z.shape[-1] for z in latents)
     return np.min(each, axis=0) + math.log10(len(levels) * positions)
-
-
-def evenly_anchored_log_nfa(
-    latents: list[np.ndarray], size: tuple[int, int], nfa: dict[str, Any], levels: tuple[float, ...]
-) -> np.ndarray:
-    """flowad's anchored test (``log_nfa(..., anchor=True)``) with the budget shared evenly between the levels, as
-    "levels" shares it, in place of flowad's 0.98 to the first."""
-    from flowad.nfa import log_nfa, window_reach
-
-    each = [log_nfa(latents, size, nfa["window_size"], level) + math.log10(len(levels)) for level in levels]
-    reach = window_reach(latents, size, nfa["window_size"])
-    near = maximum_filter(each[0] < 0, size=(1, 2 * reach[0] + 1, 2 * reach[1] + 1))
-    return np.where(near, each[0], np.min(each, axis=0))
 
 
 def _window_counts(latents: list[np.ndarray], nfa: dict[str, Any]) -> list[tuple[np.ndarray, np.ndarray, int]]:

@@ -40,7 +40,7 @@ then on its latents:
   for U-Flow at 256 px) a pixel takes the paper's test alone, elsewhere the smallest of the levels' tests; the
   paper's test keeps 0.98 of the false-alarm budget and the higher levels share the rest (a weighted union bound;
   ``flowad.nfa``'s docstring). "levels, anchored evenly": the same with the budget shared evenly, as "levels"
-  shares it (log10 3 added to every level's test), so that it flags a subset of "levels"' pixels.
+  shares it (``anchor_share=1/3``: log10 3 added to every level's test), so that it flags a subset of "levels"' pixels.
 - "quasi-binomial": every candidate of every channel counts (the seed counts the mean over channels), and
   the count of C n trials is tested as a binomial whose rate and overdispersion are learned per scale from the
   good validation images (no labels): with rate q and dispersion D = Var / (C n q (1 - q)) at full windows, the

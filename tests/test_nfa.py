@@ -264,15 +264,17 @@ def _iou(mask: np.ndarray, truth: np.ndarray) -> float:
     return float((mask & truth).sum() / (mask | truth).sum())
 
 
-def test_anchored_first_test_alone_within_reach_of_its_detections_the_others_elsewhere() -> None:
+@pytest.mark.parametrize("share", [ANCHOR_SHARE, 1 / 3])
+def test_anchored_first_test_alone_within_reach_of_its_detections_the_others_elsewhere(share: float) -> None:
     latents = _plant(_noise(2, seed=86), shift=1.5)
     levels = (0.5, 0.9, 0.99)
-    anchored = log_nfa(latents, SIZE, probability_threshold=levels, anchor=True)
-    # direct: the first level's test at 0.98 of the budget, the other two sharing 0.02, the reach by hand:
+    given = {} if share == ANCHOR_SHARE else {"anchor_share": share}  # the default share: 0.98
+    anchored = log_nfa(latents, SIZE, probability_threshold=levels, anchor=True, **given)
+    # direct: the first level's test at its share of the budget, the other two sharing the rest, the reach by hand:
     # the coarse scale (14 of 448 px: stride 32) has window 7 * 14 / 28 = 3.5 -> half-width 1, plus one cell
     assert window_reach(latents, SIZE, 7) == (64, 64)
-    first = log_nfa(latents, SIZE, probability_threshold=0.5) + math.log10(1 / ANCHOR_SHARE)
-    others = log_nfa(latents, SIZE, probability_threshold=levels[1:]) + math.log10(1 / (1 - ANCHOR_SHARE))
+    first = log_nfa(latents, SIZE, probability_threshold=0.5) + math.log10(1 / share)
+    others = log_nfa(latents, SIZE, probability_threshold=levels[1:]) + math.log10(1 / (1 - share))
     near = maximum_filter(first < 0, size=(1, 129, 129))
     assert near.any() and not near.all()
     assert np.allclose(anchored, np.where(near, first, np.minimum(first, others)), atol=1e-9)
@@ -313,6 +315,7 @@ def test_anchored_levels_keep_the_papers_masks_around_strong_defects_and_find_fa
         ({"window_size": []}, r"window_size is \(\)"),
         ({"probability_threshold": "0.5"}, "probability_threshold is 0.5; expected a probability"),
         ({"window_size": (3, "7")}, r"window_size is \(3, '7'\)"),
+        ({"anchor": True, "anchor_share": 1.0}, "anchor_share is 1.0; expected a share"),
     ],
 )
 def test_bad_inputs_are_clear_errors(kwargs: dict, message: str) -> None:

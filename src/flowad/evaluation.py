@@ -39,8 +39,8 @@ def test(
     nfa_options: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Evaluate a run on its data set's test split (or another one); writes RUN/metrics.json. ``nfa_options``
-    (``nfa_window_size``, ``nfa_probability_threshold``, ``nfa_rescale``) test the NFA otherwise than the run's
-    record says, without retraining; the settings used are in the result's ``nfa``."""
+    (:data:`flowad.nfa.NFA_OPTIONS`) test the NFA otherwise than the run's record says, without retraining; the
+    settings used are in the result's ``nfa``."""
     run = Path(run)
     net, record = load_run(run)
     if nfa_options:

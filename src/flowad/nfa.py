@@ -67,11 +67,11 @@ first level: the paper's test, as ``(0.5, 0.9, 0.99)`` gives it) delineates wher
 detections elsewhere. Within the tests' reach of the first test's detections (the coarsest scale's largest
 window half-width plus one latent cell for the upsampling: 32 px for U-Flow at 256 px) a pixel takes the first
 test alone; elsewhere the smallest of all. The false-alarm budget is shared unevenly (a weighted union bound):
-the first test keeps ``ANCHOR_SHARE`` = 0.98 of it (log10(N / 0.98) added), the others share the rest (each
-log10(N (T - 1) / 0.02) for T tests), so the paper's test is almost unchanged where it detects, and the higher
-levels, asked 100 times more strictly, find faint defects it misses without their masks spilling around the
-strong defects it finds (benchmarks/RESULTS.md). Every flagged pixel is flagged by one of the tests at its
-share, so the promise holds.
+the first test keeps ``anchor_share`` of it (``ANCHOR_SHARE`` = 0.98 by default: log10(N / 0.98) added), the
+others share the rest (each log10(N (T - 1) / 0.02) for T tests), so the paper's test is almost unchanged where
+it detects, and the higher levels, asked 100 times more strictly, find faint defects it misses without their
+masks spilling around the strong defects it finds (benchmarks/RESULTS.md). Every flagged pixel is flagged by
+one of the tests at its share, so the promise holds.
 
 The binomial tails are exact (:mod:`flowad.binomial`).
 """
@@ -110,6 +110,7 @@ def log_nfa(
     tiles: int = 1,
     rescale: bool = False,
     anchor: bool = False,
+    anchor_share: float = ANCHOR_SHARE,
 ) -> np.ndarray:
     """log10 NFA per pixel, float64 (B, H, W) at ``size``; a pixel is anomalous iff its log NFA < 0.
 
@@ -121,13 +122,16 @@ def log_nfa(
     ``rescale``: each image's latents divided by their own spread first (:func:`rescaled`, module docstring).
     ``window_size`` and ``probability_threshold`` (the candidate level): one value each, or several: every pair is
     tested at every position and a pixel takes the smallest log NFA, with every pair's tests counted (module
-    docstring). ``anchor``: with several, the first one delineates where it detects (module docstring).
+    docstring). ``anchor``: with several, the first one delineates where it detects, with ``anchor_share`` of the
+    false-alarm budget (module docstring).
     """
     latents = _as_arrays(latents)
     windows, levels = _values(window_size), _values(probability_threshold)
     _check(latents, size, windows, levels)
     if int(tiles) != tiles or tiles < 1:
         raise InputError(f"tiles is {tiles}; expected a whole number of at least 1")
+    if not 0 < anchor_share < 1:
+        raise InputError(f"anchor_share is {anchor_share}; expected a share of the budget in (0, 1)")
     if rescale:
         latents = rescaled(latents)
     each = _each_test(latents, size, windows, levels, high_precision)
@@ -135,8 +139,8 @@ def log_nfa(
     n_tests = len(windows) * len(levels)
     if not anchor or n_tests == 1:
         return functools.reduce(np.minimum, each) + math.log10(n_tests * positions)
-    first = next(each) + math.log10(positions / ANCHOR_SHARE)
-    others = functools.reduce(np.minimum, each) + math.log10(positions * (n_tests - 1) / (1 - ANCHOR_SHARE))
+    first = next(each) + math.log10(positions / anchor_share)
+    others = functools.reduce(np.minimum, each) + math.log10(positions * (n_tests - 1) / (1 - anchor_share))
     reach = window_reach(latents, size, max(windows))
     near = maximum_filter(first < 0, size=(1, 2 * reach[0] + 1, 2 * reach[1] + 1))
     return np.where(near, first, np.minimum(first, others))
