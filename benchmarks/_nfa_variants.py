@@ -24,6 +24,13 @@ VARIANTS = (
     "levels, scales apart",
     "levels, anchored",
     "levels, anchored evenly",
+    "windows and levels, anchored",
+    "windows and levels, anchored evenly",
+    "levels, calibrated",
+    "windows and levels, calibrated",
+    "levels, anchored, calibrated",
+    "windows and levels, anchored, calibrated",
+    "windows and levels, anchored evenly, calibrated",
     "quasi-binomial",
     "regions",
     "regions, fitted",
@@ -36,6 +43,28 @@ VARIANTS = (
     "regions, fitted, rescaled",
 )
 REGION_LEVELS = (0.1, 0.01, 0.001)
+WINDOWS = (7, 3, 15)  # the paper's window first: an anchored test's first test is the paper's
+LEVELS = (0.5, 0.9, 0.99)
+
+
+def _seed_family() -> dict[str, dict[str, Any]]:
+    """The variants that are flowad's own test with several windows or levels, anchored or not: their
+    ``flowad.nfa.log_nfa`` settings (--nfa-window-size 7 3 15, --nfa-probability-threshold 0.5 0.9 0.99,
+    --nfa-anchor; "anchored evenly": the budget shared evenly between the tests, as unanchored tests share it)."""
+    tests = {
+        "windows": {"window_size": WINDOWS},
+        "levels": {"probability_threshold": LEVELS},
+        "windows and levels": {"window_size": WINDOWS, "probability_threshold": LEVELS},
+    }
+    family = dict(tests)
+    for name, settings in tests.items():
+        count = len(settings.get("window_size", (7,))) * len(settings.get("probability_threshold", (0.5,)))
+        family[f"{name}, anchored"] = {**settings, "anchor": True}
+        family[f"{name}, anchored evenly"] = {**settings, "anchor": True, "anchor_share": 1 / count}
+    return family
+
+
+SEED_FAMILY = _seed_family()
 
 
 def seed_log_nfa(latents: list[np.ndarray], size: tuple[int, int], nfa: dict[str, Any]) -> np.ndarray:
@@ -58,16 +87,13 @@ def variant_of(name: str, good: list[np.ndarray], nfa: dict[str, Any]) -> Any:
     if name == "fitted":
         null = fit_null(good, nfa["window_size"], nfa["probability_threshold"])
         return lambda z, size: fitted_log_nfa(z, size, nfa, null)
-    if name == "windows":  # flowad's --nfa-window-size 3 7 15
-        return lambda z, size: seed_log_nfa(z, size, {**nfa, "window_size": (3, 7, 15)})
-    if name in ("levels", "windows and levels"):  # --nfa-probability-threshold 0.5 0.9 0.99 (and the windows)
-        windows = {"window_size": (3, 7, 15)} if name.startswith("windows") else {}
-        return lambda z, size: seed_log_nfa(z, size, {**nfa, **windows, "probability_threshold": (0.5, 0.9, 0.99)})
-    if name == "levels, anchored":  # flowad's --nfa-probability-threshold 0.5 0.9 0.99 --nfa-anchor
-        return lambda z, size: seed_log_nfa(z, size, {**nfa, "probability_threshold": (0.5, 0.9, 0.99), "anchor": True})
-    if name == "levels, anchored evenly":  # the budget shared as "levels" shares it: a third to each level
-        levels = {"probability_threshold": (0.5, 0.9, 0.99), "anchor": True, "anchor_share": 1 / 3}
-        return lambda z, size: seed_log_nfa(z, size, {**nfa, **levels})
+    if name.endswith(", calibrated"):  # candidate thresholds fitted on the good images per level and scale
+        from flowad.latent_stats import calibrated_levels
+
+        calibration = calibrated_levels(good, LEVELS if "levels" in name else (nfa["probability_threshold"],))
+        return variant_of(name.removesuffix(", calibrated"), good, {**nfa, "calibration": calibration})
+    if name in SEED_FAMILY:
+        return lambda z, size: seed_log_nfa(z, size, {**nfa, **SEED_FAMILY[name]})
     if name == "levels, scales apart":
         return lambda z, size: scales_apart_log_nfa(z, size, nfa, (0.5, 0.9, 0.99))
     if name.startswith("regions"):

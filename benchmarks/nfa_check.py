@@ -41,6 +41,12 @@ then on its latents:
   paper's test keeps 0.98 of the false-alarm budget and the higher levels share the rest (a weighted union bound;
   ``flowad.nfa``'s docstring). "levels, anchored evenly": the same with the budget shared evenly, as "levels"
   shares it (``anchor_share=1/3``: log10 3 added to every level's test), so that it flags a subset of "levels"' pixels.
+- "windows and levels, anchored" and "... anchored evenly": windows 7, 3 and 15 at levels 0.5, 0.9 and 0.99 anchored
+  on the paper's test (window 7 at 0.5) as "levels, anchored" is: flowad's ``--nfa-window-size 7 3 15
+  --nfa-probability-threshold 0.5 0.9 0.99 --nfa-anchor``; evenly: the budget shared as unanchored (a ninth each).
+- "..., calibrated" ("levels", "windows and levels", and their anchored forms): each level's candidate threshold per
+  scale fitted on the good images (``flowad.latent_stats.calibrated_levels``: the z^2 they exceed with probability
+  1 - level) in place of chi-square(1)'s (``flowad.nfa.log_nfa``'s ``calibration``); no labels.
 - "quasi-binomial": every candidate of every channel counts (the seed counts the mean over channels), and
   the count of C n trials is tested as a binomial whose rate and overdispersion are learned per scale from the
   good validation images (no labels): with rate q and dispersion D = Var / (C n q (1 - q)) at full windows, the
@@ -65,6 +71,9 @@ then on its latents:
   (``flowad.nfa.rescaled``; no labels: each image is its own reference), the fitted nulls fitted on rescaled
   good latents too.
 
+``--seeds`` trains each model once per seed (seed 0's runs at ``--out/<model>/<category>``, another's under
+``--out/seed<N>``); ``--device cuda`` trains and scores on a GPU (the tests themselves run on the CPU).
+
 Which good images fit the nulls (``--null-from``): by default the run's good validation images, as a user's run
 would; the false detections are counted on all the --good images. On texture_check's photographs the validation
 crops come from the same rows of the photograph as the training crops (so they overlap them), while the test and
@@ -82,6 +91,7 @@ from typing import Any
 import numpy as np
 from _harness import (
     add_append_argument,
+    add_device_argument,
     add_models_argument,
     add_threads_argument,
     machine_description,
@@ -104,23 +114,34 @@ def main() -> None:
     if args.null_from == "good" and args.good < 2:
         parser.error(f"--good {args.good} with --null-from good: expected at least 2 images, half to fit on")
     set_threads(args.threads)
-    from flowad.cli_commands import DEMO_PRESETS
-
     data, good, categories = write_images(args.out, args.data, args.good)
     rows, diagnostics = [], []
-    for model in args.models:
-        for texture in categories:
-            run = args.out / model / texture
-            if not (run / "config.json").is_file():
-                options = (
-                    {"batch_size": 16, **SETTINGS[model]} if args.settings == "check" else DEMO_PRESETS.get(model, {})
-                )
-                train_run(run, model, data, texture, dict(options))
-            row, lines = _check(run, data, texture, good / texture, args.variants, args.null_from)
-            rows.append([model, texture, *row])
-            diagnostics += [f"- {model}, {texture}: {line}" for line in lines]
-            print(rows[-1], *lines, sep="\n", flush=True)
+    for seed in args.seeds:
+        for model in args.models:
+            for texture in categories:
+                run = run_folder(args.out, model, texture, seed)
+                if not (run / "config.json").is_file():
+                    options = training_options(model, args.settings)
+                    train_run(run, model, data, texture, options, device=args.device, seed=seed)
+                row, lines = _check(run, data, texture, good / texture, args.variants, args.null_from, args.device)
+                name = texture if args.seeds == [0] else f"{texture}, seed {seed}"
+                rows.append([model, name, *row])
+                diagnostics += [f"- {model}, {name}: {line}" for line in lines]
+                print(rows[-1], *lines, sep="\n", flush=True)
     publish(_section(args, rows, diagnostics), args.append)
+
+
+def training_options(model: str, settings: str) -> dict[str, Any]:
+    """``model``'s options at flowad's defaults (the demo's presets) or at the held-out check's ``settings``."""
+    from flowad.cli_commands import DEMO_PRESETS
+
+    return dict({"batch_size": 16, **SETTINGS[model]} if settings == "check" else DEMO_PRESETS.get(model, {}))
+
+
+def run_folder(out: Path, model: str, category: str, seed: int) -> Path:
+    """Where the run of ``model`` on ``category`` trained with ``seed`` lives: seed 0's at ``out/model/category``
+    (the runs measured before seeds were an option), another seed's under ``out/seed<N>``."""
+    return out / model / category if seed == 0 else out / f"seed{seed}" / model / category
 
 
 def write_images(out: Path, name: str, good_images: int) -> tuple[Path, Path, tuple[str, ...]]:
@@ -150,7 +171,13 @@ def write_images(out: Path, name: str, good_images: int) -> tuple[Path, Path, tu
 
 
 def _check(
-    run: Path, data: Path, texture: str, good_dir: Path, variants: tuple[str, ...], null_from: str = "validation"
+    run: Path,
+    data: Path,
+    texture: str,
+    good_dir: Path,
+    variants: tuple[str, ...],
+    null_from: str = "validation",
+    device: str = "cpu",
 ) -> tuple[list[str], list[str]]:
     from flowad import metrics
     from flowad.checkpoint import load_run
@@ -162,7 +189,7 @@ def _check(
     from flowad.records import EngineSettings
 
     net, record = load_run(run)
-    settings = EngineSettings(quiet=True)
+    settings = EngineSettings(quiet=True, device=device)
     splits = DataSpec(root=str(data), category=texture).splits(record.seed)
 
     def latents_of(samples: list) -> dict[str, Any]:
@@ -292,6 +319,10 @@ def _parser() -> Any:
     add_models_argument(parser, default=("uflow",))
     add_threads_argument(parser)
     add_append_argument(parser)
+    add_device_argument(parser, "cpu")
+    parser.add_argument(
+        "--seeds", type=int, nargs="+", default=[0], help="training seeds (the split, initialisation and order)"
+    )
     parser.add_argument(
         "--data",
         choices=("textures", "textures-anywhere", "demo"),

@@ -7,9 +7,11 @@ import pytest
 import reference
 import torch
 from scipy.ndimage import maximum_filter
+from scipy.stats import chi2
 
 from flowad.binomial import log10_binomial_tail
 from flowad.errors import InputError
+from flowad.latent_stats import calibrated_levels
 from flowad.nfa import ANCHOR_SHARE, CHI2_1_MEDIAN, log_nfa, nfa_mask, rescaled, scale_log_p, window_reach
 
 SIZE = (448, 448)  # MS-CaiT's input size
@@ -299,6 +301,42 @@ def test_anchored_levels_keep_the_papers_masks_around_strong_defects_and_find_fa
     assert (log_nfa(noise, SIZE, probability_threshold=levels, anchor=True) < 0).mean() < 1e-3
 
 
+def test_calibrated_levels_are_the_good_values_z2_quantiles_and_chi_square_on_noise() -> None:
+    noise = _noise(4, seed=90)
+    calibration = calibrated_levels(noise, (0.5, 0.99))
+    for level, taus in calibration.items():
+        assert len(taus) == 2 and taus == pytest.approx([chi2.ppf(level, 1)] * 2, rel=0.03)
+        for z, tau in zip(noise, taus, strict=True):  # a direct count: the share of values at or above tau
+            assert (z.numpy().astype(np.float64) ** 2 >= tau).mean() == pytest.approx(1 - level, abs=2e-3)
+    # N(0, 1)'s own thresholds give the uncalibrated test exactly
+    exact = {level: [float(np.float32(chi2.ppf(level, 1)))] * 2 for level in (0.5, 0.9, 0.99)}
+    latents = _plant(_noise(2, seed=91), shift=1.5)
+    levels = (0.5, 0.9, 0.99)
+    assert np.array_equal(
+        log_nfa(latents, SIZE, probability_threshold=levels, calibration=exact),
+        log_nfa(latents, SIZE, probability_threshold=levels),
+    )
+
+
+def test_calibrated_test_keeps_the_promise_on_wide_heavy_tailed_good_latents_and_finds_a_planted_region() -> None:
+    # good latents wider than N(0, 1) with heavier tails (Student t with 5 degrees of freedom, scaled by 1.2)
+    def good(n: int) -> list[torch.Tensor]:
+        return [1.2 * torch.distributions.StudentT(5.0).sample((n, *shape)) for shape in (COARSE, FINE)]
+
+    torch.manual_seed(92)  # StudentT samples from torch's global generator
+    fit, unseen = good(4), good(12)
+    levels, windows = (0.5, 0.9, 0.99), (7, 3, 15)
+    calibration = calibrated_levels(fit, levels)
+    assert all(taus[0] > chi2.ppf(level, 1) for level, taus in calibration.items())  # wider: higher thresholds
+    settings = {"window_size": windows, "probability_threshold": levels}
+    assert (log_nfa(unseen, SIZE, **settings) < 0).any(axis=(1, 2)).mean() >= 0.5  # N(0, 1)'s test flags them
+    for anchor in (False, True):
+        assert not (log_nfa(unseen, SIZE, **settings, calibration=calibration, anchor=anchor) < 0).any()
+    # anchored, as large windows alone spill around a strong square (README, Thresholds)
+    found = log_nfa(_plant(good(2), shift=3.0), SIZE, **settings, calibration=calibration, anchor=True) < 0
+    assert all(_iou(m, _planted_truth()) >= 0.6 for m in found)
+
+
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
@@ -316,6 +354,9 @@ def test_anchored_levels_keep_the_papers_masks_around_strong_defects_and_find_fa
         ({"probability_threshold": "0.5"}, "probability_threshold is 0.5; expected a probability"),
         ({"window_size": (3, "7")}, r"window_size is \(3, '7'\)"),
         ({"anchor": True, "anchor_share": 1.0}, "anchor_share is 1.0; expected a share"),
+        ({"calibration": {0.9: [3.0]}}, r"calibration has None at level 0.5; expected one positive threshold per"),
+        ({"calibration": {0.5: [0.4, 0.5]}}, r"calibration has \[0.4, 0.5\] at level 0.5; expected one positive"),
+        ({"calibration": {0.5: [-1.0]}}, r"calibration has \[-1.0\] at level 0.5"),
     ],
 )
 def test_bad_inputs_are_clear_errors(kwargs: dict, message: str) -> None:

@@ -11,6 +11,10 @@ only if the good images' latents are N(0, 1) and independent. Per latent scale t
   neighbours (0 under the null). Correlated neighbours make the window's count spread more than a binomial;
 - ``channel_correlation``: the mean absolute correlation between two channels at the same position (0).
 
+:func:`calibrated_levels` fits the test's candidate thresholds on good images instead (the z^2 that their values
+exceed with probability 1 - thr, per scale), so that the candidate rate is right where the values are wider or
+heavier-tailed than N(0, 1) (:mod:`flowad.nfa`, calibrated).
+
 :func:`readiness_warnings` turns these, and the number of good images that log NFA < 0 flags (the promise
 itself, measured on the run's good validation images), into warnings when the NFA cannot be trusted.
 """
@@ -51,6 +55,16 @@ def latent_statistics(latents: Sequence[Any], probability_threshold: float = 0.5
     """Statistics of (N, C, H, W) latents per scale (numpy arrays or torch tensors), in the order given."""
     tau = np.float32(chi2.ppf(probability_threshold, 1))
     return [_scale_statistics(_as_array(z), tau, 1 - probability_threshold) for z in latents]
+
+
+def calibrated_levels(latents: Sequence[Any], levels: Sequence[float]) -> dict[float, list[float]]:
+    """Per candidate level, per scale in the order given: the ``level`` quantile of z^2 over every value of the good
+    images' (N, C, H, W) ``latents``, i.e. the candidate threshold that they exceed with probability 1 - level
+    (N(0, 1)'s is chi-square(1)'s quantile). :func:`flowad.nfa.log_nfa`'s ``calibration``."""
+    arrays = [np.square(_as_array(z).astype(np.float64)).ravel() for z in latents]
+    if not arrays or any(a.size == 0 for a in arrays):
+        raise ValueError("calibrated_levels needs good images' latents of every scale")
+    return {float(level): [float(np.quantile(a, level)) for a in arrays] for level in levels}
 
 
 def _scale_statistics(z: np.ndarray, tau: np.float32, expected: float) -> ScaleStatistics:

@@ -73,6 +73,11 @@ it detects, and the higher levels, asked 100 times more strictly, find faint def
 masks spilling around the strong defects it finds (benchmarks/RESULTS.md). Every flagged pixel is flagged by
 one of the tests at its share, so the promise holds.
 
+Calibrated (``calibration``, Python API only): each level's candidate threshold per scale is the z^2 that good
+images' latents exceed with probability 1 - level (:func:`flowad.latent_stats.calibrated_levels`) instead of
+chi-square(1)'s, so the candidate rate of values like the fitted ones is 1 - level even where they are wider or
+heavier-tailed than N(0, 1); the counts and tails stay as above. Measured in benchmarks/RESULTS.md ("calibrated").
+
 The binomial tails are exact (:mod:`flowad.binomial`).
 """
 
@@ -80,7 +85,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -91,6 +96,7 @@ from flowad.binomial import tail_table
 from flowad.errors import InputError
 from flowad.ranges import check_value, option_flag
 from flowad.resize import resize_bilinear
+from flowad.windows import window_half, window_sums
 
 CHI2_1_MEDIAN = float(chi2.median(1))  # 0.4549: the median of z^2 for z ~ N(0, 1)
 ANCHOR_SHARE = 0.98  # anchored: the first test's share of the false-alarm budget (module docstring)
@@ -111,6 +117,7 @@ def log_nfa(
     rescale: bool = False,
     anchor: bool = False,
     anchor_share: float = ANCHOR_SHARE,
+    calibration: Mapping[float, Sequence[float]] | None = None,
 ) -> np.ndarray:
     """log10 NFA per pixel, float64 (B, H, W) at ``size``; a pixel is anomalous iff its log NFA < 0.
 
@@ -123,7 +130,8 @@ def log_nfa(
     ``window_size`` and ``probability_threshold`` (the candidate level): one value each, or several: every pair is
     tested at every position and a pixel takes the smallest log NFA, with every pair's tests counted (module
     docstring). ``anchor``: with several, the first one delineates where it detects, with ``anchor_share`` of the
-    false-alarm budget (module docstring).
+    false-alarm budget (module docstring). ``calibration``: per level, each scale's candidate threshold on z^2 fitted
+    on good images (:func:`flowad.latent_stats.calibrated_levels`; module docstring); None: N(0, 1)'s.
     """
     latents = _as_arrays(latents)
     windows, levels = _values(window_size), _values(probability_threshold)
@@ -134,7 +142,7 @@ def log_nfa(
         raise InputError(f"anchor_share is {anchor_share}; expected a share of the budget in (0, 1)")
     if rescale:
         latents = rescaled(latents)
-    each = _each_test(latents, size, windows, levels, high_precision)
+    each = _each_test(latents, size, windows, levels, high_precision, _thresholds(calibration, levels, len(latents)))
     positions = tiles * sum(z.shape[-2] * z.shape[-1] for z in latents)
     n_tests = len(windows) * len(levels)
     if not anchor or n_tests == 1:
@@ -162,11 +170,12 @@ def _each_test(
     windows: Sequence[int],
     levels: Sequence[float],
     high_precision: bool,
+    thresholds: dict[float, Any],
 ) -> Iterator[np.ndarray]:
-    """Each (window size, level) pair's summed log10 P, one at a time; a level's candidates are counted once for
-    all window sizes."""
+    """Each (window size, level) pair's summed log10 P, one at a time; a level's candidates (against its thresholds)
+    are counted once for all window sizes."""
     for level in levels:
-        candidates = candidate_counts(latents, level)
+        candidates = candidate_counts(latents, level, thresholds[level])
         for window_size in windows:
             # summed over scales: the scales' probabilities multiply (module docstring)
             yield sum(_scale_log_ps(scale_windows(candidates, window_size), size, level, high_precision))
@@ -215,13 +224,15 @@ def scale_window_counts(
     return scale_windows(candidate_counts(latents, threshold), window_size)
 
 
-def candidate_counts(latents: Sequence[np.ndarray], threshold: float) -> list[tuple[np.ndarray, int]]:
+def candidate_counts(
+    latents: Sequence[np.ndarray], threshold: float, taus: Sequence[float] | None = None
+) -> list[tuple[np.ndarray, int]]:
     """Per scale: the candidates (z^2 >= tau) at each position summed over channels (B, H, W) int64, and the
-    number of channels C."""
-    tau = np.float32(chi2.ppf(threshold, 1))  # compared in float32, as the latents are
+    number of channels C; tau is chi-square(1)'s ``threshold`` quantile, or each scale's of ``taus``."""
+    taus = [chi2.ppf(threshold, 1)] * len(latents) if taus is None else taus
     counts = []
-    for z in latents:
-        z = z.astype(np.float32, copy=False)
+    for z, tau in zip(latents, taus, strict=True):
+        tau, z = np.float32(tau), z.astype(np.float32, copy=False)  # compared in float32, as the latents are
         counts.append((np.count_nonzero(z * z >= tau, axis=1).astype(np.int64), z.shape[1]))
     return counts
 
@@ -347,6 +358,21 @@ def _check(
         raise InputError(f"window_size is {_shown(window_sizes)}; expected a whole number of at least 1, or several")
 
 
+def _thresholds(calibration: Mapping[float, Sequence[float]] | None, levels: Sequence[float], scales: int) -> dict:
+    """Each level's candidate thresholds per scale: the calibration's (checked), or None (N(0, 1)'s)."""
+    if calibration is None:
+        return dict.fromkeys(levels)
+    fitted = {float(level): list(taus) for level, taus in calibration.items()}
+    for level in levels:
+        taus = fitted.get(float(level))
+        if taus is None or len(taus) != scales or not all(math.isfinite(t) and t > 0 for t in taus):
+            raise InputError(
+                f"the NFA's calibration has {taus} at level {level}; expected one positive threshold per scale"
+                f" ({scales} here) for every level tested ({_shown(levels)})"
+            )
+    return fitted
+
+
 def _values(given: Any) -> tuple[Any, ...]:
     """One value or several (a list, tuple or array) as a tuple of Python values, as given (not converted)."""
     items = given.tolist() if isinstance(given, np.ndarray) else given
@@ -361,21 +387,3 @@ def _numbers(values: Sequence[Any]) -> bool:
 def _shown(values: Sequence[Any]) -> Any:
     """Values as the caller gave them: one alone, several as a tuple."""
     return values if len(values) != 1 else values[0]
-
-
-def window_half(window_size: int, height: int, finest: int) -> int:
-    """The half-width of a scale's window: ``window_size`` at the finest scale, halved per halving of resolution."""
-    return max(int((window_size * height / finest) // 2), 1)  # w_s = window / 2^s
-
-
-def window_sums(per_pixel: np.ndarray, half: int) -> tuple[np.ndarray, np.ndarray]:
-    """Counts per position (B, H, W) summed over each (2 half + 1)^2 window cut at the border: (B, H, W) int64,
-    and the number of window pixels inside the image: (H, W) int64. Integral images keep the counts exact."""
-    integral = np.pad(per_pixel.cumsum(1).cumsum(2), ((0, 0), (1, 0), (1, 0)))
-    h, w = per_pixel.shape[-2:]
-    rows, cols = np.arange(h), np.arange(w)
-    top, bottom = np.maximum(rows - half, 0), np.minimum(rows + half + 1, h)
-    left, right = np.maximum(cols - half, 0), np.minimum(cols + half + 1, w)
-    t, b, lf, r = top[:, None], bottom[:, None], left[None, :], right[None, :]
-    total = integral[:, b, r] - integral[:, t, r] - integral[:, b, lf] + integral[:, t, lf]
-    return total, (b - t) * (r - lf)
