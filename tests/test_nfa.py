@@ -316,6 +316,8 @@ def test_calibrated_levels_are_the_good_values_z2_quantiles_and_chi_square_on_no
         log_nfa(latents, SIZE, probability_threshold=levels, calibration=exact),
         log_nfa(latents, SIZE, probability_threshold=levels),
     )
+    with pytest.raises(InputError, match="calibrated_levels needs good images' latents"):
+        calibrated_levels([np.zeros((0, 2, 4, 4))], levels)
 
 
 def test_calibrated_test_keeps_the_promise_on_wide_heavy_tailed_good_latents_and_finds_a_planted_region() -> None:

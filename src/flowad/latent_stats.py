@@ -28,6 +28,8 @@ from typing import Any
 import numpy as np
 from scipy.stats import chi2
 
+from flowad.errors import InputError
+
 # how far from the null a scale may be before the NFA's promise is in doubt (warnings only)
 MAX_CANDIDATE_EXCESS = 0.05  # candidate rate above 1 - thr by more than this
 MAX_NEIGHBOUR_CORRELATION = 0.25  # U-Flow on real textures: 0.28 flagged 9.5 % of good images, <= 0.21 none
@@ -63,7 +65,7 @@ def calibrated_levels(latents: Sequence[Any], levels: Sequence[float]) -> dict[f
     (N(0, 1)'s is chi-square(1)'s quantile). :func:`flowad.nfa.log_nfa`'s ``calibration``."""
     arrays = [np.square(_as_array(z).astype(np.float64)).ravel() for z in latents]
     if not arrays or any(a.size == 0 for a in arrays):
-        raise ValueError("calibrated_levels needs good images' latents of every scale")
+        raise InputError("calibrated_levels needs good images' latents: expected (N, C, H, W) maps of every scale")
     return {float(level): [float(np.quantile(a, level)) for a in arrays] for level in levels}
 
 

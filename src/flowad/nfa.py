@@ -131,7 +131,8 @@ def log_nfa(
     tested at every position and a pixel takes the smallest log NFA, with every pair's tests counted (module
     docstring). ``anchor``: with several, the first one delineates where it detects, with ``anchor_share`` of the
     false-alarm budget (module docstring). ``calibration``: per level, each scale's candidate threshold on z^2 fitted
-    on good images (:func:`flowad.latent_stats.calibrated_levels`; module docstring); None: N(0, 1)'s.
+    on good images' latents as the test sees them (rescaled ones with ``rescale``;
+    :func:`flowad.latent_stats.calibrated_levels`; module docstring); None: N(0, 1)'s.
     """
     latents = _as_arrays(latents)
     windows, levels = _values(window_size), _values(probability_threshold)
