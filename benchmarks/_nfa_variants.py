@@ -95,7 +95,7 @@ def variant_of(name: str, good: list[np.ndarray], nfa: dict[str, Any]) -> Any:
     if name in SEED_FAMILY:
         return lambda z, size: seed_log_nfa(z, size, {**nfa, **SEED_FAMILY[name]})
     if name == "levels, scales apart":
-        return lambda z, size: scales_apart_log_nfa(z, size, nfa, (0.5, 0.9, 0.99))
+        return lambda z, size: scales_apart_log_nfa(z, size, nfa, LEVELS)
     if name.startswith("regions"):
         tails = energy_tails(good if name.endswith("fitted") else None, [z.shape[1] for z in good])
         return lambda z, size: region_log_nfa(z, size, tails)
