@@ -26,6 +26,7 @@ VARIANTS = (
     "levels, anchored evenly",
     "windows and levels, anchored",
     "windows and levels, anchored evenly",
+    "windows 7 and 15 at levels 0.5 and 0.9, anchored",
     "levels, calibrated",
     "windows and levels, calibrated",
     "levels, anchored, calibrated",
@@ -61,6 +62,13 @@ def _seed_family() -> dict[str, dict[str, Any]]:
         count = len(settings.get("window_size", (7,))) * len(settings.get("probability_threshold", (0.5,)))
         family[f"{name}, anchored"] = {**settings, "anchor": True}
         family[f"{name}, anchored evenly"] = {**settings, "anchor": True, "anchor_share": 1 / count}
+    # the one pair of "windows and levels, anchored" that finds gravel's faint defects (window 15 at level 0.9),
+    # with the paper's test it is anchored on and their two other pairs: does that pair also flag the good images?
+    family["windows 7 and 15 at levels 0.5 and 0.9, anchored"] = {
+        "window_size": (7, 15),
+        "probability_threshold": (0.5, 0.9),
+        "anchor": True,
+    }
     return family
 
 

@@ -5,9 +5,10 @@
 
 Data: texture_check.py's photographs (brick, grass, gravel; planted stains, scratches and patches with exact
 masks) plus --good more good crops per texture; with ``--data demo``, the demo's fabric and pill plus --good
-more good demo images (another seed's). Per model and texture, one run at flowad's defaults (the demo's
-presets; ``--settings check``: the held-out check's, batch 16 and FastFlow 10 epochs, CFLOW-AD 3, U-Flow 30),
-then on its latents:
+more good demo images (another seed's); with ``--data object``, object_data.py's real object (one photographed cup,
+each view placed a little differently) plus --good more views (another seed's). Per model and texture, one run at
+flowad's defaults (the demo's presets; ``--settings check``: the held-out check's, batch 16 and FastFlow 10 epochs,
+CFLOW-AD 3, U-Flow 30), then on its latents:
 
 - diagnostics: the good validation images' latents against N(0, 1) per scale (``flowad.latent_stats``), the same
   for the --good images, and the window candidate rate (the count statistic) inside and outside the defects;
@@ -16,6 +17,9 @@ then on its latents:
 - what the promise allows: the IoU of the anomaly map thresholded at the value that 1 % of the --good good
   images' map maxima exceed (so at most 1 in 100 good images flagged, the NFA's target); the oracle IoU's
   threshold flags as many good images as it takes;
+- what the promise allows each test: per image its smallest log NFA, the AUROC of that minimum on the defective
+  against the --good images, and the share of defective images whose minimum is below the level that 1 % of the
+  good images reach: no threshold on that test's log NFA that keeps the promise flags more defective images;
 - "seed at NFA < 0.01": the seed's test asked 100 times more strictly (log NFA < -2), the level the
   quasi-binomial and region variants use;
 - the variant "fitted null": per scale, the window's candidate rate (candidates / (C n)) is compared with a
@@ -44,6 +48,9 @@ then on its latents:
 - "windows and levels, anchored" and "... anchored evenly": windows 7, 3 and 15 at levels 0.5, 0.9 and 0.99 anchored
   on the paper's test (window 7 at 0.5) as "levels, anchored" is: flowad's ``--nfa-window-size 7 3 15
   --nfa-probability-threshold 0.5 0.9 0.99 --nfa-anchor``; evenly: the budget shared as unanchored (a ninth each).
+- "windows 7 and 15 at levels 0.5 and 0.9, anchored": the same with window 15 at level 0.9, the pair that finds
+  gravel's faint defects, as the only larger window and higher level (``--nfa-window-size 7 15
+  --nfa-probability-threshold 0.5 0.9 --nfa-anchor``): whether the good images it flags come from that pair too.
 - "..., calibrated" ("levels", "windows and levels", and their anchored forms): each level's candidate threshold per
   scale fitted on the good images (``flowad.latent_stats.calibrated_levels``: the z^2 they exceed with probability
   1 - level) in place of chi-square(1)'s (``flowad.nfa.log_nfa``'s ``calibration``); no labels.
@@ -105,6 +112,7 @@ from _harness import (
 )
 from _nfa_variants import VARIANTS, fit_null, variant_of, window_rates
 from object_check import SETTINGS
+from object_data import CATEGORY, write_good_views, write_object_data
 from texture_check import TEXTURES, write_data, write_good_crops
 
 
@@ -146,8 +154,8 @@ def run_folder(out: Path, model: str, category: str, seed: int) -> Path:
 
 def write_images(out: Path, name: str, good_images: int) -> tuple[Path, Path, tuple[str, ...]]:
     """The data set, a folder of ``good_images`` more good images per category, and the categories: texture_check's
-    photographs (``name`` "textures", or "textures-anywhere": every crop anywhere in the photograph) or the demo's
-    (``name`` "demo"), written once under ``out``."""
+    photographs (``name`` "textures", or "textures-anywhere": every crop anywhere in the photograph), the demo's
+    (``name`` "demo") or object_data.py's real object ("object"), written once under ``out``."""
     data, good = out / "data", out / "good"
     if name.startswith("textures"):
         split = name == "textures"
@@ -156,6 +164,12 @@ def write_images(out: Path, name: str, good_images: int) -> tuple[Path, Path, tu
         if not (good / TEXTURES[-1]).is_dir():
             write_good_crops(good, good_images, split=split)
         return data, good, TEXTURES
+    if name == "object":
+        if not (data / CATEGORY / "ground_truth").is_dir():
+            write_object_data(data)
+        if not (good / CATEGORY).is_dir():
+            write_good_views(good, good_images)
+        return data, good, (CATEGORY,)
     from flowad.data.synthetic import CATEGORIES, make_demo_dataset
 
     if not (data / CATEGORIES[-1]).is_dir():
@@ -219,13 +233,16 @@ def _check(
     row.append(f"{iou_at_good_rate(test['maps'][anomalous], masks[anomalous], bound_maps):.3f}")
     null = fit_null(fit, nfa["window_size"], nfa["probability_threshold"])
     areas = []  # detected pixels / defect pixels on the anomalous images: above 1, the masks spill over the defects
+    separations = []  # could any level of this test find the defective images while keeping the promise?
     for variant in variants:
         on_good, on_noise = variant_of(variant, fit, nfa), variant_of(variant, noise_fit, nfa)
-        found = _masks(on_good, test_latents, size)
-        flagged, flagged_noise = _flagged(_masks(on_good, measured, size)), _flagged(_masks(on_noise, noise, size))
+        found_nfa, good_nfa = _log_nfa(on_good, test_latents, size), _log_nfa(on_good, measured, size)
+        found = found_nfa < 0
+        flagged, flagged_noise = _flagged(good_nfa < 0), _flagged(_log_nfa(on_noise, noise, size) < 0)
         row.append(f"{metrics.iou(found[anomalous], masks[anomalous]):.3f} / {flagged:.3f} / {flagged_noise:.3f}")
         inside = (found[anomalous] & masks[anomalous]).sum() / max(found[anomalous].sum(), 1)
         areas.append(f"{variant} {found[anomalous].sum() / masks[anomalous].sum():.2f} ({inside:.2f} inside)")
+        separations.append(f"{variant} {separation(found_nfa[anomalous], good_nfa)}")
     lines = [
         f"{name} latents per scale (mean z^2, candidate rate, neighbour / channel correlation): "
         + "; ".join(
@@ -242,13 +259,31 @@ def _check(
         "fitted null per scale (mean rate, sd at full windows): "
         + "; ".join(f"{m:.3f}, {math.sqrt(v):.4f}" for m, v, _ in null),
         "detected area / defect area (share of the detected pixels inside the defects): " + "; ".join(areas),
+        "per image, the smallest log NFA: AUROC of defective against good images, and the share of defective images"
+        " below the level that 1 % of the good images reach: " + "; ".join(separations),
     ]
     return row, lines
 
 
-def _masks(log_nfa_of: Any, latents: list[np.ndarray], size: tuple[int, int], batch: int = 16) -> np.ndarray:
+def _masks(log_nfa_of: Any, latents: list[np.ndarray], size: tuple[int, int]) -> np.ndarray:
+    return _log_nfa(log_nfa_of, latents, size) < 0
+
+
+def _log_nfa(log_nfa_of: Any, latents: list[np.ndarray], size: tuple[int, int], batch: int = 16) -> np.ndarray:
     n = len(latents[0])
-    return np.concatenate([log_nfa_of([z[i : i + batch] for z in latents], size) < 0 for i in range(0, n, batch)])
+    return np.concatenate([log_nfa_of([z[i : i + batch] for z in latents], size) for i in range(0, n, batch)])
+
+
+def separation(defective: np.ndarray, good: np.ndarray, rate: float = 0.01) -> str:
+    """How well the smallest log NFA per image tells the ``defective`` images' log NFA maps from the ``good``
+    ones': its AUROC, and the share of defective images below the level that ``rate`` of the good images reach, the
+    most that any threshold on this test's log NFA could find while keeping the promise (at most ``rate`` flagged)."""
+    from flowad import metrics
+
+    bad_min, good_min = defective.reshape(len(defective), -1).min(1), good.reshape(len(good), -1).min(1)
+    labels = np.r_[np.ones(len(bad_min)), np.zeros(len(good_min))]
+    auroc = metrics.image_auroc(-np.r_[bad_min, good_min], labels)
+    return f"{auroc:.3f}, {np.mean(bad_min < np.quantile(good_min, rate)):.2f}"
 
 
 def _flagged(masks: np.ndarray) -> float:
@@ -296,6 +331,7 @@ _TITLES = {
     "textures": "The NFA on real textures",
     "textures-anywhere": "The NFA on real textures, every crop taken anywhere in the photograph",
     "demo": "The NFA on the demo",
+    "object": "The NFA on a real object (views of one photograph)",
 }
 
 
@@ -325,10 +361,11 @@ def _parser() -> Any:
     )
     parser.add_argument(
         "--data",
-        choices=("textures", "textures-anywhere", "demo"),
+        choices=("textures", "textures-anywhere", "demo", "object"),
         default="textures",
         help="which images: texture_check's (training crops from the top two thirds of each photograph, test and "
-        "--good crops from the bottom third), the same with every crop taken anywhere in the photograph, or the demo's",
+        "--good crops from the bottom third), the same with every crop taken anywhere in the photograph, the demo's, "
+        "or object_data.py's real object (views of one photograph)",
     )
     parser.add_argument("--good", type=positive_int, default=200, help="extra good images per texture")
     parser.add_argument(

@@ -55,6 +55,16 @@ def write_object_data(root: Path, seed: int = 0) -> Path:
     return root
 
 
+def write_good_views(root: Path, count: int, seed: int = 1) -> None:
+    """``count`` more good views of the object under ``root / CATEGORY`` (other placements: another seed)."""
+    import skimage.data
+
+    rng = np.random.default_rng(seed)
+    photo = Image.fromarray(skimage.data.coffee())
+    for k in range(count):
+        save_image(root / CATEGORY / f"{k:03d}.png", placed(photo, rng))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("out", type=Path, help="data set root to write")
