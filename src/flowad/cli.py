@@ -29,6 +29,7 @@ from flowad.data.synthetic import DEMO_COUNTS, FRAME_COUNTS, MIN_IMAGE_SIZE
 from flowad.engines import ENGINES
 from flowad.errors import FlowadError, InputError
 from flowad.inference import DEFAULT_BATCH
+from flowad.nfa import NFA_SWITCHES
 from flowad.ranges import option_flag
 
 
@@ -68,7 +69,7 @@ def _add_nfa_args(p: argparse.ArgumentParser) -> None:
     run = "(default: the run's own, set at training)"
     for field in ("nfa_window_size", "nfa_probability_threshold"):
         add_several_values_arg(p, field, f"{OPTION_HELP[field]} {run}")
-    for field in ("nfa_rescale", "nfa_anchor"):
+    for field in NFA_SWITCHES:
         p.add_argument(option_flag(field), action=argparse.BooleanOptionalAction, help=f"{OPTION_HELP[field]} {run}")
 
 

@@ -274,7 +274,8 @@ def settings_of(model_config: dict[str, Any]) -> dict[str, Any]:
 
 
 # the options of the test that test, predict and serve may choose again (exact tails are a precision, not a test)
-NFA_OPTIONS = ("nfa_window_size", "nfa_probability_threshold", "nfa_rescale", "nfa_anchor")
+NFA_SWITCHES = ("nfa_rescale", "nfa_anchor")  # the ones that are on or off
+NFA_OPTIONS = ("nfa_window_size", "nfa_probability_threshold", *NFA_SWITCHES)
 
 
 def checked_options(options: dict[str, Any]) -> dict[str, Any]:
@@ -283,7 +284,7 @@ def checked_options(options: dict[str, Any]) -> dict[str, Any]:
     for name, value in options.items():
         if name not in NFA_OPTIONS:
             raise InputError(f"{name} cannot be chosen again after training; expected one of {', '.join(NFA_OPTIONS)}")
-        if name in ("nfa_rescale", "nfa_anchor") and not isinstance(value, bool):
+        if name in NFA_SWITCHES and not isinstance(value, bool):
             raise InputError(f"{option_flag(name)} {value}: expected true or false")
         check_value(name, value)
     return dict(options)
