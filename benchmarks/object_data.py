@@ -23,6 +23,13 @@ CENTRE, SIDE = (280.0, 205.0), 340.0  # (x, y) and side in the photograph's pixe
 COUNTS = {"train": 64, "good": 24, "defect": 8}  # 8 of each of the 3 defect types
 
 
+def photograph() -> Image.Image:
+    """The photograph every view is taken from: scikit-image's coffee cup."""
+    import skimage.data
+
+    return Image.fromarray(skimage.data.coffee())
+
+
 def placed(photo: Image.Image, rng: np.random.Generator) -> np.ndarray:
     """One view of the object: a random small rotation, shift, scale and brightness, CROP x CROP float pixels."""
     angle = rng.uniform(-4, 4)
@@ -40,7 +47,7 @@ def write_object_data(root: Path, seed: int = 0) -> Path:
     import skimage.data
 
     rng = np.random.default_rng(seed)
-    photo = Image.fromarray(skimage.data.coffee())
+    photo = photograph()
     other = skimage.data.brick().astype(np.float32)  # foreign patches
     folder = root / CATEGORY
     for k in range(COUNTS["train"]):
@@ -57,10 +64,8 @@ def write_object_data(root: Path, seed: int = 0) -> Path:
 
 def write_good_views(root: Path, count: int, seed: int = 1) -> None:
     """``count`` more good views of the object under ``root / CATEGORY`` (other placements: another seed)."""
-    import skimage.data
-
     rng = np.random.default_rng(seed)
-    photo = Image.fromarray(skimage.data.coffee())
+    photo = photograph()
     for k in range(count):
         save_image(root / CATEGORY / f"{k:03d}.png", placed(photo, rng))
 
